@@ -1,0 +1,236 @@
+//! Calls: the [`Call`] builder returned by [`Machine::call`], and the retry policy.
+//!
+//! A call is one QUIC stream. Its future can be dropped at any time: the stream is stopped and the
+//! machine drops the method's future. A deadline ([`Call::timeout`], [`Call::deadline`], or the
+//! one inherited with [`Call::context`]) travels with the request and is enforced on both sides.
+
+use std::future::IntoFuture;
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::codec::{type_tag, Decode, Encode};
+use crate::context::Context;
+use crate::error::{Error, Kind, Result};
+use crate::machine::Machine;
+
+/// How [`Machine::retry_call`] retries calls that fail with a temporary error: exponential
+/// back-off, up to a number of tries (and never past the call's deadline).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    /// Tries in all, the first included.
+    pub max_tries: u32,
+    /// Wait before the second try.
+    pub initial: Duration,
+    /// Longest wait between tries.
+    pub max: Duration,
+    /// Growth of the wait after each try.
+    pub factor: f64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_tries: 10,
+            initial: Duration::from_millis(10),
+            max: Duration::from_secs(2),
+            factor: 2.0,
+        }
+    }
+}
+
+impl RetryPolicy {
+    fn wait(&self, try_number: u32) -> Duration {
+        let exp = self
+            .factor
+            .powi(try_number.saturating_sub(1).min(64) as i32);
+        self.initial.mul_f64(exp).min(self.max)
+    }
+}
+
+/// A call of a method on a machine; `.await` it to run it.
+///
+/// ```ignore
+/// let reply: String = machine.call("Echo.echo", &arg).timeout(Duration::from_secs(2)).await?;
+/// ```
+#[must_use = "a call does nothing until awaited"]
+#[derive(Debug)]
+pub struct Call<'a, A, R> {
+    machine: &'a Machine,
+    service: &'a str,
+    method: &'a str,
+    arg: &'a A,
+    deadline: Option<Instant>,
+    cancel: Option<CancellationToken>,
+    retry: Option<RetryPolicy>,
+    internal: bool,
+    reply: PhantomData<fn() -> R>,
+}
+
+impl<'a, A, R> Call<'a, A, R> {
+    pub(crate) fn new(machine: &'a Machine, service: &'a str, method: &'a str, arg: &'a A) -> Self {
+        Self {
+            machine,
+            service,
+            method,
+            arg,
+            deadline: None,
+            cancel: None,
+            retry: None,
+            internal: false,
+            reply: PhantomData,
+        }
+    }
+
+    /// Gives up (with [`Kind::DeadlineExceeded`]) after `timeout`; the machine gives up too.
+    pub fn timeout(self, timeout: Duration) -> Self {
+        self.deadline(Instant::now() + timeout)
+    }
+
+    /// Gives up at `deadline` (or at the earlier deadline already set).
+    pub fn deadline(mut self, deadline: Instant) -> Self {
+        self.deadline = Some(self.deadline.map_or(deadline, |d| d.min(deadline)));
+        self
+    }
+
+    /// Ends the call with [`Kind::Canceled`] when `token` is canceled.
+    pub fn cancel_on(mut self, token: &CancellationToken) -> Self {
+        self.cancel = Some(token.clone());
+        self
+    }
+
+    /// Runs within an incoming call's context: inherits its deadline and its cancellation.
+    pub fn context(self, ctx: &Context) -> Self {
+        let call = self.cancel_on(ctx.token());
+        match ctx.deadline() {
+            Some(d) => call.deadline(d),
+            None => call,
+        }
+    }
+
+    /// Retries temporary failures with the default [`RetryPolicy`].
+    pub fn retry(self) -> Self {
+        self.retry_with(RetryPolicy::default())
+    }
+
+    /// Retries temporary failures with `policy`.
+    pub fn retry_with(mut self, policy: RetryPolicy) -> Self {
+        self.retry = Some(policy);
+        self
+    }
+
+    /// Skips the wait for the machine to be Running (the driver's own boot calls).
+    pub(crate) fn internal(mut self) -> Self {
+        self.internal = true;
+        self
+    }
+}
+
+impl<'a, A, R> Call<'a, A, R>
+where
+    A: Encode + Sync,
+    R: Decode + Send + 'a,
+{
+    async fn run(self) -> Result<R> {
+        let attempts = async {
+            if self.method.is_empty() {
+                return Err(Error::fatal(
+                    Kind::Invalid,
+                    format!(
+                        "method {:?} is not of the form Service.method",
+                        self.service
+                    ),
+                ));
+            }
+            let arg = self.arg.encode()?;
+            let (arg_type, reply_type) = (type_tag::<A>(), type_tag::<R>());
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                let result = self
+                    .machine
+                    .invoke(
+                        self.service,
+                        self.method,
+                        &arg,
+                        (arg_type, reply_type),
+                        self.deadline,
+                        self.internal,
+                    )
+                    .await;
+                match (result, self.retry) {
+                    (Ok(reply), _) => return R::decode(&reply),
+                    (Err(e), Some(policy)) if e.is_temporary() && tries < policy.max_tries => {
+                        tracing::debug!(
+                            machine = %self.machine.addr(), service = self.service,
+                            method = self.method, tries, error = %e, "retrying call"
+                        );
+                        tokio::time::sleep(policy.wait(tries)).await;
+                    }
+                    (Err(e), _) => return Err(e),
+                }
+            }
+        };
+        let bounded = async {
+            match self.deadline {
+                None => attempts.await,
+                Some(deadline) => tokio::time::timeout_at(deadline, attempts)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(Error::deadline_exceeded(
+                            &format!(
+                                "{}.{} on {}",
+                                self.service,
+                                self.method,
+                                self.machine.addr()
+                            ),
+                            None,
+                        ))
+                    }),
+            }
+        };
+        match &self.cancel {
+            None => bounded.await,
+            Some(token) => tokio::select! {
+                biased;
+                _ = token.cancelled() => Err(Error::canceled(format!(
+                    "{}.{} on {}", self.service, self.method, self.machine.addr()
+                ))),
+                result = bounded => result,
+            },
+        }
+    }
+}
+
+impl<'a, A, R> IntoFuture for Call<'a, A, R>
+where
+    A: Encode + Sync,
+    R: Decode + Send + 'a,
+{
+    type Output = Result<R>;
+    type IntoFuture = BoxFuture<'a, Result<R>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.run())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap() {
+        let p = RetryPolicy {
+            max_tries: 10,
+            initial: Duration::from_millis(10),
+            max: Duration::from_millis(50),
+            factor: 2.0,
+        };
+        let waits: Vec<_> = (1..=5).map(|t| p.wait(t).as_millis()).collect();
+        assert_eq!(waits, [10, 20, 40, 50, 50]);
+    }
+}

@@ -1,0 +1,184 @@
+//! The rkyv codec: arguments, replies and service values travel as rkyv archives, and every
+//! archive received is validated before it is read.
+//!
+//! [`Encode`] and [`Decode`] are implemented for every type that derives `rkyv::Archive`,
+//! `rkyv::Serialize` and `rkyv::Deserialize`; they hide rkyv's strategy bounds from signatures.
+//!
+//! Archives are read from [`Payload`]s, buffers aligned to [`PAYLOAD_ALIGN`] bytes, as rkyv
+//! requires. A received payload is copied once, from the transport's receive buffers into its
+//! aligned buffer; [`decode`] then validates it in place. A byte slice that is not aligned (an
+//! archive nested in another archive, such as a service value) is copied into an aligned buffer
+//! first.
+
+use rkyv::api::high::{HighDeserializer, HighSerializer, HighValidator};
+use rkyv::bytecheck::CheckBytes;
+use rkyv::rancor;
+use rkyv::ser::allocator::ArenaHandle;
+use rkyv::util::AlignedVec;
+use rkyv::{Archive, Deserialize, Portable, Serialize};
+
+use crate::error::{Error, Kind, Result};
+
+/// The alignment of payload buffers.
+pub const PAYLOAD_ALIGN: usize = 16;
+
+/// An aligned buffer holding one archive.
+pub type Payload = AlignedVec<PAYLOAD_ALIGN>;
+
+/// A value that can be sent: it serializes to an rkyv archive.
+pub trait Encode {
+    /// Serializes `self` into a new archive.
+    fn encode(&self) -> Result<Payload>;
+}
+
+impl<T> Encode for T
+where
+    T: for<'a> Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>,
+{
+    fn encode(&self) -> Result<Payload> {
+        rkyv::to_bytes::<rancor::Error>(self)
+            .map_err(|e| Error::fatal(Kind::Invalid, format!("serialize: {e}")))
+    }
+}
+
+/// A value that can be received: its archive is validated, then deserialized.
+pub trait Decode: Sized {
+    /// Validates the archive in `bytes` and deserializes it.
+    fn decode(bytes: &[u8]) -> Result<Self>;
+}
+
+impl<T> Decode for T
+where
+    T: Archive,
+    T::Archived: for<'a> CheckBytes<HighValidator<'a, rancor::Error>>
+        + Deserialize<T, HighDeserializer<rancor::Error>>,
+{
+    fn decode(bytes: &[u8]) -> Result<Self> {
+        with_aligned(bytes, |bytes| {
+            let archived = access_aligned::<T>(bytes)?;
+            rkyv::deserialize::<T, rancor::Error>(archived).map_err(|e| {
+                Error::fatal(
+                    Kind::Invalid,
+                    format!("deserialize {}: {e}", std::any::type_name::<T>()),
+                )
+            })
+        })
+    }
+}
+
+/// Serializes `value` into a new archive.
+pub fn encode<T: Encode + ?Sized>(value: &T) -> Result<Payload> {
+    value.encode()
+}
+
+/// Validates and deserializes the archive in `bytes`.
+pub fn decode<T: Decode>(bytes: &[u8]) -> Result<T> {
+    T::decode(bytes)
+}
+
+/// Validates the archive in `bytes`, which must be aligned to [`PAYLOAD_ALIGN`] (as a [`Payload`]
+/// is), and returns a view of it without deserializing.
+pub fn access<T>(bytes: &[u8]) -> Result<&T::Archived>
+where
+    T: Archive,
+    T::Archived: Portable + for<'a> CheckBytes<HighValidator<'a, rancor::Error>>,
+{
+    access_aligned::<T>(bytes)
+}
+
+fn access_aligned<T>(bytes: &[u8]) -> Result<&T::Archived>
+where
+    T: Archive,
+    T::Archived: Portable + for<'a> CheckBytes<HighValidator<'a, rancor::Error>>,
+{
+    rkyv::access::<T::Archived, rancor::Error>(bytes).map_err(|e| {
+        Error::fatal(
+            Kind::Invalid,
+            format!(
+                "archive of {} fails validation: {e}",
+                std::any::type_name::<T>()
+            ),
+        )
+    })
+}
+
+/// Runs `f` on `bytes` if they are aligned, else on an aligned copy of them.
+fn with_aligned<R>(bytes: &[u8], f: impl FnOnce(&[u8]) -> Result<R>) -> Result<R> {
+    if (bytes.as_ptr() as usize) % PAYLOAD_ALIGN == 0 {
+        f(bytes)
+    } else {
+        let mut copy = Payload::with_capacity(bytes.len());
+        copy.extend_from_slice(bytes);
+        f(&copy)
+    }
+}
+
+/// A fingerprint of a type, sent with each call so that an argument or reply of the wrong type is
+/// refused before any archive is read. Driver and machines run the same binary, so the same type
+/// has the same name on both sides.
+pub fn type_tag<T: ?Sized>() -> u64 {
+    // FNV-1a: tiny, stable, good enough to tell a handful of type names apart.
+    std::any::type_name::<T>()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+    struct Point {
+        x: i64,
+        label: String,
+    }
+
+    #[test]
+    fn round_trip() -> Result<()> {
+        let p = Point {
+            x: -3,
+            label: "origin".into(),
+        };
+        let bytes = encode(&p)?;
+        assert_eq!(decode::<Point>(&bytes)?, p);
+        assert_eq!(access::<Point>(&bytes)?.label, "origin");
+        Ok(())
+    }
+
+    #[test]
+    fn unaligned_input_is_realigned() -> Result<()> {
+        let bytes = encode(&Point {
+            x: 7,
+            label: "seven".into(),
+        })?;
+        let mut shifted = Payload::new();
+        shifted.push(0);
+        shifted.extend_from_slice(&bytes);
+        assert_eq!(decode::<Point>(&shifted[1..])?.x, 7);
+        Ok(())
+    }
+
+    #[test]
+    fn garbage_is_an_invalid_error() {
+        let mut bytes = Payload::new();
+        // A vector whose relative pointer lands far outside the buffer.
+        bytes.extend_from_slice(&[0x7f; 24]);
+        let err = decode::<Vec<u32>>(&bytes).err().map(|e| e.kind());
+        assert_eq!(err, Some(Kind::Invalid));
+        let mut not_a_bool = Payload::new();
+        not_a_bool.push(2);
+        assert_eq!(decode::<bool>(&not_a_bool).err().map(|e| e.kind()), Some(Kind::Invalid));
+        assert_eq!(
+            decode::<Point>(&[]).err().map(|e| e.kind()),
+            Some(Kind::Invalid)
+        );
+    }
+
+    #[test]
+    fn type_tags_differ() {
+        assert_ne!(type_tag::<String>(), type_tag::<u64>());
+        assert_eq!(type_tag::<Point>(), type_tag::<Point>());
+    }
+}

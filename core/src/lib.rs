@@ -1,0 +1,110 @@
+//! The engine of bigmachine: calls between a driver and its machines over QUIC, with rkyv
+//! archives as arguments and replies.
+//!
+//! This crate owns the wire protocol, the codec, services and their dispatch, the lifecycle of
+//! machines ([`B`], [`Machine`]), the [`System`] trait that kinds of machines implement, and the
+//! error model. Users normally depend on the `bigmachine` facade, which re-exports what is here.
+//!
+//! # Layout
+//!
+//! - [`error`]: [`Error`] with its [`Kind`], [`Severity`] and cause chain, and their wire form.
+//! - [`codec`]: [`Encode`]/[`Decode`] over rkyv, with validation of every received archive.
+//! - [`wire`]: the request and reply headers of a call stream.
+//! - [`service`]: the [`Service`] trait, the registry filled by `#[service]`, [`Services`].
+//! - [`server`]: accepting streams and dispatching calls concurrently.
+//! - [`context`]: the [`Context`] of an incoming call (deadline, cancellation).
+//! - [`call`]: the [`Call`] builder (deadlines, cancellation, retries).
+//! - [`machine`]: [`Machine`] and its [`State`]s, boot and keepalive.
+//! - [`keepalive`]: keepalive settings and bookkeeping.
+//! - [`b`]: [`B`], the driver's (or a machine's) handle on the cluster.
+//! - [`system`]: the [`System`] trait.
+//! - [`supervisor_api`]: names and types of the Supervisor service every machine runs.
+//! - [`fault`]: reply faults a server can inject, for tests.
+#![deny(missing_docs)]
+
+pub mod b;
+pub mod call;
+pub mod codec;
+pub mod context;
+pub mod error;
+pub mod fault;
+pub mod keepalive;
+pub mod machine;
+pub mod server;
+pub mod service;
+pub mod supervisor_api;
+pub mod system;
+pub mod wire;
+
+pub use b::{Builder, Params, B};
+pub use call::{Call, RetryPolicy};
+pub use codec::{Decode, Encode, Payload};
+pub use context::Context;
+pub use error::{Error, Kind, Result, Severity};
+pub use keepalive::KeepaliveConfig;
+pub use machine::{Machine, State};
+pub use server::ServerConfig;
+pub use service::{Service, ServiceTable, ServiceValue, Services};
+pub use system::{Launched, System};
+
+/// The default limit on a payload (argument or reply), in bytes: 1 GiB.
+pub const DEFAULT_MAX_PAYLOAD: u64 = 1 << 30;
+
+/// Items the `#[service]` macro expands to. Not a stable API.
+#[doc(hidden)]
+pub mod __private {
+    pub use futures::future::BoxFuture;
+    pub use inventory;
+    pub use std::sync::Arc;
+
+    pub use crate::b::B;
+    pub use crate::call::Call;
+    pub use crate::codec::{type_tag, Decode, Encode, Payload};
+    pub use crate::context::Context;
+    pub use crate::error::{Error, Kind, Result};
+    pub use crate::machine::Machine;
+    pub use crate::service::{Failure, Handler, Registration, Request, Service, ServiceValue};
+
+    /// Refuses a call whose argument or expected reply is not of the method's types.
+    pub fn check_types<A, R>(request: &Request, type_name: &str, method: &str) -> Result<()> {
+        let mismatch = |what: &str, expected: &str| {
+            Err(Error::fatal(
+                Kind::Invalid,
+                format!("{type_name}::{method}: {what} type mismatch: the method's is {expected}"),
+            ))
+        };
+        if request.arg_type != type_tag::<A>() {
+            return mismatch("argument", std::any::type_name::<A>());
+        }
+        if request.reply_type != type_tag::<R>() {
+            return mismatch("reply", std::any::type_name::<R>());
+        }
+        Ok(())
+    }
+
+    /// Decodes a call's argument; a bad archive is the caller's fault.
+    pub fn decode_arg<A: Decode>(request: &Request) -> Result<A, Failure> {
+        A::decode(&request.arg).map_err(Failure::Server)
+    }
+
+    /// Turns a method's result into the reply's archive.
+    pub fn method_result<R: Encode>(result: Result<R>) -> Result<Payload, Failure> {
+        match result {
+            Ok(reply) => reply.encode().map_err(Failure::Method),
+            Err(e) => Err(Failure::Method(e)),
+        }
+    }
+
+    /// The error for an unknown method.
+    pub fn no_such_method(type_name: &str, method: &str) -> Error {
+        Error::fatal(
+            Kind::NotSupported,
+            format!("service {type_name} has no method {method:?}"),
+        )
+    }
+
+    /// Rebuilds a service value from its archive.
+    pub fn decode_value<S: Decode>(value: &Payload) -> Result<S> {
+        S::decode(value)
+    }
+}

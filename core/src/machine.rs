@@ -1,0 +1,485 @@
+//! [`Machine`]: one machine of the cluster, its lifecycle, and the calls made to it.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bigmachine_quic::Pool;
+use futures::future::BoxFuture;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::call::Call;
+use crate::codec::{Decode, Payload};
+use crate::error::{Error, Kind, Result};
+use crate::keepalive::{KeepaliveConfig, KeepaliveTracker};
+use crate::service::ServiceSpec;
+use crate::supervisor_api::{self as api, Info, KeepaliveReply, SUPERVISOR};
+use crate::wire::{self, decode_error, RequestHeader, Status};
+
+/// The life of a machine. States only move forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum State {
+    /// Created, not yet booting.
+    Unstarted,
+    /// Booting: reaching the supervisor, installing services.
+    Starting,
+    /// Serving calls.
+    Running,
+    /// Gone; [`Machine::err`] says why.
+    Stopped,
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Unstarted => "unstarted",
+            Self::Starting => "starting",
+            Self::Running => "running",
+            Self::Stopped => "stopped",
+        })
+    }
+}
+
+struct Inner {
+    addr: SocketAddr,
+    owned: bool,
+    maxprocs: AtomicUsize,
+    pool: Pool,
+    max_reply: u64,
+    state: watch::Sender<State>,
+    err: Mutex<Option<Error>>,
+    stopped: CancellationToken,
+    cancel: CancellationToken,
+    keepalive_times: Mutex<Vec<Duration>>,
+    next_keepalive: Mutex<Option<Instant>>,
+}
+
+/// A machine of the cluster: a handle, cheap to clone, for calling its services and watching its
+/// state.
+///
+/// Machines come from [`crate::B::start`] (owned: booted and kept alive by this driver) or
+/// [`crate::B::dial`] (not owned: someone else's machine, reached by address).
+#[derive(Clone)]
+pub struct Machine {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Machine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Machine")
+            .field("addr", &self.inner.addr)
+            .field("state", &self.state())
+            .field("owned", &self.inner.owned)
+            .finish()
+    }
+}
+
+impl Machine {
+    pub(crate) fn new(
+        addr: SocketAddr,
+        owned: bool,
+        maxprocs: usize,
+        pool: Pool,
+        max_reply: u64,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                addr,
+                owned,
+                maxprocs: AtomicUsize::new(maxprocs),
+                pool,
+                max_reply,
+                state: watch::Sender::new(State::Unstarted),
+                err: Mutex::new(None),
+                stopped: CancellationToken::new(),
+                cancel: CancellationToken::new(),
+                keepalive_times: Mutex::new(Vec::new()),
+                next_keepalive: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// The address of the machine; other machines reach it with [`crate::B::dial`].
+    pub fn addr(&self) -> SocketAddr {
+        self.inner.addr
+    }
+
+    /// Whether this driver started the machine (and keeps it alive).
+    pub fn owned(&self) -> bool {
+        self.inner.owned
+    }
+
+    /// Processors available on the machine (0 until it reports them).
+    pub fn maxprocs(&self) -> usize {
+        self.inner.maxprocs.load(Ordering::Relaxed)
+    }
+
+    /// The current state.
+    pub fn state(&self) -> State {
+        *self.inner.state.borrow()
+    }
+
+    /// Waits until the machine reaches `state` or a later one, and returns the state reached.
+    /// Waiting for [`State::Running`] returns [`State::Stopped`] if the machine failed to boot.
+    pub async fn wait(&self, state: State) -> State {
+        let mut rx = self.inner.state.subscribe();
+        let reached = rx.wait_for(|s| *s >= state).await.map(|s| *s);
+        reached.unwrap_or(State::Stopped)
+    }
+
+    /// Why the machine stopped; `None` while it has not.
+    pub fn err(&self) -> Option<Error> {
+        lock(&self.inner.err).clone()
+    }
+
+    /// Cancels the machine: it is Stopped with a [`Kind::Canceled`] error and its pending calls
+    /// fail at once.
+    pub fn cancel(&self) {
+        self.inner.cancel.cancel();
+        self.stop(Error::canceled(format!(
+            "machine {} canceled",
+            self.inner.addr
+        )));
+    }
+
+    /// Latencies of the latest keepalive replies, most recent first.
+    pub fn keepalive_reply_times(&self) -> Vec<Duration> {
+        lock(&self.inner.keepalive_times).clone()
+    }
+
+    /// When the next keepalive is due, if the machine is kept alive.
+    pub fn next_keepalive(&self) -> Option<Instant> {
+        *lock(&self.inner.next_keepalive)
+    }
+
+    /// Calls `method` (`"Service.method"`) with `arg`; `.await` the returned [`Call`] for the
+    /// reply. The call waits until the machine is Running and fails at once, with
+    /// [`Kind::Unavailable`], if it is or becomes Stopped.
+    pub fn call<'a, A, R>(&'a self, method: &'a str, arg: &'a A) -> Call<'a, A, R> {
+        let (service, method) = method.split_once('.').unwrap_or((method, ""));
+        Call::new(self, service, method, arg)
+    }
+
+    /// Like [`Machine::call`], retrying temporary failures with back-off (see [`Call::retry`]).
+    pub fn retry_call<'a, A, R>(&'a self, method: &'a str, arg: &'a A) -> Call<'a, A, R> {
+        self.call(method, arg).retry()
+    }
+
+    /// Calls `method` of the service installed as `service` (what generated clients use).
+    pub fn call_service<'a, A, R>(
+        &'a self,
+        service: &'a str,
+        method: &'a str,
+        arg: &'a A,
+    ) -> Call<'a, A, R> {
+        Call::new(self, service, method, arg)
+    }
+
+    /// Asks the machine to exit and stops it. Pending calls fail.
+    pub async fn shutdown(&self) {
+        if self.state() < State::Stopped && self.inner.owned {
+            let shutdown: Result<()> = self
+                .call_service(SUPERVISOR, api::SHUTDOWN, &0u64)
+                .internal()
+                .timeout(Duration::from_secs(2))
+                .await;
+            if let Err(e) = shutdown {
+                tracing::debug!(machine = %self.inner.addr, error = %e, "shutdown call failed");
+            }
+        }
+        self.stop(Error::new(
+            Kind::Canceled,
+            format!("machine {} shut down", self.inner.addr),
+        ));
+    }
+
+    /// Moves to Stopped with `err` (the first error recorded wins) and fails pending calls.
+    pub(crate) fn stop(&self, err: Error) {
+        {
+            let mut slot = lock(&self.inner.err);
+            if slot.is_none() {
+                tracing::info!(machine = %self.inner.addr, error = %err, "machine stopped");
+                *slot = Some(err);
+            }
+        }
+        self.inner.state.send_replace(State::Stopped);
+        self.inner.stopped.cancel();
+        self.inner.pool.close("machine stopped");
+    }
+
+    fn advance(&self, state: State) {
+        self.inner.state.send_if_modified(|s| {
+            let forward = *s < state;
+            if forward {
+                *s = state;
+            }
+            forward
+        });
+    }
+
+    fn unavailable(&self) -> Error {
+        let e = Error::new(
+            Kind::Unavailable,
+            format!("machine {} is stopped", self.inner.addr),
+        );
+        match self.err() {
+            Some(cause) => e.caused_by(cause),
+            None => e,
+        }
+    }
+
+    /// Runs one call: waits for Running (unless `internal`), then exchanges request and reply on
+    /// a new stream, failing at once if the machine stops meanwhile.
+    pub(crate) async fn invoke(
+        &self,
+        service: &str,
+        method: &str,
+        arg: &Payload,
+        types: (u64, u64),
+        deadline: Option<Instant>,
+        internal: bool,
+    ) -> Result<Payload> {
+        if !internal && self.wait(State::Running).await == State::Stopped {
+            return Err(self.unavailable());
+        }
+        tokio::select! {
+            biased;
+            _ = self.inner.stopped.cancelled() => Err(self.unavailable()),
+            reply = self.exchange(service, method, arg, types, deadline) => reply,
+        }
+    }
+
+    async fn exchange(
+        &self,
+        service: &str,
+        method: &str,
+        arg: &Payload,
+        (arg_type, reply_type): (u64, u64),
+        deadline: Option<Instant>,
+    ) -> Result<Payload> {
+        /// Payloads up to this size are sent in the header's write.
+        const INLINE: usize = 16 << 10;
+        let timeout_us = deadline.map_or(0, |d| {
+            (d.saturating_duration_since(Instant::now()).as_micros() as u64).max(1)
+        });
+        let method_len = service.len() + 1 + method.len();
+        let header = RequestHeader {
+            flags: 0,
+            method_len: u16::try_from(method_len)
+                .ok()
+                .filter(|n| usize::from(*n) <= wire::MAX_METHOD_LEN)
+                .ok_or_else(|| Error::fatal(Kind::Invalid, "method name too long"))?,
+            timeout_us,
+            arg_type,
+            reply_type,
+            payload_len: arg.len() as u64,
+        };
+        let inline = arg.len() <= INLINE;
+        let mut head = Vec::with_capacity(
+            wire::REQUEST_HEADER_LEN + method_len + if inline { arg.len() } else { 0 },
+        );
+        header.encode_into(&mut head);
+        head.extend_from_slice(service.as_bytes());
+        head.push(b'.');
+        head.extend_from_slice(method.as_bytes());
+
+        let conn = self.inner.pool.get().await?;
+        let (mut send, mut recv) = conn.open_bi().await?;
+        if inline {
+            head.extend_from_slice(arg);
+            send.write_all(&head).await?;
+        } else {
+            send.write_all(&head).await?;
+            send.write_all(arg).await?;
+        }
+        send.finish()?;
+        let (status, payload) = wire::read_reply(&mut recv, self.inner.max_reply).await?;
+        match status {
+            Status::Ok => Ok(payload),
+            Status::MethodError => Err(Error::new(
+                Kind::Remote,
+                format!("{service}.{method} on {}", self.inner.addr),
+            )
+            .caused_by(decode_error(&payload))),
+            Status::ServerError => Err(decode_error(&payload)),
+        }
+    }
+
+    async fn supervisor<A, R>(&self, method: &str, arg: &A, timeout: Option<Duration>) -> Result<R>
+    where
+        A: crate::codec::Encode + Sync,
+        R: Decode + Send,
+    {
+        let call = self.call_service(SUPERVISOR, method, arg).internal();
+        match timeout {
+            Some(t) => call.timeout(t).await,
+            None => call.await,
+        }
+    }
+
+    /// Boots an owned machine and keeps it alive until it stops: the driver's side of a
+    /// machine's life. `exited` completes when the system sees the machine die.
+    pub(crate) async fn run_owned(
+        self,
+        services: Arc<[ServiceSpec]>,
+        keepalive: KeepaliveConfig,
+        exited: BoxFuture<'static, Error>,
+    ) {
+        self.advance(State::Starting);
+        let life = async {
+            if let Err(e) = self.boot(&services, keepalive).await {
+                return e;
+            }
+            self.advance(State::Running);
+            tracing::debug!(machine = %self.inner.addr, "machine running");
+            self.keep_alive(keepalive, true).await
+        };
+        let err = tokio::select! {
+            biased;
+            _ = self.inner.cancel.cancelled() => Error::canceled("machine canceled"),
+            e = exited => e,
+            e = life => e,
+        };
+        self.stop(err);
+    }
+
+    /// Watches a machine this driver does not own: Running once it answers a ping, Stopped once
+    /// it stops answering for the keepalive timeout.
+    pub(crate) async fn run_dialed(self, keepalive: KeepaliveConfig) {
+        self.advance(State::Starting);
+        let life = async {
+            if let Err(e) = self.reach(keepalive).await {
+                return e;
+            }
+            self.advance(State::Running);
+            self.keep_alive(keepalive, false).await
+        };
+        let err = tokio::select! {
+            biased;
+            _ = self.inner.cancel.cancelled() => Error::canceled("machine canceled"),
+            e = life => e,
+        };
+        self.stop(err);
+    }
+
+    /// Pings until the machine answers, for up to the keepalive timeout.
+    async fn reach(&self, keepalive: KeepaliveConfig) -> Result<()> {
+        let give_up = Instant::now() + keepalive.timeout;
+        let mut wait = Duration::from_millis(5);
+        let mut seq = 0u64;
+        loop {
+            seq += 1;
+            let reply = self
+                .supervisor::<u64, u64>(api::PING, &seq, Some(keepalive.rpc_timeout))
+                .await;
+            match reply {
+                Ok(r) if r == seq => return Ok(()),
+                Ok(r) => {
+                    return Err(Error::fatal(
+                        Kind::Invalid,
+                        format!("ping {seq} answered with {r}"),
+                    ))
+                }
+                Err(e) if e.is_temporary() && Instant::now() + wait < give_up => {
+                    tracing::debug!(machine = %self.inner.addr, error = %e, "machine not reachable yet");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => {
+                    return Err(Error::new(
+                        Kind::Unavailable,
+                        format!("machine {} did not answer pings", self.inner.addr),
+                    )
+                    .caused_by(e))
+                }
+            }
+        }
+    }
+
+    async fn boot(&self, services: &[ServiceSpec], keepalive: KeepaliveConfig) -> Result<()> {
+        self.reach(keepalive).await?;
+        let info: Info = self
+            .supervisor(api::INFO, &(), Some(keepalive.rpc_timeout))
+            .await?;
+        self.inner
+            .maxprocs
+            .store(info.maxprocs as usize, Ordering::Relaxed);
+        // Arm the machine's watchdog before the (possibly long) service initialization.
+        let _: KeepaliveReply = self
+            .supervisor(
+                api::KEEPALIVE,
+                &(keepalive.timeout.as_millis() as u64),
+                Some(keepalive.rpc_timeout),
+            )
+            .await?;
+        for spec in services {
+            let installed: Result<()> = self.supervisor(api::REGISTER, spec, None).await;
+            installed.map_err(|e| {
+                Error::new(
+                    Kind::Unavailable,
+                    format!(
+                        "machine {}: installing service {}",
+                        self.inner.addr, spec.name
+                    ),
+                )
+                .caused_by(e)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Sends keepalives (owned machines) or pings (dialed ones) every period; returns the error
+    /// that ends the machine once it has been silent for the timeout.
+    async fn keep_alive(&self, cfg: KeepaliveConfig, owned: bool) -> Error {
+        let mut tracker = KeepaliveTracker::new(cfg.timeout, Instant::now());
+        loop {
+            let sent = Instant::now();
+            let reply = if owned {
+                self.supervisor::<u64, KeepaliveReply>(
+                    api::KEEPALIVE,
+                    &(cfg.timeout.as_millis() as u64),
+                    Some(cfg.rpc_timeout),
+                )
+                .await
+                .map(drop)
+            } else {
+                self.supervisor::<u64, u64>(api::PING, &0, Some(cfg.rpc_timeout))
+                    .await
+                    .map(drop)
+            };
+            let now = Instant::now();
+            match reply {
+                Ok(()) => {
+                    tracker.on_reply(sent, now);
+                    *lock(&self.inner.keepalive_times) = tracker.reply_times();
+                }
+                Err(e) => match tracker.expired(now) {
+                    Some(silent) => {
+                        return Error::new(
+                            Kind::Unavailable,
+                            format!(
+                                "machine {} failed keepalives for {silent:?}",
+                                self.inner.addr
+                            ),
+                        )
+                        .caused_by(e)
+                    }
+                    None => {
+                        tracing::warn!(machine = %self.inner.addr, error = %e, "keepalive failed")
+                    }
+                },
+            }
+            let next = sent + cfg.period;
+            *lock(&self.inner.next_keepalive) = Some(next);
+            tokio::time::sleep_until(next).await;
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

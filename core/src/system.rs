@@ -1,0 +1,55 @@
+//! The [`System`] trait: what a kind of machine (in-process, local process, cloud instance) must
+//! provide to the driver.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use futures::future::BoxFuture;
+
+use crate::b::B;
+use crate::error::{Error, Result};
+use crate::keepalive::KeepaliveConfig;
+
+/// A machine a [`System`] launched. Its supervisor is serving at `addr` (or soon will be).
+pub struct Launched {
+    /// The address of the machine's endpoint.
+    pub addr: SocketAddr,
+    /// Processors available to the machine (0 if unknown until it reports).
+    pub maxprocs: usize,
+    /// Completes, with the reason, when the machine is gone (process exited, instance died,
+    /// killed by a test). The driver then stops the machine at once with this error.
+    pub exited: BoxFuture<'static, Error>,
+}
+
+impl fmt::Debug for Launched {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Launched")
+            .field("addr", &self.addr)
+            .field("maxprocs", &self.maxprocs)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A way of running machines.
+pub trait System: Send + Sync + fmt::Debug + 'static {
+    /// The system's name (`"test"`, `"local"`, `"ec2"`).
+    fn name(&self) -> &str;
+
+    /// Keepalive settings for machines of this system.
+    fn keepalive(&self) -> KeepaliveConfig {
+        KeepaliveConfig::default()
+    }
+
+    /// Processors per machine, as configured (0 if it varies).
+    fn maxprocs(&self) -> usize {
+        0
+    }
+
+    /// Launches `n` machines for the driver `b`, issuing their credentials from `b`'s authority.
+    fn start<'a>(&'a self, b: &'a B, n: usize) -> BoxFuture<'a, Result<Vec<Launched>>>;
+
+    /// Tears down what the system holds, once the driver shuts down.
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}

@@ -1,0 +1,74 @@
+//! The keepalive watchdog: it fires once the latest keepalive's deadline passes without another.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// Holds the deadline set by the latest keepalive. [`Watchdog::expired`] completes once that
+/// deadline passes without being extended.
+#[derive(Debug, Clone)]
+pub struct Watchdog {
+    deadline: Arc<watch::Sender<Instant>>,
+}
+
+impl Watchdog {
+    /// A watchdog that expires `grace` from now unless kept alive.
+    pub fn new(grace: Duration) -> Self {
+        Self {
+            deadline: Arc::new(watch::Sender::new(Instant::now() + grace)),
+        }
+    }
+
+    /// Extends the deadline to `next` from now.
+    pub fn keepalive(&self, next: Duration) {
+        self.deadline.send_replace(Instant::now() + next);
+    }
+
+    /// The current deadline.
+    pub fn deadline(&self) -> Instant {
+        *self.deadline.borrow()
+    }
+
+    /// Completes when the deadline passes without a keepalive; returns how long the machine had
+    /// been kept alive for by the last one.
+    pub async fn expired(&self) {
+        let mut rx = self.deadline.subscribe();
+        loop {
+            let deadline = *rx.borrow_and_update();
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {
+                    if *rx.borrow() <= Instant::now() {
+                        return;
+                    }
+                }
+                changed = rx.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn expires_only_without_keepalives() {
+        let w = Watchdog::new(Duration::from_secs(10));
+        let expired = w.clone();
+        let task = tokio::spawn(async move { expired.expired().await });
+        for _ in 0..5 {
+            tokio::time::sleep(Duration::from_secs(8)).await;
+            assert!(!task.is_finished(), "kept alive, must not expire");
+            w.keepalive(Duration::from_secs(10));
+        }
+        let before = Instant::now();
+        let _ = task.await;
+        assert_eq!(before.elapsed(), Duration::from_secs(10));
+    }
+}

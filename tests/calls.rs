@@ -1,0 +1,245 @@
+//! Calls: round trips, errors across the wire, deadlines, cancellation, bad input, load.
+
+mod common;
+
+use std::time::Duration;
+
+use bigmachine::testsystem::TestSystem;
+use bigmachine::{Kind, Result, Severity};
+use common::{echo_cluster, handler_dropped, init_tracing, EchoClient};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_round_trip() -> Result<()> {
+    init_tracing();
+    let (b, machines) = echo_cluster(TestSystem::new(), 1).await?;
+    let reply: String = machines[0].call("Echo.echo", &"world".to_string()).await?;
+    assert_eq!(reply, "hello, world");
+    let typed = EchoClient::new(&machines[0], "Echo")
+        .echo(&"typed".into())
+        .await?;
+    assert_eq!(typed, "hello, typed");
+    b.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn method_error_comes_back_nested_under_remote() -> Result<()> {
+    let (b, machines) = echo_cluster(TestSystem::new(), 1).await?;
+    let err = EchoClient::new(&machines[0], "Echo")
+        .fail(&"no such widget".into())
+        .await
+        .err()
+        .ok_or_else(|| bigmachine::Error::other("fail succeeded"))?;
+    assert_eq!(err.kind(), Kind::Remote);
+    let cause = err
+        .cause()
+        .map(|c| (c.kind(), c.message().to_string(), c.severity()));
+    assert_eq!(
+        cause,
+        Some((
+            Kind::Precondition,
+            "no such widget".to_string(),
+            Severity::Fatal
+        ))
+    );
+    assert!(
+        err.is_fatal(),
+        "Remote inherits the method error's severity"
+    );
+    b.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unit_reply() -> Result<()> {
+    let (b, machines) = echo_cluster(TestSystem::new(), 1).await?;
+    let (): () = machines[0].call("Echo.unit", &()).await?;
+    b.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadline_on_a_hanging_method_cancels_the_handler() -> Result<()> {
+    let (b, machines) = echo_cluster(TestSystem::new(), 1).await?;
+    let started = Instant::now();
+    let result: Result<()> = machines[0]
+        .call("Echo.hang", &1001u64)
+        .timeout(Duration::from_secs(2))
+        .await;
+    let elapsed = started.elapsed();
+    assert_eq!(result.err().map(|e| e.kind()), Some(Kind::DeadlineExceeded));
+    assert!(
+        elapsed >= Duration::from_secs(2) && elapsed < Duration::from_secs(4),
+        "returned after {elapsed:?}"
+    );
+    assert!(
+        handler_dropped(1001, Duration::from_secs(2)).await,
+        "the server-side handler was not dropped"
+    );
+    // The machine still serves.
+    let (): () = machines[0].call("Echo.unit", &()).await?;
+    b.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canceled_caller_gets_canceled_and_handler_is_dropped() -> Result<()> {
+    let (b, machines) = echo_cluster(TestSystem::new(), 1).await?;
+    let token = CancellationToken::new();
+    let canceler = token.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        canceler.cancel();
+    });
+    let result: Result<()> = machines[0]
+        .call("Echo.hang", &1002u64)
+        .cancel_on(&token)
+        .await;
+    assert_eq!(result.err().map(|e| e.kind()), Some(Kind::Canceled));
+    assert!(handler_dropped(1002, Duration::from_secs(2)).await);
+    b.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_call_future_drops_the_handler() -> Result<()> {
+    let (b, machines) = echo_cluster(TestSystem::new(), 1).await?;
+    let call = machines[0].call::<u64, ()>("Echo.hang", &1003u64);
+    let raced = tokio::time::timeout(Duration::from_millis(300), call).await;
+    assert!(raced.is_err(), "hang returned");
+    assert!(handler_dropped(1003, Duration::from_secs(2)).await);
+    b.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_argument_type_is_a_fatal_invalid_error() -> Result<()> {
+    let (b, machines) = echo_cluster(TestSystem::new(), 1).await?;
+    // echo takes a String; send a u64.
+    let err = machines[0]
+        .call::<u64, String>("Echo.echo", &7)
+        .await
+        .err()
+        .ok_or_else(|| bigmachine::Error::other("call succeeded"))?;
+    assert_eq!(
+        (err.kind(), err.severity()),
+        (Kind::Invalid, Severity::Fatal),
+        "{err}"
+    );
+    // Right argument, wrong expected reply.
+    let err = machines[0]
+        .call::<String, u64>("Echo.echo", &"x".to_string())
+        .await
+        .err()
+        .map(|e| (e.kind(), e.severity()));
+    assert_eq!(err, Some((Kind::Invalid, Severity::Fatal)));
+    let reply: String = machines[0]
+        .call("Echo.echo", &"still up".to_string())
+        .await?;
+    assert_eq!(reply, "hello, still up");
+    b.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_service_or_method_is_not_supported() -> Result<()> {
+    let (b, machines) = echo_cluster(TestSystem::new(), 1).await?;
+    for method in ["Nope.echo", "Echo.nope"] {
+        let err = machines[0]
+            .call::<(), ()>(method, &())
+            .await
+            .err()
+            .map(|e| e.kind());
+        assert_eq!(err, Some(Kind::NotSupported), "{method}");
+    }
+    let err = machines[0]
+        .call::<(), ()>("nodot", &())
+        .await
+        .err()
+        .map(|e| e.kind());
+    assert_eq!(err, Some(Kind::Invalid));
+    b.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panic_in_a_method_is_a_fatal_remote_error_and_the_machine_lives_on() -> Result<()> {
+    let (b, machines) = echo_cluster(TestSystem::new(), 1).await?;
+    let err = machines[0]
+        .call::<String, ()>("Echo.panic", &"kaboom".to_string())
+        .await
+        .err()
+        .ok_or_else(|| bigmachine::Error::other("panic returned Ok"))?;
+    assert_eq!(err.kind(), Kind::Remote);
+    assert!(err.is_fatal());
+    assert!(err.to_string().contains("kaboom"), "{err}");
+    let reply: String = machines[0].call("Echo.echo", &"after".to_string()).await?;
+    assert_eq!(reply, "hello, after");
+    b.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_concurrent_calls_all_complete() -> Result<()> {
+    let (b, machines) = echo_cluster(TestSystem::new(), 2).await?;
+    let texts: Vec<String> = (0..10_000).map(|i| i.to_string()).collect();
+    let calls = texts.iter().enumerate().map(|(i, text)| {
+        let m = &machines[i % machines.len()];
+        async move {
+            let reply: String = m.call("Echo.echo", text).await?;
+            Ok::<_, bigmachine::Error>(reply == format!("hello, {text}"))
+        }
+    });
+    let results = tokio::time::timeout(Duration::from_secs(120), futures::future::join_all(calls))
+        .await
+        .map_err(|_| bigmachine::Error::other("10,000 calls did not finish in 120 s"))?;
+    let ok = results.into_iter().collect::<Result<Vec<bool>>>()?;
+    assert_eq!(ok.len(), 10_000);
+    assert!(
+        ok.iter().all(|&same| same),
+        "a reply did not match its call"
+    );
+    b.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn argument_over_the_limit_is_refused_clearly() -> Result<()> {
+    let (b, machines) = echo_cluster(TestSystem::new().with_max_payload(64 << 10), 1).await?;
+    let small: u64 = machines[0].call("Echo.len", &vec![1u8; 1000]).await?;
+    assert_eq!(small, 1000);
+    let err = machines[0]
+        .call::<Vec<u8>, u64>("Echo.len", &vec![1u8; 100 << 10])
+        .await
+        .err()
+        .ok_or_else(|| bigmachine::Error::other("oversized argument accepted"))?;
+    assert_eq!(err.kind(), Kind::Invalid, "{err}");
+    assert!(err.to_string().contains("exceeds the limit"), "{err}");
+    b.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn machines_call_each_other_by_address() -> Result<()> {
+    use bigmachine::{Services, State, B};
+    let b = B::new(TestSystem::new())?;
+    let services = Services::new()
+        .with(
+            "Echo",
+            common::Echo {
+                greeting: "hi ".into(),
+            },
+        )
+        .with("Relay", common::Relay::new());
+    let machines = b.start(2, services).await?;
+    for m in &machines {
+        assert_eq!(m.wait(State::Running).await, State::Running);
+    }
+    let arg = (machines[1].addr().to_string(), "there".to_string());
+    let reply: String = machines[0].call("Relay.relay", &arg).await?;
+    assert_eq!(reply, "hi there");
+    b.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,156 @@
+//! Services and helpers shared by the behaviour tests.
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::HashSet;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use bigmachine::testsystem::TestSystem;
+use bigmachine::{service, Context, Error, Kind, Machine, Result, Services, State, B};
+
+/// A service with one method per behaviour under test.
+#[derive(Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Echo {
+    pub greeting: String,
+}
+
+/// Ids of `hang` calls whose handler future was dropped.
+pub fn dropped() -> &'static Mutex<HashSet<u64>> {
+    static DROPPED: OnceLock<Mutex<HashSet<u64>>> = OnceLock::new();
+    DROPPED.get_or_init(Default::default)
+}
+
+struct DropFlag(u64);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        dropped()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(self.0);
+    }
+}
+
+/// Waits (at most `limit`) for the handler of `hang(id)` to be dropped.
+pub async fn handler_dropped(id: u64, limit: Duration) -> bool {
+    let until = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < until {
+        if dropped()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&id)
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+#[service]
+impl Echo {
+    /// Returns the greeting and the argument.
+    async fn echo(&self, _ctx: &Context, text: String) -> Result<String> {
+        Ok(format!("{}{text}", self.greeting))
+    }
+
+    /// Fails with a Precondition error carrying `message`.
+    async fn fail(&self, _ctx: &Context, message: String) -> Result<u64> {
+        Err(Error::fatal(Kind::Precondition, message))
+    }
+
+    /// Returns nothing.
+    async fn unit(&self, _ctx: &Context, _arg: ()) -> Result<()> {
+        Ok(())
+    }
+
+    /// Never returns; records when its future is dropped.
+    async fn hang(&self, _ctx: &Context, id: u64) -> Result<()> {
+        let _flag = DropFlag(id);
+        futures::future::pending::<()>().await;
+        Ok(())
+    }
+
+    /// Panics with `message`.
+    async fn panic(&self, _ctx: &Context, message: String) -> Result<()> {
+        panic!("{message}")
+    }
+
+    /// Sleeps `ms` then returns it.
+    async fn sleep(&self, _ctx: &Context, ms: u64) -> Result<u64> {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Ok(ms)
+    }
+
+    /// Returns the length of `bytes`.
+    async fn len(&self, _ctx: &Context, bytes: Vec<u8>) -> Result<u64> {
+        Ok(bytes.len() as u64)
+    }
+}
+
+/// Calls `Echo.echo` on the machine at `addr`, dialed from this machine: a machine-to-machine
+/// call.
+#[derive(Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Relay {
+    #[rkyv(with = rkyv::with::Skip)]
+    b: Option<B>,
+}
+
+impl Relay {
+    pub fn new() -> Self {
+        Self { b: None }
+    }
+}
+
+#[service]
+impl Relay {
+    async fn init(&mut self, b: &B) -> Result<()> {
+        self.b = Some(b.clone());
+        Ok(())
+    }
+
+    /// Calls `Echo.echo(text)` on the machine at `addr`, within this call's context.
+    async fn relay(&self, ctx: &Context, arg: (String, String)) -> Result<String> {
+        let (addr, text) = arg;
+        let addr = addr.parse().map_err(Error::other)?;
+        let b = self
+            .b
+            .as_ref()
+            .ok_or_else(|| Error::fatal(Kind::Precondition, "not initialized"))?;
+        let peer = b.dial(addr);
+        peer.call("Echo.echo", &text).context(ctx).await
+    }
+}
+
+/// Starts `n` machines running Echo (greeting "hello, ") and waits for them to be Running.
+pub async fn echo_cluster(system: TestSystem, n: usize) -> Result<(B, Vec<Machine>)> {
+    let b = B::new(system)?;
+    let machines = b
+        .start(
+            n,
+            Services::new().with(
+                "Echo",
+                Echo {
+                    greeting: "hello, ".into(),
+                },
+            ),
+        )
+        .await?;
+    for m in &machines {
+        let state = tokio::time::timeout(Duration::from_secs(10), m.wait(State::Running))
+            .await
+            .map_err(|_| Error::new(Kind::DeadlineExceeded, "machine did not boot in 10 s"))?;
+        if state != State::Running {
+            return Err(m.err().unwrap_or_else(|| Error::other("machine stopped")));
+        }
+    }
+    Ok((b, machines))
+}
+
+/// Logs to the test's output when RUST_LOG is set.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}

@@ -1,0 +1,169 @@
+//! Security and hostile input: mutual TLS in both directions, garbage on call streams.
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bigmachine::core::codec::{self, type_tag};
+use bigmachine::core::server::ServerConfig;
+use bigmachine::core::wire::{self, RequestHeader, Status};
+use bigmachine::quic::{Authority, Credentials, Endpoint, TransportConfig};
+use bigmachine::supervisor::MachineOptions;
+use bigmachine::testsystem::TestSystem;
+use bigmachine::{Error, Kind, Result, State};
+use common::echo_cluster;
+
+fn loopback() -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, 0))
+}
+
+/// Credentials whose own certificate comes from `issuer` but which trust `trusted`'s CA.
+fn forged(issuer: &Authority, trusted: &Authority) -> Result<Credentials> {
+    let mut creds = issuer.issue("impostor")?;
+    creds.ca = trusted.certificate().clone();
+    Ok(creds)
+}
+
+/// Sends one raw request frame on a fresh stream and reads the reply.
+async fn raw_exchange(
+    conn: &quinn::Connection,
+    frame: &[u8],
+) -> Result<(Status, bigmachine::Payload)> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    send.write_all(frame).await?;
+    send.finish()?;
+    wire::read_reply(&mut recv, 1 << 20).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_with_a_certificate_of_another_ca_is_refused() -> Result<()> {
+    let (b, machines) = echo_cluster(TestSystem::new(), 1).await?;
+    let cluster_ca = b.authority().ok_or_else(|| Error::other("no authority"))?;
+    // The impostor trusts the cluster's CA (so it accepts the server) but its own certificate
+    // comes from another CA.
+    let impostor = forged(&Authority::new()?, cluster_ca)?;
+    let endpoint = Endpoint::bind(loopback(), &impostor, TransportConfig::default())?;
+    let attempt = async {
+        let conn = endpoint.connect(machines[0].addr()).await?;
+        let frame = ping_frame();
+        raw_exchange(&conn, &frame).await
+    };
+    let outcome = tokio::time::timeout(Duration::from_secs(5), attempt)
+        .await
+        .map_err(|_| Error::other("refusal took more than 5 s"))?;
+    let err = outcome
+        .err()
+        .ok_or_else(|| Error::other("the impostor got a reply"))?;
+    assert!(err.is(Kind::Net) && err.is_fatal(), "{err}");
+    // The machine serves its cluster as before.
+    let reply: String = machines[0].call("Echo.echo", &"ok".to_string()).await?;
+    assert_eq!(reply, "hello, ok");
+    assert_eq!(machines[0].state(), State::Running);
+    b.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_with_a_certificate_of_another_ca_is_refused() -> Result<()> {
+    let system = TestSystem::new();
+    let (b, _machines) = echo_cluster(system.clone(), 1).await?;
+    let cluster_ca = b.authority().ok_or_else(|| Error::other("no authority"))?;
+    // An impostor machine that would accept the driver, but whose certificate is not the
+    // cluster's.
+    let impostor = bigmachine::supervisor::start(MachineOptions {
+        creds: forged(&Authority::new()?, cluster_ca)?,
+        bind: loopback(),
+        transport: TransportConfig::default(),
+        server: ServerConfig::default(),
+        system: Arc::new(system),
+        maxprocs: 1,
+        first_keepalive: Duration::from_secs(30),
+    })?;
+    let m = b.dial(impostor.addr());
+    let state = tokio::time::timeout(Duration::from_secs(5), m.wait(State::Running))
+        .await
+        .map_err(|_| Error::other("dial neither succeeded nor failed in 5 s"))?;
+    assert_eq!(state, State::Stopped);
+    let err = m.err().ok_or_else(|| Error::other("no error"))?;
+    assert!(err.is(Kind::Net) && err.is_fatal(), "{err}");
+    assert!(err.to_string().contains("TLS"), "{err}");
+    impostor.exit(Error::other("test over"));
+    b.shutdown().await;
+    Ok(())
+}
+
+fn ping_frame() -> Vec<u8> {
+    let method = b"Supervisor.ping";
+    let arg = codec::encode(&1u64).unwrap_or_default();
+    frame(method, &arg, type_tag::<u64>(), type_tag::<u64>())
+}
+
+fn frame(method: &[u8], payload: &[u8], arg_type: u64, reply_type: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    RequestHeader {
+        flags: 0,
+        method_len: method.len() as u16,
+        timeout_us: 0,
+        arg_type,
+        reply_type,
+        payload_len: payload.len() as u64,
+    }
+    .encode_into(&mut out);
+    out.extend_from_slice(method);
+    out.extend_from_slice(payload);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_a_call_stream_gets_an_error_reply() -> Result<()> {
+    let (b, machines) = echo_cluster(TestSystem::new(), 1).await?;
+    let authority = b.authority().ok_or_else(|| Error::other("no authority"))?;
+    let endpoint = Endpoint::bind(
+        loopback(),
+        &authority.issue("raw client")?,
+        TransportConfig::default(),
+    )?;
+    let conn = endpoint.connect(machines[0].addr()).await?;
+
+    // A well-formed ping first: the raw path works.
+    let (status, reply) = raw_exchange(&conn, &ping_frame()).await?;
+    assert_eq!(status, Status::Ok);
+    assert_eq!(codec::decode::<u64>(&reply)?, 1);
+
+    let mut rng = fastrand::Rng::with_seed(42);
+    let random: Vec<Vec<u8>> = (0..20)
+        .map(|i| (0..[7, 40, 1024][i % 3]).map(|_| rng.u8(..)).collect())
+        .collect();
+    let string_tag = type_tag::<String>();
+    let hostile = [
+        // A valid header for Echo.len with the right type tags, but a payload that is no
+        // archive of a Vec<u8> (its root points far outside the buffer).
+        frame(
+            b"Echo.len",
+            &[0x7f; 64],
+            type_tag::<Vec<u8>>(),
+            type_tag::<u64>(),
+        ),
+        // A header announcing more payload than is sent.
+        {
+            let mut f = frame(b"Echo.echo", &[0; 8], string_tag, string_tag);
+            f.truncate(f.len() - 4);
+            f
+        },
+        // A method name that is not UTF-8.
+        frame(&[0xc3, 0x28, b'.', b'x'], &[], 0, 0),
+    ];
+    for (i, bytes) in random.iter().chain(hostile.iter()).enumerate() {
+        let (status, payload) = raw_exchange(&conn, bytes).await?;
+        assert_eq!(status, Status::ServerError, "case {i}");
+        let err = wire::decode_error(&payload);
+        assert_eq!(err.kind(), Kind::Invalid, "{err}");
+    }
+    // Still serving.
+    let reply: String = machines[0].call("Echo.echo", &"fine".to_string()).await?;
+    assert_eq!(reply, "hello, fine");
+    b.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,160 @@
+//! The cluster's certificate authority and the credentials it issues.
+//!
+//! The driver creates one [`Authority`] per cluster. It signs a certificate for the driver's own
+//! endpoint and one for every machine. A machine receives only its [`Credentials`]: its own key, its
+//! certificate and the CA's certificate (to verify peers), never the CA's key.
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+use crate::error::{Error, Result};
+use crate::tls::SERVER_NAME;
+
+/// A cluster certificate authority: an ECDSA P-256 key and its self-signed certificate.
+pub struct Authority {
+    issuer: Issuer<'static, KeyPair>,
+    cert: CertificateDer<'static>,
+}
+
+impl std::fmt::Debug for Authority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authority").finish_non_exhaustive()
+    }
+}
+
+impl Authority {
+    /// Creates a fresh authority with a new key.
+    pub fn new() -> Result<Self> {
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "bigmachine cluster authority");
+        let key = KeyPair::generate()?;
+        let cert = params.self_signed(&key)?;
+        Ok(Self {
+            issuer: Issuer::new(params, key),
+            cert: cert.der().clone(),
+        })
+    }
+
+    /// The CA certificate, which every endpoint of the cluster trusts.
+    pub fn certificate(&self) -> &CertificateDer<'static> {
+        &self.cert
+    }
+
+    /// Issues credentials for one endpoint. `name` becomes the certificate's common name (it is
+    /// informational: trust comes from the chain to the CA).
+    pub fn issue(&self, name: &str) -> Result<Credentials> {
+        let mut params = CertificateParams::new(vec![SERVER_NAME.to_string()])?;
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(Credentials {
+            cert: cert.der().clone(),
+            key: PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
+            ca: self.cert.clone(),
+        })
+    }
+}
+
+/// What one endpoint needs to take part in the cluster: its own certificate and private key, and
+/// the CA certificate its peers must chain to.
+pub struct Credentials {
+    /// This endpoint's certificate, signed by the cluster CA.
+    pub cert: CertificateDer<'static>,
+    /// This endpoint's private key.
+    pub key: PrivateKeyDer<'static>,
+    /// The cluster CA's certificate.
+    pub ca: CertificateDer<'static>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials").finish_non_exhaustive()
+    }
+}
+
+impl Clone for Credentials {
+    fn clone(&self) -> Self {
+        Self {
+            cert: self.cert.clone(),
+            key: self.key.clone_key(),
+            ca: self.ca.clone(),
+        }
+    }
+}
+
+impl Credentials {
+    /// Encodes the credentials as PEM: the certificate, the CA certificate, then the private key.
+    /// This is the form a machine receives privately (a 0600 file or an inherited pipe).
+    pub fn to_pem(&self) -> String {
+        let mut out = String::new();
+        for (label, der) in [
+            ("CERTIFICATE", self.cert.as_ref()),
+            ("CERTIFICATE", self.ca.as_ref()),
+            ("PRIVATE KEY", self.key.secret_der()),
+        ] {
+            out.push_str(&pem_block(label, der));
+        }
+        out
+    }
+
+    /// Decodes credentials written by [`Credentials::to_pem`].
+    pub fn from_pem(pem: &[u8]) -> Result<Self> {
+        let mut certs = CertificateDer::pem_slice_iter(pem);
+        let mut next_cert = || -> Result<CertificateDer<'static>> {
+            certs
+                .next()
+                .ok_or_else(|| Error::Certificate("missing certificate in PEM".into()))?
+                .map_err(|e| Error::Certificate(e.to_string()))
+        };
+        let cert = next_cert()?;
+        let ca = next_cert()?;
+        let key =
+            PrivateKeyDer::from_pem_slice(pem).map_err(|e| Error::Certificate(e.to_string()))?;
+        Ok(Self { cert, key, ca })
+    }
+}
+
+fn pem_block(label: &str, der: &[u8]) -> String {
+    pem::encode(&pem::Pem::new(label, der.to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pem_round_trip() -> Result<()> {
+        let ca = Authority::new()?;
+        let creds = ca.issue("m1")?;
+        let back = Credentials::from_pem(creds.to_pem().as_bytes())?;
+        assert_eq!(back.cert, creds.cert);
+        assert_eq!(back.ca, creds.ca);
+        assert_eq!(back.key.secret_der(), creds.key.secret_der());
+        Ok(())
+    }
+
+    #[test]
+    fn truncated_pem_is_an_error() -> Result<()> {
+        let creds = Authority::new()?.issue("m1")?;
+        let pem = creds.to_pem();
+        assert!(Credentials::from_pem(&pem.as_bytes()[..pem.len() / 3]).is_err());
+        Ok(())
+    }
+}

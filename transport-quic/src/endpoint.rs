@@ -1,0 +1,169 @@
+//! A quinn endpoint that both serves and dials with the cluster's credentials.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+
+use crate::authority::Credentials;
+use crate::error::{Error, Result};
+use crate::pool::Pool;
+use crate::tls::{self, SERVER_NAME};
+
+/// Tuning of endpoints and their connections.
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    /// Connections kept per remote address by a [`Pool`]. Calls are spread over them.
+    pub pool_size: usize,
+    /// Bidirectional streams (calls in flight) a peer may open on one connection at once; further
+    /// calls wait for a slot.
+    pub max_concurrent_streams: u32,
+    /// A connection with no traffic for this long is closed. Transport keepalives
+    /// ([`TransportConfig::keep_alive_interval`]) keep healthy idle connections open.
+    pub idle_timeout: Duration,
+    /// How often an idle connection sends a QUIC ping.
+    pub keep_alive_interval: Duration,
+    /// How long a connection attempt (handshake included) may take.
+    pub connect_timeout: Duration,
+    /// Flow-control window of one stream, in bytes.
+    pub stream_window: u32,
+    /// Flow-control window of one connection, in bytes.
+    pub connection_window: u32,
+    /// UDP socket send and receive buffer sizes requested from the kernel, in bytes.
+    pub socket_buffer: usize,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        Self {
+            pool_size: 2,
+            max_concurrent_streams: 256,
+            idle_timeout: Duration::from_secs(30),
+            keep_alive_interval: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(10),
+            stream_window: 8 << 20,
+            connection_window: 32 << 20,
+            socket_buffer: 4 << 20,
+        }
+    }
+}
+
+impl TransportConfig {
+    fn quinn(&self) -> Result<quinn::TransportConfig> {
+        let mut t = quinn::TransportConfig::default();
+        let idle = quinn::IdleTimeout::try_from(self.idle_timeout)
+            .map_err(|e| Error::Tls(format!("idle timeout: {e}")))?;
+        t.max_idle_timeout(Some(idle))
+            .keep_alive_interval(Some(self.keep_alive_interval))
+            .max_concurrent_bidi_streams(self.max_concurrent_streams.into())
+            .max_concurrent_uni_streams(0u32.into())
+            .stream_receive_window(self.stream_window.into())
+            .receive_window(self.connection_window.into())
+            .send_window(u64::from(self.connection_window));
+        Ok(t)
+    }
+}
+
+/// A QUIC endpoint of the cluster: it accepts connections from, and opens connections to, peers
+/// holding certificates of the same authority.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    inner: quinn::Endpoint,
+    config: Arc<TransportConfig>,
+}
+
+impl Endpoint {
+    /// Binds an endpoint to `addr` (`127.0.0.1:0` picks a free port) with `creds`.
+    pub fn bind(addr: SocketAddr, creds: &Credentials, config: TransportConfig) -> Result<Self> {
+        let transport = Arc::new(config.quinn()?);
+        let server_crypto = QuicServerConfig::try_from(tls::server_config(creds)?)
+            .map_err(|e| Error::Tls(e.to_string()))?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+        server.transport_config(transport.clone());
+        let client_crypto = QuicClientConfig::try_from(tls::client_config(creds)?)
+            .map_err(|e| Error::Tls(e.to_string()))?;
+        let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
+        client.transport_config(transport);
+
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::DGRAM,
+            Some(socket2::Protocol::UDP),
+        )?;
+        // Larger buffers avoid drops under bulk transfer; the kernel caps them at its maximum.
+        if let Err(e) = socket.set_recv_buffer_size(config.socket_buffer) {
+            tracing::debug!(error = %e, "could not raise the UDP receive buffer");
+        }
+        if let Err(e) = socket.set_send_buffer_size(config.socket_buffer) {
+            tracing::debug!(error = %e, "could not raise the UDP send buffer");
+        }
+        socket.bind(&addr.into())?;
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| Error::Io(std::io::Error::other("no async runtime found")))?;
+        let mut inner = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server),
+            socket.into(),
+            runtime,
+        )?;
+        inner.set_default_client_config(client);
+        Ok(Self {
+            inner,
+            config: Arc::new(config),
+        })
+    }
+
+    /// The address this endpoint is bound to.
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        Ok(self.inner.local_addr()?)
+    }
+
+    /// The tuning this endpoint was made with.
+    pub fn config(&self) -> &TransportConfig {
+        &self.config
+    }
+
+    /// Opens a new connection to `addr`, verifying that its certificate chains to the cluster CA.
+    pub async fn connect(&self, addr: SocketAddr) -> Result<quinn::Connection> {
+        let connecting = self.inner.connect(addr, SERVER_NAME)?;
+        match tokio::time::timeout(self.config.connect_timeout, connecting).await {
+            Ok(conn) => Ok(conn?),
+            Err(_) => Err(Error::ConnectTimeout(addr)),
+        }
+    }
+
+    /// A pool of [`TransportConfig::pool_size`] lazily opened connections to `addr`.
+    pub fn pool(&self, addr: SocketAddr) -> Pool {
+        Pool::new(self.clone(), addr, self.config.pool_size)
+    }
+
+    /// Waits for the next incoming connection and completes its handshake. Returns `None` once the
+    /// endpoint is closed. A handshake that fails (for instance, a client without a certificate of
+    /// the cluster) is logged and skipped: the caller only ever sees authenticated connections.
+    pub async fn accept(&self) -> Option<quinn::Connection> {
+        loop {
+            let incoming = self.inner.accept().await?;
+            match incoming.await {
+                Ok(conn) => return Some(conn),
+                Err(e) => tracing::debug!(error = %e, "refused an incoming connection"),
+            }
+        }
+    }
+
+    /// Waits for the next incoming connection attempt without completing it, so the caller can
+    /// run handshakes concurrently. Returns `None` once the endpoint is closed.
+    pub async fn accept_incoming(&self) -> Option<quinn::Incoming> {
+        self.inner.accept().await
+    }
+
+    /// Closes every connection of this endpoint at once with `reason`, and stops accepting.
+    pub fn close(&self, reason: &str) {
+        self.inner.close(0u32.into(), reason.as_bytes());
+    }
+
+    /// Waits until every connection of this endpoint is closed and its state released.
+    pub async fn wait_idle(&self) {
+        self.inner.wait_idle().await;
+    }
+}

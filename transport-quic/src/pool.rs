@@ -1,0 +1,81 @@
+//! Several connections to one remote address, opened on first use and re-opened after loss.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use crate::endpoint::Endpoint;
+use crate::error::Result;
+
+#[derive(Debug, Default)]
+struct Slot {
+    conn: Mutex<Option<quinn::Connection>>,
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl Slot {
+    fn live(&self) -> Option<quinn::Connection> {
+        let guard = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        guard
+            .as_ref()
+            .filter(|c| c.close_reason().is_none())
+            .cloned()
+    }
+}
+
+/// A connection pool for one remote address. Each [`Pool::get`] takes the next slot in turn, so
+/// concurrent calls spread over the pool's connections; a slot whose connection was lost is
+/// reconnected by the next call that lands on it.
+#[derive(Debug)]
+pub struct Pool {
+    endpoint: Endpoint,
+    addr: SocketAddr,
+    slots: Box<[Slot]>,
+    next: AtomicUsize,
+}
+
+impl Pool {
+    pub(crate) fn new(endpoint: Endpoint, addr: SocketAddr, size: usize) -> Self {
+        Self {
+            endpoint,
+            addr,
+            slots: (0..size.max(1)).map(|_| Slot::default()).collect(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// The remote address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A live connection to the remote address, opening one if this slot has none.
+    pub async fn get(&self) -> Result<quinn::Connection> {
+        let slot = &self.slots[self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len()];
+        if let Some(conn) = slot.live() {
+            return Ok(conn);
+        }
+        let _connecting = slot.connecting.lock().await;
+        if let Some(conn) = slot.live() {
+            return Ok(conn);
+        }
+        let conn = self.endpoint.connect(self.addr).await?;
+        *slot.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Closes every open connection of the pool with `reason`. Later calls to [`Pool::get`]
+    /// reconnect.
+    pub fn close(&self, reason: &str) {
+        for slot in self.slots.iter() {
+            if let Some(conn) = slot.conn.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                conn.close(0u32.into(), reason.as_bytes());
+            }
+        }
+    }
+
+    /// How many of the pool's connections are open now.
+    pub fn open_connections(&self) -> usize {
+        self.slots.iter().filter(|s| s.live().is_some()).count()
+    }
+}
