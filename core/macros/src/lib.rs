@@ -51,9 +51,15 @@ pub fn service(attr: TokenStream, item: TokenStream) -> TokenStream {
         }
     });
     parse_macro_input!(attr with parser);
+    let original = TokenStream2::from(item.clone());
     let block = parse_macro_input!(item as ItemImpl);
+    // On error, keep the user's code so the only diagnostic is ours (no cascade of unused
+    // imports or missing items).
     expand(&options, block)
-        .unwrap_or_else(syn::Error::into_compile_error)
+        .unwrap_or_else(|e| {
+            let error = e.into_compile_error();
+            quote!(#error #original)
+        })
         .into()
 }
 
