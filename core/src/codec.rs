@@ -169,7 +169,10 @@ mod tests {
         assert_eq!(err, Some(Kind::Invalid));
         let mut not_a_bool = Payload::new();
         not_a_bool.push(2);
-        assert_eq!(decode::<bool>(&not_a_bool).err().map(|e| e.kind()), Some(Kind::Invalid));
+        assert_eq!(
+            decode::<bool>(&not_a_bool).err().map(|e| e.kind()),
+            Some(Kind::Invalid)
+        );
         assert_eq!(
             decode::<Point>(&[]).err().map(|e| e.kind()),
             Some(Kind::Invalid)
