@@ -29,6 +29,15 @@ fn quick() -> bool {
     std::env::var_os("BIGMACHINE_BENCH_QUICK").is_some()
 }
 
+/// In quick mode, a group takes a fraction of a second.
+fn shorten<M: criterion::measurement::Measurement>(g: &mut criterion::BenchmarkGroup<'_, M>) {
+    if quick() {
+        g.sample_size(10)
+            .measurement_time(Duration::from_millis(200))
+            .warm_up_time(Duration::from_millis(50));
+    }
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -217,11 +226,7 @@ fn benches(c: &mut Criterion) {
     summary(&rt, &s);
 
     let mut g = c.benchmark_group("small_call");
-    if quick() {
-        g.sample_size(10)
-            .measurement_time(Duration::from_millis(200))
-            .warm_up_time(Duration::from_millis(50));
-    }
+    shorten(&mut g);
     g.bench_function("bigmachine", |bench| {
         bench.to_async(&rt).iter(|| call(&s.machine, 1))
     });
@@ -232,11 +237,7 @@ fn benches(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("in_flight_256");
     g.throughput(Throughput::Elements(256));
-    if quick() {
-        g.sample_size(10)
-            .measurement_time(Duration::from_millis(200))
-            .warm_up_time(Duration::from_millis(50));
-    }
+    shorten(&mut g);
     let machine = Arc::new(s.machine.clone());
     g.bench_function("bigmachine", |bench| {
         bench.to_async(&rt).iter(|| {

@@ -11,7 +11,7 @@ use bigmachine::{
     service, Context, Error, KeepaliveConfig, Kind, Payload, Result, ServiceValue, Services,
     Severity, State, B,
 };
-use common::{echo_cluster, Echo};
+use common::{echo_cluster, eventually, Echo};
 use tokio::time::Instant;
 
 /// A service whose `init` fails.
@@ -285,13 +285,8 @@ async fn machine_exits_when_keepalives_stop() -> Result<()> {
     // The driver stops keeping it alive (as if the driver died).
     machines[0].cancel();
     assert_eq!(machines[0].err().map(|e| e.kind()), Some(Kind::Canceled));
-    let until = Instant::now() + Duration::from_secs(4);
-    while system.live() > 0 && Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(
-        system.live(),
-        0,
+    assert!(
+        eventually(Duration::from_secs(4), || system.live() == 0).await,
         "the machine outlived its keepalive timeout"
     );
     b.shutdown().await;
@@ -332,11 +327,7 @@ async fn shutdown_stops_every_machine() -> Result<()> {
     for m in &machines {
         assert_eq!(m.state(), State::Stopped);
     }
-    let until = Instant::now() + Duration::from_secs(2);
-    while system.live() > 0 && Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(system.live(), 0);
+    assert!(eventually(Duration::from_secs(2), || system.live() == 0).await);
     Ok(())
 }
 

@@ -18,6 +18,8 @@
 //!
 //! Methods with another shape are refused with a compile error that says what is expected.
 
+#![deny(missing_docs)]
+
 use proc_macro::TokenStream;
 use proc_macro2::{Span, TokenStream as TokenStream2};
 use quote::{format_ident, quote};

@@ -1,0 +1,114 @@
+//! Endpoints and pools: mutual TLS, several connections per address, reconnection after loss.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use bigmachine_quic::{Authority, Endpoint, Result, TransportConfig};
+
+fn loopback() -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, 0))
+}
+
+/// A server that echoes each stream and closes every connection it is sent `close` on.
+fn echo_server(endpoint: Endpoint) {
+    tokio::spawn(async move {
+        while let Some(conn) = endpoint.accept().await {
+            tokio::spawn(async move {
+                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                    let Ok(msg) = recv.read_to_end(1024).await else {
+                        return;
+                    };
+                    if msg == b"close" {
+                        conn.close(7u32.into(), b"asked to close");
+                        return;
+                    }
+                    let _ = send.write_all(&msg).await;
+                    let _ = send.finish();
+                }
+            });
+        }
+    });
+}
+
+async fn echo(conn: &quinn::Connection, msg: &[u8]) -> Option<Vec<u8>> {
+    let (mut send, mut recv) = conn.open_bi().await.ok()?;
+    send.write_all(msg).await.ok()?;
+    send.finish().ok()?;
+    recv.read_to_end(1024).await.ok()
+}
+
+#[tokio::test]
+async fn pool_spreads_over_its_connections_and_reconnects_after_loss() -> Result<()> {
+    let ca = Authority::new()?;
+    let server = Endpoint::bind(loopback(), &ca.issue("server")?, TransportConfig::default())?;
+    let addr = server.local_addr()?;
+    echo_server(server);
+    let config = TransportConfig {
+        pool_size: 3,
+        ..TransportConfig::default()
+    };
+    let client = Endpoint::bind(loopback(), &ca.issue("client")?, config)?;
+    let pool = client.pool(addr);
+    assert_eq!(pool.open_connections(), 0, "connections open lazily");
+
+    let mut ids = std::collections::HashSet::new();
+    for _ in 0..6 {
+        let conn = pool.get().await?;
+        assert_eq!(echo(&conn, b"hi").await.as_deref(), Some(&b"hi"[..]));
+        ids.insert(conn.stable_id());
+    }
+    assert_eq!(ids.len(), 3, "six gets spread over three connections");
+    assert_eq!(pool.open_connections(), 3);
+
+    // The server closes one connection; the pool replaces it on next use.
+    let victim = pool.get().await?;
+    assert_eq!(echo(&victim, b"close").await, None);
+    tokio::time::timeout(Duration::from_secs(2), victim.closed())
+        .await
+        .map_err(|_| std::io::Error::other("connection not closed"))?;
+    for _ in 0..3 {
+        let conn = pool.get().await?;
+        assert!(conn.close_reason().is_none());
+        assert_eq!(echo(&conn, b"again").await.as_deref(), Some(&b"again"[..]));
+    }
+    assert_eq!(pool.open_connections(), 3);
+
+    pool.close("done");
+    assert_eq!(pool.open_connections(), 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn strangers_cannot_connect_either_way() -> Result<()> {
+    let ours = Authority::new()?;
+    let theirs = Authority::new()?;
+    let server = Endpoint::bind(
+        loopback(),
+        &ours.issue("server")?,
+        TransportConfig::default(),
+    )?;
+    let addr = server.local_addr()?;
+    echo_server(server);
+
+    // A client of another cluster: it rejects our server's certificate.
+    let stranger = Endpoint::bind(
+        loopback(),
+        &theirs.issue("stranger")?,
+        TransportConfig::default(),
+    )?;
+    let err = stranger.connect(addr).await.err();
+    assert!(
+        err.as_ref().is_some_and(|e| e.is_permanent()),
+        "stranger connected: {err:?}"
+    );
+
+    // A member of our cluster still gets through.
+    let member = Endpoint::bind(
+        loopback(),
+        &ours.issue("member")?,
+        TransportConfig::default(),
+    )?;
+    let conn = member.connect(addr).await?;
+    assert_eq!(echo(&conn, b"ok").await.as_deref(), Some(&b"ok"[..]));
+    Ok(())
+}
