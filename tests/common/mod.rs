@@ -31,20 +31,29 @@ impl Drop for DropFlag {
     }
 }
 
-/// Waits (at most `limit`) for the handler of `hang(id)` to be dropped.
-pub async fn handler_dropped(id: u64, limit: Duration) -> bool {
+/// Polls `cond` every 10 ms for at most `limit`; returns whether it became true.
+pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let until = tokio::time::Instant::now() + limit;
-    while tokio::time::Instant::now() < until {
-        if dropped()
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&id)
-        {
+    loop {
+        if cond() {
             return true;
+        }
+        if tokio::time::Instant::now() >= until {
+            return false;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    false
+}
+
+/// Waits (at most `limit`) for the handler of `hang(id)` to be dropped.
+pub async fn handler_dropped(id: u64, limit: Duration) -> bool {
+    eventually(limit, || {
+        dropped()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&id)
+    })
+    .await
 }
 
 #[service]
