@@ -1,12 +1,13 @@
 //! bigmachine runs one program's code across an ad-hoc cluster of machines.
 //!
-//! A *driver* forms a cluster of *machines* — each a fresh run of the same binary (in-process
-//! fakes for tests today; local processes and EC2 instances as their systems land) — installs
+//! A *driver* forms a cluster of *machines* — each a fresh run of the same binary (local
+//! processes, or in-process fakes for tests; EC2 instances as that system lands) — installs
 //! *services* on them, and calls their methods remotely. Calls travel as rkyv archives over QUIC
 //! streams, secured by mutual TLS from a certificate authority that lives in the driver.
 //!
 //! This crate is the facade: it re-exports the engine ([`bigmachine_core`]), the `#[service]`
-//! macro, and the systems.
+//! macro, and the systems, and [`driver::start`] picks the system from flags and environment
+//! (and runs the machine side in a machine's process).
 //!
 //! # Example
 //!
@@ -52,6 +53,7 @@
 //! | [`bigmachine_quic`] | quinn endpoints, pools, the certificate authority, mutual TLS |
 //! | [`bigmachine_supervisor`] | the machine side: serve loop, Supervisor, keepalive watchdog |
 //! | [`bigmachine_testsystem`] | in-process machines for tests |
+//! | [`bigmachine_local`] | machines as processes of the same binary on this host |
 #![deny(missing_docs)]
 
 pub use bigmachine_core::{
@@ -61,8 +63,12 @@ pub use bigmachine_core::{
 };
 pub use bigmachine_macros::service;
 
+pub mod driver;
+
 /// The engine's modules, for what the flat re-exports above leave out.
 pub use bigmachine_core as core;
+/// Machines as local processes.
+pub use bigmachine_local as local;
 /// The transport: endpoints, pools, the certificate authority.
 pub use bigmachine_quic as quic;
 /// The machine side.

@@ -80,6 +80,7 @@ async fn server_with_a_certificate_of_another_ca_is_refused() -> Result<()> {
         system: Arc::new(system),
         maxprocs: 1,
         first_keepalive: Duration::from_secs(30),
+        exec: false,
     })?;
     let m = b.dial(impostor.addr());
     let state = tokio::time::timeout(Duration::from_secs(5), m.wait(State::Running))

@@ -4,27 +4,90 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use bigmachine_quic::{Authority, Endpoint, TransportConfig};
 
+use crate::binary;
 use crate::error::{Error, Kind, Result};
 use crate::machine::{Machine, State};
-use crate::service::Services;
+use crate::service::{ServiceSpec, Services};
 use crate::system::System;
 
-/// What new machines are given: the services to install (and, as systems grow, their
-/// environment and arguments).
+/// What new machines are given: services to install, and optionally environment variables,
+/// arguments and a binary other than the driver's own.
+///
+/// Machines normally run the driver's binary with the driver's arguments, so user code and flags
+/// reach them unchanged. Environment variables, other arguments or another binary make the
+/// machine re-execute itself before its services are installed (systems that run machines
+/// in-process, like the test system, cannot do that and fail such machines with
+/// [`Kind::NotSupported`]).
 #[derive(Debug, Default, Clone)]
 pub struct Params {
-    /// Services installed on every new machine.
-    pub services: Services,
+    services: Services,
+    environ: Vec<String>,
+    args: Option<Vec<String>>,
+    binary: Option<PathBuf>,
+}
+
+impl Params {
+    /// No services, no overrides.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The services to install.
+    pub fn services(mut self, services: Services) -> Self {
+        self.services = services;
+        self
+    }
+
+    /// Adds `KEY=VALUE` environment variables to the machines' environment.
+    pub fn environ<I, S>(mut self, vars: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.environ.extend(vars.into_iter().map(Into::into));
+        self
+    }
+
+    /// Runs the machines with these arguments (after the program name) instead of the driver's.
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.args = Some(args.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Runs the machines on the binary at `path` instead of the driver's (it must be built for
+    /// the machines' platform and call `driver::start()` like the driver does).
+    pub fn binary(mut self, path: impl Into<PathBuf>) -> Self {
+        self.binary = Some(path.into());
+        self
+    }
 }
 
 impl From<Services> for Params {
     fn from(services: Services) -> Self {
-        Self { services }
+        Self::new().services(services)
     }
+}
+
+/// Everything a booting machine needs from [`B::start`], computed once for all its machines.
+#[derive(Debug)]
+pub(crate) struct BootPlan {
+    pub(crate) services: Vec<ServiceSpec>,
+    pub(crate) environ: Vec<String>,
+    pub(crate) args: Option<Vec<String>>,
+    /// The binary machines must run, and its digest.
+    pub(crate) binary: PathBuf,
+    pub(crate) digest: String,
+    /// Whether the machine must exec even if it already runs `digest`.
+    pub(crate) exec: bool,
 }
 
 struct Inner {
@@ -187,7 +250,7 @@ impl B {
                 "only the driver starts machines",
             ));
         }
-        let services: Arc<[_]> = services.into();
+        let plan = Arc::new(self.plan(&params, services).await?);
         let keepalive = self.inner.system.keepalive();
         let launched = self.inner.system.start(self, n).await?;
         let mut machines = Vec::with_capacity(launched.len());
@@ -199,11 +262,40 @@ impl B {
                 self.inner.endpoint.pool(l.addr),
                 self.inner.max_payload,
             );
-            tokio::spawn(m.clone().run_owned(services.clone(), keepalive, l.exited));
+            tokio::spawn(m.clone().run_owned(plan.clone(), keepalive, l.exited));
             machines.push(m);
         }
         lock(&self.inner.machines).extend(machines.iter().cloned());
         Ok(machines)
+    }
+
+    async fn plan(&self, params: &Params, services: &[ServiceSpec]) -> Result<BootPlan> {
+        let (binary, digest) = match &params.binary {
+            Some(path) => {
+                let path = path.clone();
+                let hashed = path.clone();
+                let digest = tokio::task::spawn_blocking(move || binary::digest_file(&hashed))
+                    .await
+                    .map_err(|e| Error::new(Kind::Other, format!("digest task: {e}")))??;
+                (path, digest)
+            }
+            None => {
+                let exe = std::env::current_exe()
+                    .map_err(|e| Error::new(Kind::Other, format!("current executable: {e}")))?;
+                let digest = tokio::task::spawn_blocking(binary::current_digest)
+                    .await
+                    .map_err(|e| Error::new(Kind::Other, format!("digest task: {e}")))??;
+                (exe, digest.to_string())
+            }
+        };
+        Ok(BootPlan {
+            services: services.to_vec(),
+            environ: params.environ.clone(),
+            args: params.args.clone(),
+            binary,
+            digest,
+            exec: !params.environ.is_empty() || params.args.is_some(),
+        })
     }
 
     /// A machine reached by address: one that another driver or machine started. Not owned: it

@@ -16,13 +16,15 @@
 //! - [`call`]: the [`Call`] builder (deadlines, cancellation, retries).
 //! - [`machine`]: [`Machine`] and its [`State`]s, boot and keepalive.
 //! - [`keepalive`]: keepalive settings and bookkeeping.
-//! - [`b`]: [`B`], the driver's (or a machine's) handle on the cluster.
+//! - [`b`]: [`B`], the driver's (or a machine's) handle on the cluster, and [`Params`].
+//! - [`binary`]: digests of binaries, and the chunk size of binary uploads.
 //! - [`system`]: the [`System`] trait.
 //! - [`supervisor_api`]: names and types of the Supervisor service every machine runs.
 //! - [`fault`]: reply faults a server can inject, for tests.
 #![deny(missing_docs)]
 
 pub mod b;
+pub mod binary;
 pub mod call;
 pub mod codec;
 pub mod context;

@@ -12,12 +12,15 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::b::BootPlan;
+use crate::binary::UPLOAD_CHUNK;
 use crate::call::Call;
 use crate::codec::{Decode, Payload};
 use crate::error::{Error, Kind, Result};
 use crate::keepalive::{KeepaliveConfig, KeepaliveTracker};
-use crate::service::ServiceSpec;
-use crate::supervisor_api::{self as api, Info, KeepaliveReply, SUPERVISOR};
+use crate::supervisor_api::{
+    self as api, BinaryChunk, DiskInfo, Info, KeepaliveReply, LoadInfo, MemInfo, SUPERVISOR,
+};
 use crate::wire::{self, decode_error, RequestHeader, Status};
 
 /// The life of a machine. States only move forward.
@@ -202,7 +205,11 @@ impl Machine {
         {
             let mut slot = lock(&self.inner.err);
             if slot.is_none() {
-                tracing::info!(machine = %self.inner.addr, error = %err, "machine stopped");
+                if err.kind() == Kind::Canceled {
+                    tracing::debug!(machine = %self.inner.addr, error = %err, "machine stopped");
+                } else {
+                    tracing::warn!(machine = %self.inner.addr, error = %err, "machine stopped");
+                }
                 *slot = Some(err);
             }
         }
@@ -325,13 +332,13 @@ impl Machine {
     /// machine's life. `exited` completes when the system sees the machine die.
     pub(crate) async fn run_owned(
         self,
-        services: Arc<[ServiceSpec]>,
+        plan: Arc<BootPlan>,
         keepalive: KeepaliveConfig,
         exited: BoxFuture<'static, Error>,
     ) {
         self.advance(State::Starting);
         let life = async {
-            if let Err(e) = self.boot(&services, keepalive).await {
+            if let Err(e) = self.boot(&plan, keepalive).await {
                 return e;
             }
             self.advance(State::Running);
@@ -400,11 +407,35 @@ impl Machine {
         }
     }
 
-    async fn boot(&self, services: &[ServiceSpec], keepalive: KeepaliveConfig) -> Result<()> {
+    async fn boot(&self, plan: &BootPlan, keepalive: KeepaliveConfig) -> Result<()> {
+        let rpc = Some(keepalive.rpc_timeout);
         self.reach(keepalive).await?;
-        let info: Info = self
-            .supervisor(api::INFO, &(), Some(keepalive.rpc_timeout))
-            .await?;
+        let mut info: Info = self.supervisor(api::INFO, &(), rpc).await?;
+        let upload = info.digest != plan.digest;
+        if upload || plan.exec {
+            if upload {
+                self.upload(plan).await?;
+            }
+            if !plan.environ.is_empty() {
+                let (): () = self.supervisor(api::SETENV, &plan.environ, rpc).await?;
+            }
+            if let Some(args) = &plan.args {
+                let (): () = self.supervisor(api::SETARGS, args, rpc).await?;
+            }
+            let (): () = self.supervisor(api::EXEC, &(), rpc).await?;
+            tracing::debug!(machine = %self.inner.addr, "machine re-executing");
+            self.reach(keepalive).await?;
+            info = self.supervisor(api::INFO, &(), rpc).await?;
+            if info.digest != plan.digest {
+                return Err(Error::fatal(
+                    Kind::Precondition,
+                    format!(
+                        "machine {} runs binary {} after exec, expected {}",
+                        self.inner.addr, info.digest, plan.digest
+                    ),
+                ));
+            }
+        }
         self.inner
             .maxprocs
             .store(info.maxprocs as usize, Ordering::Relaxed);
@@ -416,7 +447,7 @@ impl Machine {
                 Some(keepalive.rpc_timeout),
             )
             .await?;
-        for spec in services {
+        for spec in &plan.services {
             let installed: Result<()> = self.supervisor(api::REGISTER, spec, None).await;
             installed.map_err(|e| {
                 Error::new(
@@ -430,6 +461,72 @@ impl Machine {
             })?;
         }
         Ok(())
+    }
+
+    /// Streams the plan's binary to the machine, chunk by chunk.
+    async fn upload(&self, plan: &BootPlan) -> Result<()> {
+        use tokio::io::AsyncReadExt;
+        let started = Instant::now();
+        let mut file = tokio::fs::File::open(&plan.binary)
+            .await
+            .map_err(|e| Error::new(Kind::Other, format!("{}: {e}", plan.binary.display())))?;
+        let total = file.metadata().await?.len();
+        tracing::info!(
+            machine = %self.inner.addr, bytes = total,
+            "machine runs another binary; uploading {}", plan.binary.display()
+        );
+        let mut offset = 0u64;
+        loop {
+            let mut data = Vec::with_capacity(UPLOAD_CHUNK);
+            (&mut file)
+                .take(UPLOAD_CHUNK as u64)
+                .read_to_end(&mut data)
+                .await?;
+            if data.is_empty() && offset > 0 {
+                break;
+            }
+            let len = data.len() as u64;
+            let chunk = BinaryChunk {
+                offset,
+                total,
+                digest: plan.digest.clone(),
+                data,
+            };
+            let (): () = self.supervisor(api::SETBINARY, &chunk, None).await?;
+            offset += len;
+            tracing::debug!(machine = %self.inner.addr, "uploaded {offset}/{total} bytes");
+            if offset >= total {
+                break;
+            }
+        }
+        let secs = started.elapsed().as_secs_f64();
+        tracing::info!(
+            machine = %self.inner.addr,
+            "binary uploaded: {:.1} MiB in {secs:.2} s ({:.0} MiB/s)",
+            total as f64 / 1048576.0,
+            total as f64 / 1048576.0 / secs.max(1e-9)
+        );
+        Ok(())
+    }
+
+    /// The machine's description (OS, architecture, pid, processors, binary digest).
+    pub async fn info(&self) -> Result<Info> {
+        self.call_service(SUPERVISOR, api::INFO, &()).await
+    }
+
+    /// Memory of the machine's host and process.
+    pub async fn mem_info(&self) -> Result<MemInfo> {
+        self.call_service(SUPERVISOR, api::MEM_INFO, &()).await
+    }
+
+    /// Space on the machine's temporary file system.
+    pub async fn disk_info(&self) -> Result<DiskInfo> {
+        self.call_service(SUPERVISOR, api::DISK_INFO, &()).await
+    }
+
+    /// Load averages of the machine's host.
+    pub async fn load_info(&self) -> Result<LoadInfo> {
+        self.call_service(SUPERVISOR, api::LOAD_INFO, &()).await
     }
 
     /// Sends keepalives (owned machines) or pings (dialed ones) every period; returns the error

@@ -15,8 +15,32 @@ pub const REGISTER: &str = "register";
 /// `Supervisor.keepalive(next_ms: u64) -> KeepaliveReply`: the machine exits unless another
 /// keepalive arrives within `next_ms`.
 pub const KEEPALIVE: &str = "keepalive";
-/// `Supervisor.shutdown(delay_ms: u64) -> ()`: the machine exits after `delay_ms`.
+/// `Supervisor.shutdown(delay_ms: u64) -> ()`: the machine flushes its output and exits after
+/// `delay_ms`.
 pub const SHUTDOWN: &str = "shutdown";
+/// `Supervisor.getpid(()) -> u32`.
+pub const GETPID: &str = "getpid";
+/// `Supervisor.mem_info(()) -> MemInfo`.
+pub const MEM_INFO: &str = "mem_info";
+/// `Supervisor.disk_info(()) -> DiskInfo`.
+pub const DISK_INFO: &str = "disk_info";
+/// `Supervisor.load_info(()) -> LoadInfo`.
+pub const LOAD_INFO: &str = "load_info";
+/// `Supervisor.setenv(Vec<String>) -> ()`: `KEY=VALUE` pairs for the next [`EXEC`].
+pub const SETENV: &str = "setenv";
+/// `Supervisor.setargs(Vec<String>) -> ()`: arguments (after the program name) for the next
+/// [`EXEC`].
+pub const SETARGS: &str = "setargs";
+/// `Supervisor.setbinary(BinaryChunk) -> ()`: one chunk of a binary for the next [`EXEC`],
+/// written to a temporary file as it arrives and checked against its digest at the end.
+pub const SETBINARY: &str = "setbinary";
+/// `Supervisor.getbinary(BinaryRange) -> Vec<u8>`: a range of the running binary.
+pub const GETBINARY: &str = "getbinary";
+/// `Supervisor.exec(()) -> ()`: replies, then replaces the machine's process with the binary,
+/// arguments and environment set so far. The machine keeps its address.
+pub const EXEC: &str = "exec";
+/// `Supervisor.expvars(()) -> Vec<Expvar>`: a snapshot of the machine's counters.
+pub const EXPVARS: &str = "expvars";
 
 /// What a machine says about itself.
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -29,6 +53,70 @@ pub struct Info {
     pub pid: u32,
     /// Processors available to the machine.
     pub maxprocs: u32,
+    /// Hex SHA-256 digest of the running binary.
+    pub digest: String,
+}
+
+/// Memory of a machine's host and process, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct MemInfo {
+    /// Memory of the host.
+    pub total: u64,
+    /// Memory available for new allocations without swapping.
+    pub available: u64,
+    /// Resident memory of the machine's process.
+    pub process_rss: u64,
+}
+
+/// Space of the file system holding the machine's temporary directory, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct DiskInfo {
+    /// Size of the file system.
+    pub total: u64,
+    /// Space available.
+    pub available: u64,
+}
+
+/// Load averages of the machine's host.
+#[derive(Debug, Clone, Copy, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct LoadInfo {
+    /// Over one minute.
+    pub one: f64,
+    /// Over five minutes.
+    pub five: f64,
+    /// Over fifteen minutes.
+    pub fifteen: f64,
+}
+
+/// One chunk of a binary upload. Chunks are sent in order; the first has offset 0.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct BinaryChunk {
+    /// Where the chunk starts in the binary.
+    pub offset: u64,
+    /// Length of the whole binary.
+    pub total: u64,
+    /// Hex SHA-256 digest of the whole binary.
+    pub digest: String,
+    /// The chunk's bytes.
+    pub data: Vec<u8>,
+}
+
+/// A range of the running binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct BinaryRange {
+    /// Start of the range.
+    pub offset: u64,
+    /// Length of the range (shorter at the end of the binary).
+    pub len: u64,
+}
+
+/// A named counter of a machine.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Expvar {
+    /// The counter's name.
+    pub name: String,
+    /// Its value, as text.
+    pub value: String,
 }
 
 /// The reply to a keepalive: the interval the machine accepted.

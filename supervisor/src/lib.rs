@@ -8,11 +8,18 @@
 //! # Layout
 //!
 //! - [`machine`]: [`start`] a machine; its [`MachineHandle`] (address, exit, exit reason).
+//! - [`process`]: a machine that is a process of its own: environment, private credentials,
+//!   address handshake, [`process::run`].
+//! - [`exec`]: re-executing the machine's process (uploaded binary, arguments, environment).
+//! - [`host`]: memory, disk and load of the machine's host.
 //! - [`supervisor`]: the [`Supervisor`] service.
 //! - [`watchdog`]: the keepalive [`Watchdog`].
 #![deny(missing_docs)]
 
+pub mod exec;
+pub mod host;
 pub mod machine;
+pub mod process;
 pub mod supervisor;
 pub mod watchdog;
 

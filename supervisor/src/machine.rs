@@ -9,6 +9,7 @@ use bigmachine_core::{Error, Kind, Result, ServiceTable, System, B};
 use bigmachine_quic::{Credentials, Endpoint, TransportConfig};
 use tokio_util::sync::CancellationToken;
 
+use crate::exec::Exec;
 use crate::supervisor::Supervisor;
 use crate::watchdog::Watchdog;
 
@@ -30,6 +31,9 @@ pub struct MachineOptions {
     /// Time allowed for the first keepalive to arrive; after that each keepalive sets the next
     /// deadline.
     pub first_keepalive: Duration,
+    /// Whether the machine is a process of its own that may re-execute itself (`Supervisor.exec`);
+    /// in-process machines cannot.
+    pub exec: bool,
 }
 
 #[derive(Debug)]
@@ -60,7 +64,11 @@ impl MachineHandle {
             if slot.is_some() {
                 return;
             }
-            tracing::info!(machine = %self.inner.addr, reason = %reason, "machine exiting");
+            if reason.kind() == Kind::Canceled {
+                tracing::debug!(machine = %self.inner.addr, %reason, "machine exiting");
+            } else {
+                tracing::warn!(machine = %self.inner.addr, %reason, "machine exiting");
+            }
             *slot = Some(reason);
         }
         self.inner.endpoint.close("machine exited");
@@ -93,6 +101,7 @@ impl MachineHandle {
 pub fn start(options: MachineOptions) -> Result<MachineHandle> {
     let endpoint = Endpoint::bind(options.bind, &options.creds, options.transport)?;
     let addr = endpoint.local_addr()?;
+    let exec = options.exec.then(|| Exec::new(options.creds.clone(), addr));
     let handle = MachineHandle {
         inner: Arc::new(HandleInner {
             addr,
@@ -112,6 +121,7 @@ pub fn start(options: MachineOptions) -> Result<MachineHandle> {
         watchdog.clone(),
         handle.clone(),
         options.maxprocs,
+        exec,
     );
     table.insert(
         bigmachine_core::supervisor_api::SUPERVISOR,

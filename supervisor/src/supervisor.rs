@@ -1,13 +1,20 @@
 //! The Supervisor service, present on every machine.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bigmachine_core::service::ServiceSpec;
-use bigmachine_core::supervisor_api::{Info, KeepaliveReply};
-use bigmachine_core::{Context, Error, Kind, Result, ServiceTable, B};
+use bigmachine_core::supervisor_api::{
+    BinaryChunk, BinaryRange, DiskInfo, Expvar, Info, KeepaliveReply, LoadInfo, MemInfo,
+};
+use bigmachine_core::{binary, Context, Error, Kind, Result, ServiceTable, B};
 
+use crate::exec::Exec;
+use crate::host;
 use crate::machine::MachineHandle;
 use crate::watchdog::Watchdog;
+
+/// The longest range `getbinary` returns at once.
+const MAX_BINARY_RANGE: u64 = 16 << 20;
 
 /// The service through which the driver manages a machine. Its methods are listed in
 /// [`bigmachine_core::supervisor_api`].
@@ -18,16 +25,20 @@ pub struct Supervisor {
     watchdog: Watchdog,
     handle: MachineHandle,
     maxprocs: usize,
+    exec: Option<Exec>,
+    started: Instant,
 }
 
 impl Supervisor {
     /// A supervisor installing services into `table`, with `b` as their handle on the cluster.
+    /// Without `exec`, the machine cannot re-execute itself (it runs inside another process).
     pub fn new(
         b: B,
         table: ServiceTable,
         watchdog: Watchdog,
         handle: MachineHandle,
         maxprocs: usize,
+        exec: Option<Exec>,
     ) -> Self {
         Self {
             b,
@@ -35,7 +46,18 @@ impl Supervisor {
             watchdog,
             handle,
             maxprocs,
+            exec,
+            started: Instant::now(),
         }
+    }
+
+    fn exec_support(&self) -> Result<&Exec> {
+        self.exec.as_ref().ok_or_else(|| {
+            Error::fatal(
+                Kind::NotSupported,
+                "this machine runs inside another process and cannot re-execute itself",
+            )
+        })
     }
 }
 
@@ -48,12 +70,36 @@ impl Supervisor {
 
     /// What the machine is.
     async fn info(&self, _ctx: &Context, _arg: ()) -> Result<Info> {
+        let digest = tokio::task::spawn_blocking(binary::current_digest)
+            .await
+            .map_err(|e| Error::new(Kind::Other, format!("digest task: {e}")))??;
         Ok(Info {
             os: std::env::consts::OS.to_string(),
             arch: std::env::consts::ARCH.to_string(),
             pid: std::process::id(),
             maxprocs: u32::try_from(self.maxprocs).unwrap_or(u32::MAX),
+            digest: digest.to_string(),
         })
+    }
+
+    /// The process id.
+    async fn getpid(&self, _ctx: &Context, _arg: ()) -> Result<u32> {
+        Ok(std::process::id())
+    }
+
+    /// Memory of the host and of this process.
+    async fn mem_info(&self, _ctx: &Context, _arg: ()) -> Result<MemInfo> {
+        host::mem_info()
+    }
+
+    /// Space on the temporary file system.
+    async fn disk_info(&self, _ctx: &Context, _arg: ()) -> Result<DiskInfo> {
+        host::disk_info(&std::env::temp_dir())
+    }
+
+    /// Load averages.
+    async fn load_info(&self, _ctx: &Context, _arg: ()) -> Result<LoadInfo> {
+        host::load_info()
     }
 
     /// Rebuilds a service from its archive, runs its `init`, and installs it.
@@ -76,5 +122,73 @@ impl Supervisor {
             handle.exit(Error::new(Kind::Canceled, "shut down by the driver"));
         });
         Ok(())
+    }
+
+    /// Adds `KEY=VALUE` variables to the environment of the next exec.
+    async fn setenv(&self, _ctx: &Context, vars: Vec<String>) -> Result<()> {
+        self.exec_support()?.setenv(&vars)
+    }
+
+    /// Sets the arguments of the next exec.
+    async fn setargs(&self, _ctx: &Context, args: Vec<String>) -> Result<()> {
+        self.exec_support()?.setargs(args);
+        Ok(())
+    }
+
+    /// Receives one chunk of the binary of the next exec.
+    async fn setbinary(&self, _ctx: &Context, chunk: BinaryChunk) -> Result<()> {
+        self.exec_support()?.setbinary(chunk).await
+    }
+
+    /// A range of the running binary, so that peers can fetch it from this machine.
+    async fn getbinary(&self, _ctx: &Context, range: BinaryRange) -> Result<Vec<u8>> {
+        use std::io::{Read, Seek, SeekFrom};
+        let len = range.len.min(MAX_BINARY_RANGE);
+        tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
+            let mut file = std::fs::File::open(std::env::current_exe()?)?;
+            file.seek(SeekFrom::Start(range.offset))?;
+            let mut data = Vec::with_capacity(len as usize);
+            file.take(len).read_to_end(&mut data)?;
+            Ok(data)
+        })
+        .await
+        .map_err(|e| Error::new(Kind::Other, format!("read task: {e}")))?
+    }
+
+    /// Replies, then replaces this process with the binary, arguments and environment set so
+    /// far. The new process serves at the same address with the same credentials.
+    async fn exec(&self, _ctx: &Context, _arg: ()) -> Result<()> {
+        let exec = self.exec_support()?.prepare()?;
+        let handle = self.handle.clone();
+        tokio::spawn(async move {
+            // Let the reply reach the driver first.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let err = exec.run();
+            handle.exit(err);
+        });
+        Ok(())
+    }
+
+    /// A snapshot of the machine's counters.
+    async fn expvars(&self, _ctx: &Context, _arg: ()) -> Result<Vec<Expvar>> {
+        let mem = host::mem_info()?;
+        let var = |name: &str, value: String| Expvar {
+            name: name.to_string(),
+            value,
+        };
+        Ok(vec![
+            var("pid", std::process::id().to_string()),
+            var("uptime_ms", self.started.elapsed().as_millis().to_string()),
+            var("rss_bytes", mem.process_rss.to_string()),
+            var("maxprocs", self.maxprocs.to_string()),
+            var(
+                "keepalive_deadline_in_ms",
+                self.watchdog
+                    .deadline()
+                    .saturating_duration_since(tokio::time::Instant::now())
+                    .as_millis()
+                    .to_string(),
+            ),
+        ])
     }
 }

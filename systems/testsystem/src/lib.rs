@@ -159,6 +159,7 @@ impl System for TestSystem {
                     system: Arc::new(self.clone()),
                     maxprocs: self.inner.maxprocs,
                     first_keepalive: self.inner.keepalive.timeout,
+                    exec: false,
                 })?;
                 self.lock().insert(handle.addr(), handle.clone());
                 launched.push(Launched {

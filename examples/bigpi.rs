@@ -1,0 +1,124 @@
+//! bigpi estimates π by sampling random points on a cluster of machines (local processes by
+//! default): `cargo run --release --example bigpi -- -n 2000000000 --nmach 2`.
+
+use std::time::Instant;
+
+use bigmachine::driver::{self, Flags};
+use bigmachine::{service, Context, Error, Result, Services, State};
+use clap::Parser;
+
+/// Estimate π with bigmachine.
+#[derive(Parser)]
+struct Args {
+    /// Number of samples to make.
+    #[arg(short = 'n', default_value_t = 1_000_000_000)]
+    n: u64,
+    /// Number of machines to provision for the task.
+    #[arg(long, default_value_t = 2)]
+    nmach: usize,
+    /// Instead of machines, run the same sampling on as many threads of this process (the
+    /// baseline that shows the cost of distribution).
+    #[arg(long)]
+    in_process: Option<usize>,
+    #[command(flatten)]
+    bigm: Flags,
+}
+
+/// The service installed on every machine.
+#[derive(Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct CirclePi;
+
+#[service]
+impl CirclePi {
+    /// Samples `n` random points of the unit square; returns how many fall inside the circle
+    /// inscribed in it.
+    async fn sample(&self, _ctx: &Context, n: u64) -> Result<u64> {
+        tokio::task::spawn_blocking(move || sample(n))
+            .await
+            .map_err(Error::other)
+    }
+}
+
+fn sample(n: u64) -> u64 {
+    let mut rng = fastrand::Rng::new();
+    let mut inside = 0;
+    for _ in 0..n {
+        let (x, y) = (rng.f64() - 0.5, rng.f64() - 0.5);
+        inside += u64::from(x * x + y * y <= 0.25);
+    }
+    inside
+}
+
+/// `n` split into `parts` shares that differ by at most one.
+fn shares(n: u64, parts: usize) -> Vec<u64> {
+    let parts = parts.max(1) as u64;
+    (0..parts)
+        .map(|i| n / parts + u64::from(i < n % parts))
+        .collect()
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let b = driver::start_with(&args.bigm).await?; // on a machine, this never returns
+    let started = Instant::now();
+    let (inside, cores) = match args.in_process {
+        Some(threads) => {
+            tracing::info!("sampling in this process on {threads} threads");
+            let tasks = shares(args.n, threads)
+                .into_iter()
+                .map(|share| tokio::task::spawn_blocking(move || sample(share)));
+            let counts = futures::future::try_join_all(tasks).await?;
+            (counts.into_iter().sum::<u64>(), threads)
+        }
+        None => {
+            tracing::info!("starting {} machines", args.nmach);
+            let machines = b
+                .start(args.nmach, Services::new().with("PI", CirclePi))
+                .await?;
+            for m in &machines {
+                if m.wait(State::Running).await != State::Running {
+                    anyhow::bail!("machine {} failed: {:?}", m.addr(), m.err());
+                }
+                let pid = m.info().await.map(|i| i.pid).unwrap_or_default();
+                tracing::info!(
+                    "machine {} {} (pid {pid}, {} cores)",
+                    m.addr(),
+                    m.state(),
+                    m.maxprocs()
+                );
+            }
+            let cores: usize = machines.iter().map(|m| m.maxprocs().max(1)).sum();
+            tracing::info!(
+                "distributing {} samples over {cores} cores on {} machines",
+                args.n,
+                machines.len()
+            );
+            let started = Instant::now();
+            let mut per_core = shares(args.n, cores).into_iter();
+            let mut calls = Vec::new();
+            for m in &machines {
+                for share in per_core.by_ref().take(m.maxprocs().max(1)) {
+                    calls.push(async move { m.call::<u64, u64>("PI.sample", &share).await });
+                }
+            }
+            let counts = futures::future::try_join_all(calls).await?;
+            tracing::info!("machines sampled in {:.3?}", started.elapsed());
+            b.shutdown().await;
+            (counts.into_iter().sum::<u64>(), cores)
+        }
+    };
+    let elapsed = started.elapsed();
+    let p = inside as f64 / args.n as f64;
+    let pi = 4.0 * p;
+    // One standard error of the estimate; print the digits it warrants.
+    let sigma = 4.0 * (p * (1.0 - p) / args.n as f64).sqrt();
+    let digits = (-sigma.log10()).ceil().max(1.0) as usize;
+    tracing::info!(
+        "{} samples on {cores} cores in {elapsed:.3?}: {:.3e} samples/s",
+        args.n,
+        args.n as f64 / elapsed.as_secs_f64()
+    );
+    println!("π = {pi:.digits$} ± {sigma:.1e}");
+    Ok(())
+}

@@ -1,0 +1,181 @@
+//! Starting bigmachine: `driver::start()` reads the bigmachine flags and environment and returns
+//! the driver's [`B`]; in a machine's process it runs the machine instead and never returns.
+//!
+//! Call it early in `main`, after the setup that both sides need: driver and machines run the
+//! same binary, with the same arguments, so what runs before `start()` runs on both.
+//!
+//! ```no_run
+//! # async fn demo() -> bigmachine::Result<()> {
+//! let b = bigmachine::driver::start().await?; // on a machine, never returns
+//! # Ok(()) }
+//! ```
+//!
+//! Programs that use clap flatten [`Flags`] into their own arguments and call [`start_with`]:
+//!
+//! ```no_run
+//! use clap::Parser;
+//!
+//! #[derive(Parser)]
+//! struct Args {
+//!     /// A flag of the program.
+//!     #[arg(long, default_value_t = 4)]
+//!     nmach: usize,
+//!     #[command(flatten)]
+//!     bigm: bigmachine::driver::Flags,
+//! }
+//!
+//! # async fn demo() -> bigmachine::Result<()> {
+//! let args = Args::parse();
+//! let b = bigmachine::driver::start_with(&args.bigm).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Every flag has an environment equivalent (`--bigm.system` and `BIGM_SYSTEM`, ...); a flag on
+//! the command line wins over the environment.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bigmachine_core::{Error, KeepaliveConfig, Kind, Result, System, B};
+use bigmachine_local::LocalSystem;
+use bigmachine_supervisor::process;
+use bigmachine_testsystem::TestSystem;
+use clap::{Args, Parser, ValueEnum};
+
+/// Which system machines run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SystemKind {
+    /// Processes of this binary on this host.
+    Local,
+    /// In-process machines (tests).
+    Test,
+    /// EC2 instances (not available yet in this build).
+    Ec2,
+}
+
+/// The bigmachine flags. Flatten them into a clap parser with `#[command(flatten)]`.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "bigmachine")]
+pub struct Flags {
+    /// The system machines run on.
+    #[arg(
+        long = "bigm.system",
+        env = "BIGM_SYSTEM",
+        value_enum,
+        default_value = "local"
+    )]
+    pub system: SystemKind,
+    /// Time between keepalives (e.g. `1s`, `500ms`); the system's default if unset.
+    #[arg(long = "bigm.keepalive-period", env = "BIGM_KEEPALIVE_PERIOD", value_parser = humantime::parse_duration)]
+    pub keepalive_period: Option<Duration>,
+    /// Time without keepalive replies after which a machine is lost (and exits).
+    #[arg(long = "bigm.keepalive-timeout", env = "BIGM_KEEPALIVE_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub keepalive_timeout: Option<Duration>,
+    /// Time allowed to one keepalive call.
+    #[arg(long = "bigm.keepalive-rpc-timeout", env = "BIGM_KEEPALIVE_RPC_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub keepalive_rpc_timeout: Option<Duration>,
+    /// Processors per machine (local system: worker threads of each machine's runtime).
+    #[arg(long = "bigm.maxprocs", env = "BIGM_MAXPROCS")]
+    pub maxprocs: Option<usize>,
+    /// Log filter for the driver and its machines (`info`, `bigmachine_core=debug`, ...).
+    #[arg(long = "bigm.log", env = "BIGM_LOG", default_value = "info")]
+    pub log: String,
+}
+
+impl Flags {
+    /// The flags from the environment and from any `--bigm.*` arguments of this process, ignoring
+    /// every other argument (for programs that parse their arguments some other way).
+    pub fn from_env_and_args() -> Result<Self> {
+        #[derive(Parser)]
+        #[command(no_binary_name = true)]
+        struct Only {
+            #[command(flatten)]
+            flags: Flags,
+        }
+        let mut ours = Vec::new();
+        let mut args = std::env::args().skip(1).peekable();
+        while let Some(arg) = args.next() {
+            if !arg.starts_with("--bigm.") {
+                continue;
+            }
+            let takes_value = !arg.contains('=');
+            ours.push(arg);
+            if takes_value {
+                if let Some(value) = args.next_if(|v| !v.starts_with("--")) {
+                    ours.push(value);
+                }
+            }
+        }
+        Only::try_parse_from(ours)
+            .map(|o| o.flags)
+            .map_err(|e| Error::fatal(Kind::Invalid, e.to_string()))
+    }
+
+    fn keepalive(&self, default: KeepaliveConfig) -> KeepaliveConfig {
+        KeepaliveConfig {
+            period: self.keepalive_period.unwrap_or(default.period),
+            timeout: self.keepalive_timeout.unwrap_or(default.timeout),
+            rpc_timeout: self.keepalive_rpc_timeout.unwrap_or(default.rpc_timeout),
+        }
+    }
+
+    fn system(&self) -> Result<Arc<dyn System>> {
+        Ok(match self.system {
+            SystemKind::Local => {
+                let defaults = LocalSystem::new().keepalive();
+                let mut local = LocalSystem::new().with_keepalive(self.keepalive(defaults));
+                if let Some(n) = self.maxprocs {
+                    local = local.with_maxprocs(n);
+                }
+                Arc::new(local)
+            }
+            SystemKind::Test => {
+                let defaults = TestSystem::new().keepalive();
+                Arc::new(TestSystem::new().with_keepalive(self.keepalive(defaults)))
+            }
+            SystemKind::Ec2 => {
+                return Err(Error::fatal(
+                    Kind::NotSupported,
+                    "the ec2 system is not part of this build yet",
+                ))
+            }
+        })
+    }
+}
+
+/// Starts bigmachine with the flags of this process (see [`Flags::from_env_and_args`]).
+pub async fn start() -> Result<B> {
+    start_with(&Flags::from_env_and_args()?).await
+}
+
+/// Starts bigmachine with `flags`. In the driver, sets up logging and returns the driver's [`B`]
+/// on the chosen system. In a machine's process (`BIGMACHINE_MODE=machine`), runs the machine
+/// until the driver lets it go, then exits the process: it never returns.
+pub async fn start_with(flags: &Flags) -> Result<B> {
+    init_logging(&flags.log);
+    if process::is_machine() {
+        let system: Arc<dyn System> = match std::env::var(process::ENV_SYSTEM).as_deref() {
+            Ok("local") | Err(_) => Arc::new(LocalSystem::new()),
+            Ok(other) => {
+                eprintln!("bigmachine: unknown system {other:?} for a machine");
+                std::process::exit(2)
+            }
+        };
+        process::run(system).await
+    }
+    B::builder_arc(flags.system()?).driver()
+}
+
+fn init_logging(filter: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(filter))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

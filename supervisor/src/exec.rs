@@ -1,0 +1,185 @@
+//! Re-executing a machine's process: the binary, arguments and environment of the next exec, and
+//! binary uploads written to a temporary file as they arrive.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use bigmachine_core::binary;
+use bigmachine_core::supervisor_api::BinaryChunk;
+use bigmachine_core::{Error, Kind, Result};
+use bigmachine_quic::Credentials;
+use tokio::io::AsyncWriteExt;
+
+use crate::process::{self, ENV_ADDR, ENV_CREDENTIALS};
+
+#[derive(Debug)]
+struct Upload {
+    file: tokio::fs::File,
+    path: PathBuf,
+    next: u64,
+    total: u64,
+    digest: String,
+}
+
+#[derive(Debug, Default)]
+struct Next {
+    env: Vec<(String, String)>,
+    args: Option<Vec<String>>,
+    binary: Option<PathBuf>,
+}
+
+/// What the next exec runs. Only machines that are processes of their own can exec.
+#[derive(Debug)]
+pub struct Exec {
+    creds: Credentials,
+    addr: SocketAddr,
+    next: Mutex<Next>,
+    upload: tokio::sync::Mutex<Option<Upload>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Exec {
+    /// Exec support for a machine with `creds` serving at `addr` (the re-executed process takes
+    /// both over).
+    pub fn new(creds: Credentials, addr: SocketAddr) -> Self {
+        Self {
+            creds,
+            addr,
+            next: Mutex::new(Next::default()),
+            upload: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Adds `KEY=VALUE` variables to the environment of the next exec.
+    pub fn setenv(&self, vars: &[String]) -> Result<()> {
+        let mut parsed = Vec::with_capacity(vars.len());
+        for var in vars {
+            let (k, v) = var
+                .split_once('=')
+                .filter(|(k, _)| !k.is_empty())
+                .ok_or_else(|| Error::fatal(Kind::Invalid, format!("{var:?} is not KEY=VALUE")))?;
+            parsed.push((k.to_string(), v.to_string()));
+        }
+        lock(&self.next).env.extend(parsed);
+        Ok(())
+    }
+
+    /// Sets the arguments of the next exec.
+    pub fn setargs(&self, args: Vec<String>) {
+        lock(&self.next).args = Some(args);
+    }
+
+    /// Appends a chunk of an upload; the last chunk makes the file the binary of the next exec
+    /// once its digest matches.
+    pub async fn setbinary(&self, chunk: BinaryChunk) -> Result<()> {
+        let mut upload = self.upload.lock().await;
+        if chunk.offset == 0 {
+            let path = std::env::temp_dir().join(format!(
+                "bigmachine-{}-{}",
+                std::process::id(),
+                &chunk.digest.get(..16).unwrap_or("binary")
+            ));
+            let file = tokio::fs::File::create(&path).await?;
+            *upload = Some(Upload {
+                file,
+                path,
+                next: 0,
+                total: chunk.total,
+                digest: chunk.digest.clone(),
+            });
+        }
+        let up = upload.as_mut().ok_or_else(|| {
+            Error::fatal(Kind::Precondition, "upload chunk without a first chunk")
+        })?;
+        if chunk.offset != up.next || chunk.digest != up.digest || chunk.total != up.total {
+            return Err(Error::fatal(
+                Kind::Invalid,
+                format!(
+                    "upload chunk at {} of {} (digest {}); expected offset {} of {}",
+                    chunk.offset, chunk.total, chunk.digest, up.next, up.total
+                ),
+            ));
+        }
+        up.file.write_all(&chunk.data).await?;
+        up.next += chunk.data.len() as u64;
+        if up.next < up.total {
+            return Ok(());
+        }
+        up.file.sync_all().await?;
+        let path = up.path.clone();
+        let expected = up.digest.clone();
+        *upload = None;
+        let hashed = path.clone();
+        let digest = tokio::task::spawn_blocking(move || binary::digest_file(&hashed))
+            .await
+            .map_err(|e| Error::new(Kind::Other, format!("digest task: {e}")))??;
+        if digest != expected {
+            let _ = tokio::fs::remove_file(&path).await;
+            return Err(Error::fatal(
+                Kind::Invalid,
+                format!("uploaded binary has digest {digest}, expected {expected}"),
+            ));
+        }
+        tokio::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).await?;
+        tracing::info!(path = %path.display(), "binary received");
+        lock(&self.next).binary = Some(path);
+        Ok(())
+    }
+
+    /// Fixes what the next exec runs: binary, arguments, environment, and a fresh private copy
+    /// of the credentials for the new process.
+    pub fn prepare(&self) -> Result<PreparedExec> {
+        let next = lock(&self.next);
+        let binary = match next.binary.clone() {
+            Some(b) => b,
+            None => std::env::current_exe()
+                .map_err(|e| Error::new(Kind::Other, format!("current executable: {e}")))?,
+        };
+        let args = match &next.args {
+            Some(args) => args.iter().map(OsString::from).collect(),
+            None => std::env::args_os().skip(1).collect(),
+        };
+        let mut env = next.env.clone();
+        env.push((ENV_ADDR.to_string(), self.addr.to_string()));
+        let creds = process::write_private(&self.creds.to_pem())?;
+        env.push((ENV_CREDENTIALS.to_string(), creds.display().to_string()));
+        Ok(PreparedExec {
+            binary,
+            args,
+            env,
+            creds,
+        })
+    }
+}
+
+/// An exec ready to run.
+#[derive(Debug)]
+pub struct PreparedExec {
+    binary: PathBuf,
+    args: Vec<OsString>,
+    env: Vec<(String, String)>,
+    creds: PathBuf,
+}
+
+impl PreparedExec {
+    /// Replaces this process. Returns only if that failed, with why.
+    pub fn run(self) -> Error {
+        tracing::info!(binary = %self.binary.display(), "re-executing");
+        let err = std::process::Command::new(&self.binary)
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .exec();
+        let _ = std::fs::remove_file(&self.creds);
+        Error::new(
+            Kind::Other,
+            format!("exec {}: {err}", self.binary.display()),
+        )
+    }
+}

@@ -1,0 +1,395 @@
+//! bigmachine's local system: every machine is a process of the driver's own binary, run with
+//! the driver's arguments, on this host.
+//!
+//! Starting a machine: the driver issues the machine's credentials and writes them to a 0600
+//! file that the machine reads and deletes (the CA key never leaves the driver); it starts
+//! `current_exe()` with the machine environment ([`bigmachine_supervisor::process`]) and reads
+//! the machine's address from its first line of the handshake on stdout. From then on every
+//! line the machine writes to stdout or stderr reaches the driver's stderr, prefixed with the
+//! machine's address, in order; shutting the system down waits until the last line is out.
+//!
+//! When a machine's process ends, the driver stops the machine with an error that says how:
+//! its exit status, the signal that killed it, or [`Kind::Oom`] when it ran out of memory (an
+//! allocation failure reported on its stderr, or the kernel's OOM killer naming its pid).
+#![deny(missing_docs)]
+
+mod oom;
+
+use std::net::SocketAddr;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bigmachine_core::{Error, KeepaliveConfig, Kind, Launched, Result, System, B};
+use bigmachine_supervisor::process::{
+    self, ADDR_MARKER, ENV_CREDENTIALS, ENV_KEEPALIVE_MS, ENV_MAXPROCS, ENV_MODE, ENV_SYSTEM,
+};
+use futures::future::BoxFuture;
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
+use tokio::process::{Child, ChildStdout, Command};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// How long a new machine may take to report its address.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long shutdown waits for machines to exit and their output to drain before killing them.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug)]
+struct Running {
+    pid: u32,
+    watcher: JoinHandle<()>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    keepalive: KeepaliveConfig,
+    maxprocs: usize,
+    running: Mutex<Vec<Running>>,
+}
+
+/// Machines as local processes. Cheap to clone; clones share the machines.
+#[derive(Debug, Clone)]
+pub struct LocalSystem {
+    inner: Arc<Inner>,
+}
+
+impl Default for LocalSystem {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LocalSystem {
+    /// A local system: each machine may use every processor of the host; keepalives every
+    /// second, a machine is lost (and exits) after 10 s without them.
+    pub fn new() -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                keepalive: KeepaliveConfig {
+                    period: Duration::from_secs(1),
+                    timeout: Duration::from_secs(10),
+                    rpc_timeout: Duration::from_secs(5),
+                },
+                maxprocs: std::thread::available_parallelism().map_or(1, |n| n.get()),
+                running: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    fn configure(mut self, f: impl FnOnce(&mut Inner)) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => f(inner),
+            None => tracing::warn!("LocalSystem configured after it was shared; ignored"),
+        }
+        self
+    }
+
+    /// Sets the keepalive settings.
+    pub fn with_keepalive(self, keepalive: KeepaliveConfig) -> Self {
+        self.configure(|i| i.keepalive = keepalive)
+    }
+
+    /// Sets the processors per machine: what machines report, and the worker threads of a
+    /// machine's tokio runtime (`TOKIO_WORKER_THREADS`).
+    pub fn with_maxprocs(self, maxprocs: usize) -> Self {
+        self.configure(|i| i.maxprocs = maxprocs.max(1))
+    }
+
+    /// Process ids of the machines started so far.
+    pub fn pids(&self) -> Vec<u32> {
+        self.lock().iter().map(|r| r.pid).collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Running>> {
+        self.inner.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn launch(&self, b: &B, index: usize) -> Result<Launched> {
+        let authority = b
+            .authority()
+            .ok_or_else(|| Error::fatal(Kind::Precondition, "only the driver starts machines"))?;
+        let creds =
+            process::write_private(&authority.issue(&format!("local machine {index}"))?.to_pem())?;
+        let exe = std::env::current_exe()?;
+        let spawned = Command::new(&exe)
+            .args(std::env::args_os().skip(1))
+            .env(ENV_MODE, "machine")
+            .env(ENV_SYSTEM, "local")
+            .env(ENV_CREDENTIALS, &creds)
+            .env(ENV_MAXPROCS, self.inner.maxprocs.to_string())
+            .env("TOKIO_WORKER_THREADS", self.inner.maxprocs.to_string())
+            .env(
+                ENV_KEEPALIVE_MS,
+                self.inner.keepalive.timeout.as_millis().to_string(),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn();
+        let mut child = match spawned {
+            Ok(child) => child,
+            Err(e) => {
+                let _ = std::fs::remove_file(&creds);
+                return Err(Error::new(
+                    Kind::Unavailable,
+                    format!("spawn {}: {e}", exe.display()),
+                ));
+            }
+        };
+        let pid = child.id().unwrap_or(0);
+        let (stdout, stderr) = match (child.stdout.take(), child.stderr.take()) {
+            (Some(o), Some(e)) => (BufReader::new(o), BufReader::new(e)),
+            _ => return Err(Error::new(Kind::Other, "machine output is not piped")),
+        };
+        let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(stdout))
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::new(
+                    Kind::DeadlineExceeded,
+                    format!("no address within {HANDSHAKE_TIMEOUT:?}"),
+                ))
+            });
+        let (addr, early, stdout) = match handshake {
+            Ok(found) => found,
+            Err(why) => {
+                let _ = std::fs::remove_file(&creds);
+                let _ = child.start_kill();
+                let status = child.wait().await.ok();
+                return Err(Error::new(
+                    Kind::Unavailable,
+                    format!("machine process {pid} did not start (status {status:?})"),
+                )
+                .caused_by(why));
+            }
+        };
+        for line in early {
+            forward(addr, &line);
+        }
+        let (exit_tx, exit_rx) = watch::channel(None::<Error>);
+        let watcher = tokio::spawn(watch_child(child, pid, addr, stdout, stderr, exit_tx));
+        self.lock().push(Running { pid, watcher });
+        tracing::debug!(%addr, pid, "machine process started");
+        Ok(Launched {
+            addr,
+            maxprocs: self.inner.maxprocs,
+            exited: Box::pin(exited(exit_rx)),
+        })
+    }
+}
+
+/// Reads stdout until the address line; returns the address, the lines printed before it, and
+/// the rest of the stream.
+async fn handshake(
+    mut stdout: BufReader<ChildStdout>,
+) -> Result<(SocketAddr, Vec<String>, BufReader<ChildStdout>)> {
+    let mut early = Vec::new();
+    loop {
+        let Some(line) = next_line(&mut stdout).await? else {
+            return Err(Error::new(
+                Kind::Unavailable,
+                "machine exited before reporting its address",
+            ));
+        };
+        if let Some(addr) = line.strip_prefix(ADDR_MARKER) {
+            let addr = addr.trim().parse().map_err(|e| {
+                Error::fatal(
+                    Kind::Invalid,
+                    format!("machine reported address {addr:?}: {e}"),
+                )
+            })?;
+            return Ok((addr, early, stdout));
+        }
+        early.push(line);
+    }
+}
+
+async fn next_line(reader: &mut (impl AsyncBufRead + Unpin)) -> Result<Option<String>> {
+    let mut buf = Vec::new();
+    if reader.read_until(b'\n', &mut buf).await? == 0 {
+        return Ok(None);
+    }
+    if buf.last() == Some(&b'\n') {
+        buf.pop();
+    }
+    Ok(Some(String::from_utf8_lossy(&buf).into_owned()))
+}
+
+/// Writes one line of a machine's output to the driver's stderr.
+fn forward(addr: SocketAddr, line: &str) {
+    use std::io::Write;
+    let mut stderr = std::io::stderr().lock();
+    let _ = writeln!(stderr, "{addr}: {line}");
+}
+
+/// Forwards `reader` line by line until it ends; returns whether a line reported a failed
+/// allocation.
+async fn pump(mut reader: impl AsyncBufRead + Unpin, addr: SocketAddr) -> bool {
+    let mut alloc_failed = false;
+    loop {
+        match next_line(&mut reader).await {
+            Ok(Some(line)) if line.starts_with(ADDR_MARKER) => {} // a re-executed machine's handshake
+            Ok(Some(line)) => {
+                alloc_failed |= oom::is_allocation_failure(&line);
+                forward(addr, &line);
+            }
+            Ok(None) => return alloc_failed,
+            Err(e) => {
+                tracing::debug!(%addr, error = %e, "machine output unreadable");
+                return alloc_failed;
+            }
+        }
+    }
+}
+
+async fn watch_child(
+    mut child: Child,
+    pid: u32,
+    addr: SocketAddr,
+    stdout: BufReader<ChildStdout>,
+    stderr: BufReader<tokio::process::ChildStderr>,
+    exit: watch::Sender<Option<Error>>,
+) {
+    let alloc_failed = Arc::new(AtomicBool::new(false));
+    let out = tokio::spawn(pump(stdout, addr));
+    let flag = alloc_failed.clone();
+    let err = tokio::spawn(async move {
+        if pump(stderr, addr).await {
+            flag.store(true, Ordering::Relaxed);
+        }
+    });
+    let status = child.wait().await;
+    // The output ends when the process does (unless it left children holding the pipes).
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        let _ = out.await;
+        let _ = err.await;
+    })
+    .await;
+    let reason = match status {
+        Ok(status) => exit_error(pid, status, alloc_failed.load(Ordering::Relaxed)),
+        Err(e) => Error::new(
+            Kind::Unavailable,
+            format!("machine process {pid}: wait: {e}"),
+        ),
+    };
+    tracing::debug!(%addr, pid, %reason, "machine process ended");
+    exit.send_replace(Some(reason));
+}
+
+async fn exited(mut rx: watch::Receiver<Option<Error>>) -> Error {
+    match rx.wait_for(Option::is_some).await {
+        Ok(reason) => reason
+            .clone()
+            .unwrap_or_else(|| Error::new(Kind::Unavailable, "machine process ended")),
+        Err(_) => Error::new(Kind::Unavailable, "machine process watcher ended"),
+    }
+}
+
+/// How a machine's process ended, as an error.
+fn exit_error(pid: u32, status: ExitStatus, alloc_failed: bool) -> Error {
+    match status.signal() {
+        Some(libc::SIGKILL) if oom::killed_by_kernel(pid) => Error::fatal(
+            Kind::Oom,
+            format!("machine process {pid} was killed by the kernel's out-of-memory killer"),
+        ),
+        Some(libc::SIGABRT) if alloc_failed => Error::fatal(
+            Kind::Oom,
+            format!("machine process {pid} ran out of memory (an allocation failed)"),
+        ),
+        Some(signal) => Error::new(
+            Kind::Unavailable,
+            format!(
+                "machine process {pid} was killed by signal {signal} ({})",
+                signal_name(signal)
+            ),
+        ),
+        None => match status.code() {
+            Some(0) => Error::new(Kind::Unavailable, format!("machine process {pid} exited")),
+            code => Error::new(
+                Kind::Unavailable,
+                format!(
+                    "machine process {pid} exited with status {}",
+                    code.unwrap_or(-1)
+                ),
+            ),
+        },
+    }
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGINT => "SIGINT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGHUP => "SIGHUP",
+        _ => "signal",
+    }
+}
+
+impl System for LocalSystem {
+    fn name(&self) -> &str {
+        "local"
+    }
+
+    fn keepalive(&self) -> KeepaliveConfig {
+        self.inner.keepalive
+    }
+
+    fn maxprocs(&self) -> usize {
+        self.inner.maxprocs
+    }
+
+    fn start<'a>(&'a self, b: &'a B, n: usize) -> BoxFuture<'a, Result<Vec<Launched>>> {
+        Box::pin(async move {
+            let base = self.lock().len();
+            let launches = (0..n).map(|i| self.launch(b, base + i));
+            futures::future::join_all(launches)
+                .await
+                .into_iter()
+                .collect()
+        })
+    }
+
+    /// Waits for every machine process to exit and its output to drain (machines exit once
+    /// the driver shuts them down), killing those still running after a while.
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let running: Vec<Running> = std::mem::take(&mut *self.lock());
+            let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+            for r in running {
+                let mut watcher = r.watcher;
+                if tokio::time::timeout_at(deadline, &mut watcher)
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(pid = r.pid, "machine still running at shutdown; killing it");
+                    // SAFETY: kill(2) has no memory-safety preconditions.
+                    unsafe { libc::kill(r.pid as libc::pid_t, libc::SIGKILL) };
+                    let _ = watcher.await;
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_reasons_name_how_the_process_died() {
+        let killed = exit_error(42, ExitStatus::from_raw(libc::SIGKILL), false);
+        assert_eq!(killed.kind(), Kind::Unavailable);
+        assert!(killed.message().contains("SIGKILL"), "{killed}");
+        let aborted_oom = exit_error(42, ExitStatus::from_raw(libc::SIGABRT), true);
+        assert_eq!(aborted_oom.kind(), Kind::Oom);
+        let code = exit_error(42, ExitStatus::from_raw(3 << 8), false);
+        assert!(code.message().contains("status 3"), "{code}");
+    }
+}
