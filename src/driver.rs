@@ -166,6 +166,23 @@ pub async fn start_with(flags: &Flags) -> Result<B> {
     B::builder_arc(flags.system()?).driver()
 }
 
+/// Standard error for logs, ignoring write errors: a machine whose driver died has nowhere to
+/// write, and must still reach its exit rather than panic in a log call.
+#[derive(Debug, Clone, Copy)]
+struct LossyStderr;
+
+impl std::io::Write for LossyStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}
+
 fn init_logging(filter: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
@@ -175,7 +192,7 @@ fn init_logging(filter: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
+        .with_writer(|| LossyStderr)
         .with_target(false)
         .try_init();
 }

@@ -338,12 +338,25 @@ impl Machine {
     ) {
         self.advance(State::Starting);
         let life = async {
-            if let Err(e) = self.boot(&plan, keepalive).await {
+            if let Err(e) = self.reach(keepalive).await {
                 return e;
             }
-            self.advance(State::Running);
-            tracing::debug!(machine = %self.inner.addr, "machine running");
-            self.keep_alive(keepalive, true).await
+            // Keepalives start as soon as the machine answers and run beside the boot, which
+            // may take long (a binary upload, a service's init).
+            let boot = async {
+                match self.boot(&plan, keepalive).await {
+                    Ok(()) => {
+                        self.advance(State::Running);
+                        tracing::debug!(machine = %self.inner.addr, "machine running");
+                        futures::future::pending().await
+                    }
+                    Err(e) => e,
+                }
+            };
+            tokio::select! {
+                e = boot => e,
+                e = self.keep_alive(keepalive, true) => e,
+            }
         };
         let err = tokio::select! {
             biased;
@@ -409,7 +422,6 @@ impl Machine {
 
     async fn boot(&self, plan: &BootPlan, keepalive: KeepaliveConfig) -> Result<()> {
         let rpc = Some(keepalive.rpc_timeout);
-        self.reach(keepalive).await?;
         let mut info: Info = self.supervisor(api::INFO, &(), rpc).await?;
         let upload = info.digest != plan.digest;
         if upload || plan.exec {
@@ -424,8 +436,7 @@ impl Machine {
             }
             let (): () = self.supervisor(api::EXEC, &(), rpc).await?;
             tracing::debug!(machine = %self.inner.addr, "machine re-executing");
-            self.reach(keepalive).await?;
-            info = self.supervisor(api::INFO, &(), rpc).await?;
+            info = self.reexecuted(info.incarnation, keepalive).await?;
             if info.digest != plan.digest {
                 return Err(Error::fatal(
                     Kind::Precondition,
@@ -439,14 +450,6 @@ impl Machine {
         self.inner
             .maxprocs
             .store(info.maxprocs as usize, Ordering::Relaxed);
-        // Arm the machine's watchdog before the (possibly long) service initialization.
-        let _: KeepaliveReply = self
-            .supervisor(
-                api::KEEPALIVE,
-                &(keepalive.timeout.as_millis() as u64),
-                Some(keepalive.rpc_timeout),
-            )
-            .await?;
         for spec in &plan.services {
             let installed: Result<()> = self.supervisor(api::REGISTER, spec, None).await;
             installed.map_err(|e| {
@@ -461,6 +464,31 @@ impl Machine {
             })?;
         }
         Ok(())
+    }
+
+    /// Waits until the machine answers as a new incarnation (its process re-executed).
+    async fn reexecuted(&self, old: u64, keepalive: KeepaliveConfig) -> Result<Info> {
+        let give_up = Instant::now() + keepalive.timeout;
+        let mut wait = Duration::from_millis(5);
+        loop {
+            match self
+                .supervisor::<(), Info>(api::INFO, &(), Some(keepalive.rpc_timeout))
+                .await
+            {
+                Ok(info) if info.incarnation != old => return Ok(info),
+                Ok(_) => {}
+                Err(e) if e.is_temporary() && Instant::now() + wait < give_up => {}
+                Err(e) => return Err(e),
+            }
+            if Instant::now() + wait >= give_up {
+                return Err(Error::new(
+                    Kind::Unavailable,
+                    format!("machine {} did not come back after exec", self.inner.addr),
+                ));
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_millis(200));
+        }
     }
 
     /// Streams the plan's binary to the machine, chunk by chunk.

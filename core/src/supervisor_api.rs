@@ -55,6 +55,9 @@ pub struct Info {
     pub maxprocs: u32,
     /// Hex SHA-256 digest of the running binary.
     pub digest: String,
+    /// Random number drawn when the machine's process started: it changes when the machine
+    /// re-executes itself.
+    pub incarnation: u64,
 }
 
 /// Memory of a machine's host and process, in bytes.

@@ -64,15 +64,25 @@ impl MachineHandle {
             if slot.is_some() {
                 return;
             }
-            if reason.kind() == Kind::Canceled {
-                tracing::debug!(machine = %self.inner.addr, %reason, "machine exiting");
-            } else {
-                tracing::warn!(machine = %self.inner.addr, %reason, "machine exiting");
-            }
-            *slot = Some(reason);
+            *slot = Some(reason.clone());
         }
+        // Act first, log last: logging can fail (the driver that reads our output may be gone).
         self.inner.endpoint.close("machine exited");
         self.inner.shutdown.cancel();
+        if reason.kind() == Kind::Canceled {
+            tracing::debug!(machine = %self.inner.addr, %reason, "machine exiting");
+        } else {
+            tracing::warn!(machine = %self.inner.addr, %reason, "machine exiting");
+        }
+    }
+
+    /// Closes every connection to the machine and waits (briefly) for the peers to be told, so
+    /// that they reconnect rather than wait on a connection nobody serves: done before the
+    /// process re-executes itself.
+    pub async fn quiesce(&self) {
+        self.inner.endpoint.close("machine re-executing");
+        let _ =
+            tokio::time::timeout(Duration::from_millis(250), self.inner.endpoint.wait_idle()).await;
     }
 
     /// Whether the machine has exited.

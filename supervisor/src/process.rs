@@ -84,16 +84,17 @@ fn read_credentials() -> Result<Credentials> {
 
 /// Runs this process as a machine of `system` until it exits, then exits the process: status 0
 /// when shut down by the driver, 1 otherwise (keepalives stopped, bad setup).
+///
+/// Nothing on this path prints with `println!`/`eprintln!`, which panic once the driver reading
+/// the machine's output is gone; log through a writer that ignores write errors (as
+/// `driver::start()` sets up).
 pub async fn run(system: Arc<dyn System>) -> ! {
     let code = match serve(system).await {
         Ok(reason) if reason.kind() == Kind::Canceled => 0,
-        Ok(reason) => {
-            tracing::warn!(%reason, "machine exiting");
-            1
-        }
+        Ok(_) => 1, // the reason was logged when the machine exited
+
         Err(e) => {
             tracing::error!(error = %e, "machine failed to start");
-            eprintln!("bigmachine: machine failed to start: {e}");
             1
         }
     };

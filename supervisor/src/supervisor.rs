@@ -27,6 +27,7 @@ pub struct Supervisor {
     maxprocs: usize,
     exec: Option<Exec>,
     started: Instant,
+    incarnation: u64,
 }
 
 impl Supervisor {
@@ -48,6 +49,10 @@ impl Supervisor {
             maxprocs,
             exec,
             started: Instant::now(),
+            incarnation: {
+                use std::hash::{BuildHasher, RandomState};
+                RandomState::new().hash_one((std::process::id(), std::time::SystemTime::now()))
+            },
         }
     }
 
@@ -79,6 +84,7 @@ impl Supervisor {
             pid: std::process::id(),
             maxprocs: u32::try_from(self.maxprocs).unwrap_or(u32::MAX),
             digest: digest.to_string(),
+            incarnation: self.incarnation,
         })
     }
 
@@ -161,8 +167,9 @@ impl Supervisor {
         let exec = self.exec_support()?.prepare()?;
         let handle = self.handle.clone();
         tokio::spawn(async move {
-            // Let the reply reach the driver first.
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            // Let the reply reach the driver, then tell every peer the connections are over.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            handle.quiesce().await;
             let err = exec.run();
             handle.exit(err);
         });

@@ -32,6 +32,9 @@ pub struct TransportConfig {
     pub connection_window: u32,
     /// UDP socket send and receive buffer sizes requested from the kernel, in bytes.
     pub socket_buffer: usize,
+    /// Round-trip time assumed before the first measurement; it sets how soon a lost handshake
+    /// packet is resent (quinn's default, 333 ms, is tuned for the open internet).
+    pub initial_rtt: Duration,
 }
 
 impl Default for TransportConfig {
@@ -45,6 +48,7 @@ impl Default for TransportConfig {
             stream_window: 8 << 20,
             connection_window: 32 << 20,
             socket_buffer: 4 << 20,
+            initial_rtt: Duration::from_millis(50),
         }
     }
 }
@@ -60,7 +64,8 @@ impl TransportConfig {
             .max_concurrent_uni_streams(0u32.into())
             .stream_receive_window(self.stream_window.into())
             .receive_window(self.connection_window.into())
-            .send_window(u64::from(self.connection_window));
+            .send_window(u64::from(self.connection_window))
+            .initial_rtt(self.initial_rtt);
         Ok(t)
     }
 }
