@@ -14,3 +14,4 @@ echo "== cargo test"
 cargo test --workspace
 echo "== cargo bench (quick mode)"
 BIGMACHINE_BENCH_QUICK=1 cargo bench --bench rpc -- --quick
+BIGMACHINE_BENCH_QUICK=1 cargo bench --bench local
