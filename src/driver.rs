@@ -77,6 +77,9 @@ pub struct Flags {
     /// Processors per machine (local system: worker threads of each machine's runtime).
     #[arg(long = "bigm.maxprocs", env = "BIGM_MAXPROCS")]
     pub maxprocs: Option<usize>,
+    /// Serve the debug pages (`/debug/bigmachine/status`) at this address, e.g. `127.0.0.1:3333`.
+    #[arg(long = "bigm.debug-addr", env = "BIGM_DEBUG_ADDR")]
+    pub debug_addr: Option<std::net::SocketAddr>,
     /// Log filter for the driver and its machines (`info`, `bigmachine_core=debug`, ...).
     #[arg(long = "bigm.log", env = "BIGM_LOG", default_value = "info")]
     pub log: String,
@@ -163,7 +166,11 @@ pub async fn start_with(flags: &Flags) -> Result<B> {
         };
         process::run(system).await
     }
-    B::builder_arc(flags.system()?).driver()
+    let b = B::builder_arc(flags.system()?).driver()?;
+    if let Some(addr) = flags.debug_addr {
+        crate::debug::serve(b.clone(), addr)?;
+    }
+    Ok(b)
 }
 
 /// Standard error for logs, ignoring write errors: a machine whose driver died has nowhere to

@@ -63,6 +63,7 @@ pub use bigmachine_core::{
 };
 pub use bigmachine_macros::service;
 
+pub mod debug;
 pub mod driver;
 
 /// The engine's modules, for what the flat re-exports above leave out.

@@ -141,27 +141,31 @@ fn example(name: &str) -> Result<PathBuf> {
 
 // ---- tests run by the runner --------------------------------------------------------------
 
-async fn bigpi_estimates_pi() -> Result<()> {
-    let out = tokio::process::Command::new(example("bigpi")?)
-        .args([
-            "-n",
-            "20000000",
-            "--nmach",
-            "2",
-            "--bigm.keepalive-timeout=5s",
-        ])
+/// Runs an example to completion; returns its stdout and stderr, or why it failed.
+async fn run_example(name: &str, args: &[&str]) -> Result<(String, String)> {
+    let out = tokio::process::Command::new(example(name)?)
+        .args(args)
         .stdin(Stdio::null())
         .output()
         .await?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     check(
         out.status.success(),
-        format!(
-            "bigpi failed: {}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ),
+        format!("{name} failed: {}\n{stdout}\n{stderr}", out.status),
     )?;
+    Ok((stdout, stderr))
+}
+
+async fn bigpi_estimates_pi() -> Result<()> {
+    let args = [
+        "-n",
+        "20000000",
+        "--nmach",
+        "2",
+        "--bigm.keepalive-timeout=5s",
+    ];
+    let (stdout, stderr) = run_example("bigpi", &args).await?;
     let line = stdout
         .lines()
         .find_map(|l| l.strip_prefix("π = "))
@@ -176,7 +180,6 @@ async fn bigpi_estimates_pi() -> Result<()> {
         (pi - std::f64::consts::PI).abs() < 6.0 * sigma + 1e-4,
         format!("π estimated as {pi} ± {sigma}"),
     )?;
-    let stderr = String::from_utf8_lossy(&out.stderr);
     check(
         stderr.contains("samples/s"),
         "bigpi did not report its rate",
@@ -185,20 +188,11 @@ async fn bigpi_estimates_pi() -> Result<()> {
 
 async fn bigoom_reports_out_of_memory() -> Result<()> {
     // The memory limit: bigoom's machine limits its address space to 600 MiB.
-    let out = tokio::process::Command::new(example("bigoom")?)
-        .args(["--limit-mib", "600", "--bigm.keepalive-timeout=5s"])
-        .stdin(Stdio::null())
-        .output()
-        .await?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    check(
-        out.status.success(),
-        format!(
-            "bigoom failed: {}\n{stdout}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )?;
+    let (stdout, _) = run_example(
+        "bigoom",
+        &["--limit-mib", "600", "--bigm.keepalive-timeout=5s"],
+    )
+    .await?;
     check(
         stdout.contains("out of memory"),
         format!("no OOM error in {stdout:?}"),

@@ -36,17 +36,69 @@ pub fn digest_bytes(bytes: &[u8]) -> String {
     format!("{:x}", Sha256::digest(bytes))
 }
 
-/// Digest of the running binary, computed once.
+/// Digest of the running binary, computed once per process.
+///
+/// Hashing a large binary (a release build with debug info is 100 MB and more) in every machine
+/// of a host would dominate start-up, so digests are also kept in a per-user cache in the
+/// temporary directory, keyed by the file's device, inode, size and modification time (as build
+/// tools judge that a file is unchanged); machines started from the same file on the same host
+/// read it instead of hashing.
 pub fn current_digest() -> Result<&'static str> {
     static DIGEST: OnceLock<std::result::Result<String, Error>> = OnceLock::new();
     DIGEST
         .get_or_init(|| {
             let exe = std::env::current_exe()
                 .map_err(|e| Error::new(Kind::Other, format!("current executable: {e}")))?;
-            digest_file(&exe)
+            cached_digest(&exe)
         })
         .as_deref()
         .map_err(Clone::clone)
+}
+
+/// The digest of `path`, from the cache when its identity is unchanged.
+pub fn cached_digest(path: &Path) -> Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).map_err(|e| io_error(path, e))?;
+    let key = format!(
+        "{}-{}-{}-{}.{}",
+        meta.dev(),
+        meta.ino(),
+        meta.len(),
+        meta.mtime(),
+        meta.mtime_nsec()
+    );
+    // SAFETY: getuid(2) cannot fail and touches no memory.
+    let uid = unsafe { libc::getuid() };
+    let dir = std::env::temp_dir().join(format!("bigmachine-digests-{uid}"));
+    let entry = dir.join(&key);
+    if let Ok(digest) = std::fs::read_to_string(&entry) {
+        if digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(digest);
+        }
+    }
+    let digest = digest_file(path)?;
+    // Best effort: a cache that cannot be written only costs time.
+    let written = (|| -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)?;
+        let tmp = dir.join(format!("{key}.{}", std::process::id()));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(digest.as_bytes())?;
+        std::fs::rename(&tmp, &entry)
+    })();
+    if let Err(e) = written {
+        tracing::debug!(error = %e, "digest cache not written");
+    }
+    Ok(digest)
 }
 
 fn io_error(path: &Path, e: std::io::Error) -> Error {
@@ -56,6 +108,24 @@ fn io_error(path: &Path, e: std::io::Error) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cached_digest_matches_and_tracks_changes() -> Result<()> {
+        let path =
+            std::env::temp_dir().join(format!("bigmachine-digest-test-{}", std::process::id()));
+        std::fs::write(&path, b"abc")?;
+        let first = cached_digest(&path)?;
+        assert_eq!(first, digest_bytes(b"abc"));
+        assert_eq!(
+            cached_digest(&path)?,
+            first,
+            "second read comes from the cache"
+        );
+        std::fs::write(&path, b"abcd")?; // new size: new key
+        assert_eq!(cached_digest(&path)?, digest_bytes(b"abcd"));
+        std::fs::remove_file(&path)?;
+        Ok(())
+    }
 
     #[test]
     fn digests_agree() -> Result<()> {
