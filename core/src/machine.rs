@@ -134,7 +134,8 @@ impl Machine {
         reached.unwrap_or(State::Stopped)
     }
 
-    /// Why the machine stopped; `None` while it has not.
+    /// Why the machine stopped; `None` while it runs (a machine being shut down may report its
+    /// reason just before it is Stopped).
     pub fn err(&self) -> Option<Error> {
         lock(&self.inner.err).clone()
     }
@@ -184,6 +185,9 @@ impl Machine {
 
     /// Asks the machine to exit and stops it. Pending calls fail.
     pub async fn shutdown(&self) {
+        let reason = Error::new(Kind::Canceled, format!("machine {} shut down", self.inner.addr));
+        // Recorded first: the machine's exit may be noticed before the reply arrives.
+        self.record(reason.clone());
         if self.state() < State::Stopped && self.inner.owned {
             let shutdown: Result<()> = self
                 .call_service(SUPERVISOR, api::SHUTDOWN, &0u64)
@@ -202,6 +206,14 @@ impl Machine {
 
     /// Moves to Stopped with `err` (the first error recorded wins) and fails pending calls.
     pub(crate) fn stop(&self, err: Error) {
+        self.record(err);
+        self.inner.state.send_replace(State::Stopped);
+        self.inner.stopped.cancel();
+        self.inner.pool.close("machine stopped");
+    }
+
+    /// Records why the machine stops, unless a reason was recorded before.
+    fn record(&self, err: Error) {
         {
             let mut slot = lock(&self.inner.err);
             if slot.is_none() {
@@ -213,9 +225,6 @@ impl Machine {
                 *slot = Some(err);
             }
         }
-        self.inner.state.send_replace(State::Stopped);
-        self.inner.stopped.cancel();
-        self.inner.pool.close("machine stopped");
     }
 
     fn advance(&self, state: State) {
