@@ -57,9 +57,9 @@
 #![deny(missing_docs)]
 
 pub use bigmachine_core::{
-    Builder, Call, Context, Decode, Encode, Error, KeepaliveConfig, Kind, Launched, Machine,
-    Params, Payload, Result, RetryPolicy, Service, ServiceValue, Services, Severity, State, System,
-    B,
+    Builder, ByteSink, ByteStream, Call, Context, Decode, Encode, Error, KeepaliveConfig, Kind,
+    Launched, Machine, Params, Payload, Reply, Result, RetryPolicy, Service, ServiceValue,
+    Services, Severity, State, System, B,
 };
 pub use bigmachine_macros::service;
 

@@ -12,10 +12,14 @@ use futures::future::BoxFuture;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::codec::{type_tag, Decode, Encode};
+use quinn::RecvStream;
+
+use crate::codec::{type_tag, Decode, Encode, Payload};
 use crate::context::Context;
 use crate::error::{Error, Kind, Result};
 use crate::machine::Machine;
+use crate::stream::{AbortOnDrop, ByteStream};
+use crate::wire::Status;
 
 /// How [`Machine::retry_call`] retries calls that fail with a temporary error: exponential
 /// back-off, up to a number of tries (and never past the call's deadline).
@@ -57,7 +61,6 @@ impl RetryPolicy {
 /// let reply: String = machine.call("Echo.echo", &arg).timeout(Duration::from_secs(2)).await?;
 /// ```
 #[must_use = "a call does nothing until awaited"]
-#[derive(Debug)]
 pub struct Call<'a, A, R> {
     machine: &'a Machine,
     service: &'a str,
@@ -67,7 +70,65 @@ pub struct Call<'a, A, R> {
     cancel: Option<CancellationToken>,
     retry: Option<RetryPolicy>,
     internal: bool,
+    body: Option<Body<'a>>,
     reply: PhantomData<fn() -> R>,
+}
+
+/// Makes the byte stream sent after a call's argument; called again for each retry.
+type Body<'a> = Box<dyn Fn() -> ByteStream + Send + Sync + 'a>;
+
+impl<A, R> std::fmt::Debug for Call<'_, A, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Call")
+            .field("machine", &self.machine.addr())
+            .field("service", &self.service)
+            .field("method", &self.method)
+            .field("deadline", &self.deadline)
+            .field("retry", &self.retry)
+            .field("body", &self.body.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The reply of a call, before it becomes the caller's type.
+#[derive(Debug)]
+pub struct Response {
+    pub(crate) status: Status,
+    pub(crate) payload: Payload,
+    pub(crate) recv: RecvStream,
+    pub(crate) writer: Option<AbortOnDrop>,
+}
+
+/// What a call can return: any [`Decode`] type (from the reply's archive), or a [`ByteStream`]
+/// (a reply stream, read as the machine writes it).
+pub trait Reply: Sized + Send {
+    /// Builds the reply.
+    #[doc(hidden)]
+    fn from_response(response: Response) -> Result<Self>;
+}
+
+impl<T: Decode + Send> Reply for T {
+    fn from_response(response: Response) -> Result<Self> {
+        match response.status {
+            Status::Stream => Err(Error::fatal(
+                Kind::Invalid,
+                "the method replied with a byte stream; call it for a ByteStream",
+            )),
+            _ => T::decode(&response.payload),
+        }
+    }
+}
+
+impl Reply for ByteStream {
+    fn from_response(response: Response) -> Result<Self> {
+        match response.status {
+            Status::Stream => Ok(Self::from_frames(response.recv).with_writer(response.writer)),
+            _ => Err(Error::fatal(
+                Kind::Invalid,
+                "the method replied with an archive, not a byte stream",
+            )),
+        }
+    }
 }
 
 impl<'a, A, R> Call<'a, A, R> {
@@ -81,8 +142,16 @@ impl<'a, A, R> Call<'a, A, R> {
             cancel: None,
             retry: None,
             internal: false,
+            body: None,
             reply: PhantomData,
         }
+    }
+
+    /// Sends a byte stream after the argument, made by `body` (again for each retry, so a
+    /// retried call sends it from the start). The method must take a `ByteStream`.
+    pub fn body(mut self, body: impl Fn() -> ByteStream + Send + Sync + 'a) -> Self {
+        self.body = Some(Box::new(body));
+        self
     }
 
     /// Gives up (with [`Kind::DeadlineExceeded`]) after `timeout`; the machine gives up too.
@@ -132,7 +201,7 @@ impl<'a, A, R> Call<'a, A, R> {
 impl<'a, A, R> Call<'a, A, R>
 where
     A: Encode + Sync,
-    R: Decode + Send + 'a,
+    R: Reply + 'a,
 {
     async fn run(self) -> Result<R> {
         let attempts = async {
@@ -159,10 +228,11 @@ where
                         (arg_type, reply_type),
                         self.deadline,
                         self.internal,
+                        self.body.as_ref().map(|make| make()),
                     )
                     .await;
                 match (result, self.retry) {
-                    (Ok(reply), _) => return R::decode(&reply),
+                    (Ok(reply), _) => return R::from_response(reply),
                     (Err(e), Some(policy)) if e.is_temporary() && tries < policy.max_tries => {
                         tracing::debug!(
                             machine = %self.machine.addr(), service = self.service,
@@ -208,7 +278,7 @@ where
 impl<'a, A, R> IntoFuture for Call<'a, A, R>
 where
     A: Encode + Sync,
-    R: Decode + Send + 'a,
+    R: Reply + 'a,
 {
     type Output = Result<R>;
     type IntoFuture = BoxFuture<'a, Result<R>>;

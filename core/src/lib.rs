@@ -12,6 +12,7 @@
 //! - [`wire`]: the request and reply headers of a call stream.
 //! - [`service`]: the [`Service`] trait, the registry filled by `#[service]`, [`Services`].
 //! - [`server`]: accepting streams and dispatching calls concurrently.
+//! - [`stream`]: [`ByteStream`]s as arguments and replies, and their framing.
 //! - [`context`]: the [`Context`] of an incoming call (deadline, cancellation).
 //! - [`call`]: the [`Call`] builder (deadlines, cancellation, retries).
 //! - [`machine`]: [`Machine`] and its [`State`]s, boot and keepalive.
@@ -34,12 +35,13 @@ pub mod keepalive;
 pub mod machine;
 pub mod server;
 pub mod service;
+pub mod stream;
 pub mod supervisor_api;
 pub mod system;
 pub mod wire;
 
 pub use b::{Builder, Params, B};
-pub use call::{Call, RetryPolicy};
+pub use call::{Call, Reply, RetryPolicy};
 pub use codec::{Decode, Encode, Payload};
 pub use context::Context;
 pub use error::{Error, Kind, Result, Severity};
@@ -47,6 +49,7 @@ pub use keepalive::KeepaliveConfig;
 pub use machine::{Machine, State};
 pub use server::ServerConfig;
 pub use service::{Service, ServiceTable, ServiceValue, Services};
+pub use stream::{ByteSink, ByteStream};
 pub use system::{Launched, System};
 
 /// The default limit on a payload (argument or reply), in bytes: 1 GiB.
@@ -65,7 +68,49 @@ pub mod __private {
     pub use crate::context::Context;
     pub use crate::error::{Error, Kind, Result};
     pub use crate::machine::Machine;
-    pub use crate::service::{Failure, Handler, Registration, Request, Service, ServiceValue};
+    pub use crate::service::{
+        Failure, Handler, Outcome, Registration, Request, Service, ServiceValue,
+    };
+    pub use crate::stream::ByteStream;
+
+    /// What a method may return: an archivable value or a byte stream.
+    pub trait IntoReply {
+        /// The reply to send.
+        fn into_outcome(self) -> Result<Outcome>;
+    }
+
+    impl<T: Encode> IntoReply for T {
+        fn into_outcome(self) -> Result<Outcome> {
+            self.encode().map(Outcome::Archive)
+        }
+    }
+
+    impl IntoReply for ByteStream {
+        fn into_outcome(self) -> Result<Outcome> {
+            Ok(Outcome::Stream(self))
+        }
+    }
+
+    /// Takes the byte stream of a call whose method expects one (`expects`), or checks that
+    /// none was sent.
+    pub fn take_body(
+        request: &mut Request,
+        expects: bool,
+        method: &str,
+    ) -> Result<Option<ByteStream>> {
+        match (request.body.take(), expects) {
+            (Some(body), true) => Ok(Some(body)),
+            (None, false) => Ok(None),
+            (None, true) => Err(Error::fatal(
+                Kind::Invalid,
+                format!("{method} takes a byte stream; send one with Call::body"),
+            )),
+            (Some(_), false) => Err(Error::fatal(
+                Kind::Invalid,
+                format!("{method} takes no byte stream, but the call sent one"),
+            )),
+        }
+    }
 
     /// Refuses a call whose argument or expected reply is not of the method's types.
     pub fn check_types<A, R>(request: &Request, type_name: &str, method: &str) -> Result<()> {
@@ -89,10 +134,10 @@ pub mod __private {
         A::decode(&request.arg).map_err(Failure::Server)
     }
 
-    /// Turns a method's result into the reply's archive.
-    pub fn method_result<R: Encode>(result: Result<R>) -> Result<Payload, Failure> {
+    /// Turns a method's result into its reply.
+    pub fn method_result<R: IntoReply>(result: Result<R>) -> Result<Outcome, Failure> {
         match result {
-            Ok(reply) => reply.encode().map_err(Failure::Method),
+            Ok(reply) => reply.into_outcome().map_err(Failure::Method),
             Err(e) => Err(Failure::Method(e)),
         }
     }

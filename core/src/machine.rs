@@ -14,10 +14,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::b::BootPlan;
 use crate::binary::UPLOAD_CHUNK;
-use crate::call::Call;
-use crate::codec::{Decode, Payload};
+use crate::call::{Call, Reply, Response};
+use crate::codec::Payload;
 use crate::error::{Error, Kind, Result};
 use crate::keepalive::{KeepaliveConfig, KeepaliveTracker};
+use crate::stream::{self, AbortOnDrop, ByteStream};
 use crate::supervisor_api::{
     self as api, BinaryChunk, DiskInfo, Info, KeepaliveReply, LoadInfo, MemInfo, SUPERVISOR,
 };
@@ -185,7 +186,10 @@ impl Machine {
 
     /// Asks the machine to exit and stops it. Pending calls fail.
     pub async fn shutdown(&self) {
-        let reason = Error::new(Kind::Canceled, format!("machine {} shut down", self.inner.addr));
+        let reason = Error::new(
+            Kind::Canceled,
+            format!("machine {} shut down", self.inner.addr),
+        );
         // Recorded first: the machine's exit may be noticed before the reply arrives.
         self.record(reason.clone());
         if self.state() < State::Stopped && self.inner.owned {
@@ -250,6 +254,7 @@ impl Machine {
 
     /// Runs one call: waits for Running (unless `internal`), then exchanges request and reply on
     /// a new stream, failing at once if the machine stops meanwhile.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn invoke(
         &self,
         service: &str,
@@ -258,14 +263,15 @@ impl Machine {
         types: (u64, u64),
         deadline: Option<Instant>,
         internal: bool,
-    ) -> Result<Payload> {
+        body: Option<ByteStream>,
+    ) -> Result<Response> {
         if !internal && self.wait(State::Running).await == State::Stopped {
             return Err(self.unavailable());
         }
         tokio::select! {
             biased;
             _ = self.inner.stopped.cancelled() => Err(self.unavailable()),
-            reply = self.exchange(service, method, arg, types, deadline) => reply,
+            reply = self.exchange(service, method, arg, types, deadline, body) => reply,
         }
     }
 
@@ -276,7 +282,8 @@ impl Machine {
         arg: &Payload,
         (arg_type, reply_type): (u64, u64),
         deadline: Option<Instant>,
-    ) -> Result<Payload> {
+        body: Option<ByteStream>,
+    ) -> Result<Response> {
         /// Payloads up to this size are sent in the header's write.
         const INLINE: usize = 16 << 10;
         let timeout_us = deadline.map_or(0, |d| {
@@ -284,7 +291,11 @@ impl Machine {
         });
         let method_len = service.len() + 1 + method.len();
         let header = RequestHeader {
-            flags: 0,
+            flags: if body.is_some() {
+                wire::FLAG_STREAM_ARG
+            } else {
+                0
+            },
             method_len: u16::try_from(method_len)
                 .ok()
                 .filter(|n| usize::from(*n) <= wire::MAX_METHOD_LEN)
@@ -312,10 +323,21 @@ impl Machine {
             send.write_all(&head).await?;
             send.write_all(arg).await?;
         }
-        send.finish()?;
+        let writer = match body {
+            Some(body) => Some(AbortOnDrop(tokio::spawn(stream::write_raw(send, body)))),
+            None => {
+                send.finish()?;
+                None
+            }
+        };
         let (status, payload) = wire::read_reply(&mut recv, self.inner.max_reply).await?;
         match status {
-            Status::Ok => Ok(payload),
+            Status::Ok | Status::Stream => Ok(Response {
+                status,
+                payload,
+                recv,
+                writer,
+            }),
             Status::MethodError => Err(Error::new(
                 Kind::Remote,
                 format!("{service}.{method} on {}", self.inner.addr),
@@ -328,7 +350,7 @@ impl Machine {
     async fn supervisor<A, R>(&self, method: &str, arg: &A, timeout: Option<Duration>) -> Result<R>
     where
         A: crate::codec::Encode + Sync,
-        R: Decode + Send,
+        R: Reply,
     {
         let call = self.call_service(SUPERVISOR, method, arg).internal();
         match timeout {

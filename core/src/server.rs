@@ -23,7 +23,8 @@ use crate::codec::{self, Payload};
 use crate::context::Context;
 use crate::error::{Error, Kind};
 use crate::fault::{ReplyFault, ReplyFaults};
-use crate::service::{Failure, Request, ServiceTable};
+use crate::service::{Failure, Outcome, Request, ServiceTable};
+use crate::stream::{self, ByteStream};
 use crate::supervisor_api::SUPERVISOR;
 use crate::wire::{self, Status, REPLY_HEADER_LEN};
 
@@ -140,11 +141,13 @@ async fn call(
     let deadline = header.timeout().map(|t| arrived + t);
     let ctx = Context::for_call(deadline, peer);
     let token = ctx.token().clone();
+    let body = (header.flags & wire::FLAG_STREAM_ARG != 0).then(|| ByteStream::from_recv(recv));
     let request = Request {
         ctx,
         arg,
         arg_type: header.arg_type,
         reply_type: header.reply_type,
+        body,
     };
     let handler = match service.dispatch(method_name, request) {
         Ok(handler) => handler,
@@ -175,7 +178,32 @@ async fn call(
             return;
         }
     };
-    reply(&mut send, outcome, faults).await;
+    match outcome {
+        Ok(Outcome::Stream(stream)) => {
+            let streamed = async {
+                let header = wire::ReplyHeader {
+                    status: Status::Stream,
+                    payload_len: 0,
+                };
+                send.write_all(&header.encode()).await?;
+                stream::write_frames(&mut send, stream).await
+            };
+            let streamed = match deadline {
+                Some(d) => tokio::time::timeout_at(d, streamed)
+                    .await
+                    .unwrap_or_else(|_| Err(Error::deadline_exceeded(&method, header.timeout()))),
+                None => streamed.await,
+            };
+            if let Err(e) = streamed {
+                // The reader went away or the deadline passed; dropping the stream tells its
+                // producer.
+                tracing::debug!(%peer, %method, error = %e, "reply stream ended early");
+                let _ = send.reset(3u32.into());
+            }
+        }
+        Ok(Outcome::Archive(payload)) => reply(&mut send, Ok(payload), faults).await,
+        Err(failure) => reply(&mut send, Err(failure), faults).await,
+    }
 }
 
 /// Sends the outcome of a call, applying an injected fault if one is drawn.

@@ -15,6 +15,7 @@ use crate::b::B;
 use crate::codec::Payload;
 use crate::context::Context;
 use crate::error::{Error, Kind, Result};
+use crate::stream::ByteStream;
 
 /// One incoming call, as handed to [`Service::dispatch`].
 #[derive(Debug)]
@@ -27,6 +28,17 @@ pub struct Request {
     pub arg_type: u64,
     /// Type tag of the reply the caller expects.
     pub reply_type: u64,
+    /// The byte stream that follows the argument, if the caller sent one.
+    pub body: Option<ByteStream>,
+}
+
+/// What a method produced: an archive, or a byte stream.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The reply's archive.
+    Archive(Payload),
+    /// A reply stream.
+    Stream(ByteStream),
 }
 
 /// How a dispatched call failed: in the method itself, or in the engine around it. Method errors
@@ -39,8 +51,8 @@ pub enum Failure {
     Server(Error),
 }
 
-/// The future of one dispatched call: the reply's archive, or how it failed.
-pub type Handler = BoxFuture<'static, Result<Payload, Failure>>;
+/// The future of one dispatched call: the reply, or how it failed.
+pub type Handler = BoxFuture<'static, Result<Outcome, Failure>>;
 
 /// A service installed on a machine. Implemented by `#[bigmachine::service]`; there is rarely a
 /// reason to implement it by hand.

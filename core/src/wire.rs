@@ -8,6 +8,9 @@
 //!           | payload (the reply's archive, or an error's)
 //! ```
 //!
+//! With [`FLAG_STREAM_ARG`], the rest of the request stream is a byte stream argument; a reply of
+//! status [`Status::Stream`] is followed by a framed byte stream (see [`crate::stream`]).
+//!
 //! `timeout_us` is the time the caller still allows the call (0: none); the server enforces it
 //! from the moment the header arrives, so clocks need not agree. `arg_type` and `reply_type` are
 //! [`crate::codec::type_tag`]s. Every field read from the network is checked: magic, version,
@@ -30,11 +33,14 @@ pub const REQUEST_HEADER_LEN: usize = 40;
 pub const REPLY_HEADER_LEN: usize = 16;
 /// The longest method name accepted.
 pub const MAX_METHOD_LEN: usize = 512;
+/// Request flag: a byte stream (the rest of the QUIC stream) follows the argument's archive.
+pub const FLAG_STREAM_ARG: u8 = 0x01;
+const KNOWN_FLAGS: u8 = FLAG_STREAM_ARG;
 
 /// The fixed part of a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RequestHeader {
-    /// Flags (none defined yet; must be 0).
+    /// Flags ([`FLAG_STREAM_ARG`]); unknown flags are refused.
     pub flags: u8,
     /// Length of the method name that follows the header.
     pub method_len: u16,
@@ -78,7 +84,7 @@ impl RequestHeader {
             reply_type: le_u64(&b[24..32]),
             payload_len: le_u64(&b[32..40]),
         };
-        if h.flags != 0 {
+        if h.flags & !KNOWN_FLAGS != 0 {
             return Err(invalid(format!("unknown request flags {:#x}", h.flags)));
         }
         if h.method_len == 0 || usize::from(h.method_len) > MAX_METHOD_LEN {
@@ -102,6 +108,8 @@ pub enum Status {
     MethodError = 1,
     /// The server refused or failed the call; the payload is the error's archive.
     ServerError = 2,
+    /// The reply is a byte stream: frames follow the (empty) payload (see [`crate::stream`]).
+    Stream = 3,
 }
 
 /// The fixed part of a reply.
@@ -131,6 +139,7 @@ impl ReplyHeader {
             0 => Status::Ok,
             1 => Status::MethodError,
             2 => Status::ServerError,
+            3 => Status::Stream,
             s => return Err(invalid(format!("unknown reply status {s}"))),
         };
         let payload_len = le_u64(&b[8..16]);
@@ -310,7 +319,10 @@ mod tests {
                 payload_len: 1 << 40,
                 ..good
             }),
-            request_bytes(&RequestHeader { flags: 3, ..good }),
+            request_bytes(&RequestHeader {
+                flags: 0x80,
+                ..good
+            }),
         ];
         for case in cases {
             let err = RequestHeader::decode(&case, 1 << 20).err();

@@ -3,7 +3,8 @@
 //! Put on an inherent `impl` block, it turns the type into a bigmachine service:
 //!
 //! - every `async fn name(&self, ctx: &Context, arg: A) -> Result<R>` in the block becomes the
-//!   method `"<Service>.name"`;
+//!   method `"<Service>.name"`; a method may take a byte stream after its argument
+//!   (`body: ByteStream`, sent with `Call::body`) and may return one (`Result<ByteStream>`);
 //! - an `async fn init(&mut self, b: &B) -> Result<()>`, if present, runs on the machine before
 //!   the service serves;
 //! - the type is registered by name (no manual registration step), so a machine can rebuild a
@@ -75,6 +76,8 @@ struct Method {
     name: syn::Ident,
     arg: Type,
     reply: Type,
+    /// Whether the method takes a byte stream after its argument.
+    body: bool,
     docs: Vec<syn::Attribute>,
 }
 
@@ -122,6 +125,18 @@ fn expand(options: &Options, block: ItemImpl) -> syn::Result<TokenStream2> {
     let args: Vec<_> = methods.iter().map(|m| &m.arg).collect();
     let replies: Vec<_> = methods.iter().map(|m| &m.reply).collect();
     let docs: Vec<_> = methods.iter().map(|m| &m.docs).collect();
+    let calls: Vec<_> = methods
+        .iter()
+        .map(|m| {
+            let name = &m.name;
+            if m.body {
+                quote!(self.#name(&request.ctx, arg, body.unwrap_or_else(#p::ByteStream::empty)).await)
+            } else {
+                quote!(self.#name(&request.ctx, arg).await)
+            }
+        })
+        .collect();
+    let bodies: Vec<_> = methods.iter().map(|m| m.body).collect();
     let init = if has_init {
         quote!(service.init(&b).await?;)
     } else {
@@ -192,9 +207,11 @@ fn expand(options: &Options, block: ItemImpl) -> syn::Result<TokenStream2> {
                                 #type_name,
                                 #name_strs,
                             )?;
+                            let mut request = request;
+                            let body = #p::take_body(&mut request, #bodies, #name_strs)?;
                             ::core::result::Result::Ok(::std::boxed::Box::pin(async move {
                                 let arg: #args = #p::decode_arg(&request)?;
-                                #p::method_result(self.#names(&request.ctx, arg).await)
+                                #p::method_result(#calls)
                             }))
                         }
                     )*
@@ -284,9 +301,21 @@ fn check_method(f: &ImplItemFn) -> syn::Result<Method> {
             FnArg::Receiver(_) => None,
         })
         .collect();
-    let [ctx, arg] = typed.as_slice() else {
-        return Err(syn::Error::new_spanned(&f.sig.inputs, shape));
+    let (ctx, arg, body) = match typed.as_slice() {
+        [ctx, arg] => (ctx, arg, None),
+        [ctx, arg, body] => (ctx, arg, Some(body)),
+        _ => return Err(syn::Error::new_spanned(&f.sig.inputs, shape)),
     };
+    if let Some(body) = body {
+        let is_stream = matches!(&*body.ty, Type::Path(p)
+            if p.path.segments.last().is_some_and(|s| s.ident == "ByteStream"));
+        if !is_stream {
+            return Err(syn::Error::new_spanned(
+                &body.ty,
+                "the parameter after the argument must be a `ByteStream` (the call's byte stream)",
+            ));
+        }
+    }
     if !matches!(&*ctx.ty, Type::Reference(_)) {
         return Err(syn::Error::new_spanned(
             &ctx.ty,
@@ -314,6 +343,7 @@ fn check_method(f: &ImplItemFn) -> syn::Result<Method> {
         name: name.clone(),
         arg: (*arg.ty).clone(),
         reply,
+        body: body.is_some(),
         docs: f
             .attrs
             .iter()
