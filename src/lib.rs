@@ -57,8 +57,8 @@
 #![deny(missing_docs)]
 
 pub use bigmachine_core::{
-    Builder, ByteSink, ByteStream, Call, Context, Decode, Encode, Error, KeepaliveConfig, Kind,
-    Launched, Machine, Params, Payload, Reply, Result, RetryPolicy, Service, ServiceValue,
+    Archived, Builder, ByteSink, ByteStream, Call, Context, Decode, Encode, Error, KeepaliveConfig,
+    Kind, Launched, Machine, Params, Payload, Reply, Result, RetryPolicy, Service, ServiceValue,
     Services, Severity, State, System, B,
 };
 pub use bigmachine_macros::service;

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use quinn::RecvStream;
 
-use crate::codec::{type_tag, Decode, Encode, Payload};
+use crate::codec::{type_tag, Encode, FromPayload, Payload};
 use crate::context::Context;
 use crate::error::{Error, Kind, Result};
 use crate::machine::Machine;
@@ -102,24 +102,35 @@ pub struct Response {
 /// What a call can return: any [`Decode`] type (from the reply's archive), or a [`ByteStream`]
 /// (a reply stream, read as the machine writes it).
 pub trait Reply: Sized + Send {
+    /// The type tag of the reply on the wire.
+    #[doc(hidden)]
+    fn tag() -> u64;
     /// Builds the reply.
     #[doc(hidden)]
     fn from_response(response: Response) -> Result<Self>;
 }
 
-impl<T: Decode + Send> Reply for T {
+impl<T: FromPayload> Reply for T {
+    fn tag() -> u64 {
+        T::tag()
+    }
+
     fn from_response(response: Response) -> Result<Self> {
         match response.status {
             Status::Stream => Err(Error::fatal(
                 Kind::Invalid,
                 "the method replied with a byte stream; call it for a ByteStream",
             )),
-            _ => T::decode(&response.payload),
+            _ => T::from_payload(response.payload),
         }
     }
 }
 
 impl Reply for ByteStream {
+    fn tag() -> u64 {
+        type_tag::<Self>()
+    }
+
     fn from_response(response: Response) -> Result<Self> {
         match response.status {
             Status::Stream => Ok(Self::from_frames(response.recv).with_writer(response.writer)),
@@ -215,7 +226,7 @@ where
                 ));
             }
             let arg = self.arg.encode()?;
-            let (arg_type, reply_type) = (type_tag::<A>(), type_tag::<R>());
+            let (arg_type, reply_type) = (type_tag::<A>(), R::tag());
             let mut tries = 0;
             loop {
                 tries += 1;

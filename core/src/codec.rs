@@ -5,10 +5,22 @@
 //! `rkyv::Serialize` and `rkyv::Deserialize`; they hide rkyv's strategy bounds from signatures.
 //!
 //! Archives are read from [`Payload`]s, buffers aligned to [`PAYLOAD_ALIGN`] bytes, as rkyv
-//! requires. A received payload is copied once, from the transport's receive buffers into its
-//! aligned buffer; [`decode`] then validates it in place. A byte slice that is not aligned (an
-//! archive nested in another archive, such as a service value) is copied into an aligned buffer
-//! first.
+//! requires.
+//!
+//! # Copies, per received byte
+//!
+//! - **Archives** (arguments and replies): one copy, from quinn's receive buffers (whose chunks
+//!   have arbitrary boundaries and alignment) into the aligned [`Payload`]; it is then validated
+//!   in place. A method that takes [`Archived<T>`], or a caller that asks for an
+//!   [`Archived<T>`] reply, reads it there: one copy in all. Taking `T` itself deserializes it:
+//!   a second copy, made by rkyv. A slice that is not aligned (an archive nested in another,
+//!   such as a service value) is copied into an aligned buffer before it is read.
+//! - **Byte streams** ([`crate::ByteStream`]): no copy: the `Bytes` chunks quinn hands over are
+//!   handed on.
+//!
+//! Below this crate, the kernel copies each datagram into quinn's buffer, where it is decrypted
+//! in place. [`bytes_copied`] counts the copies made here, so tests can hold the engine to this
+//! account.
 
 use rkyv::api::high::{HighDeserializer, HighSerializer, HighValidator};
 use rkyv::bytecheck::CheckBytes;
@@ -16,6 +28,8 @@ use rkyv::rancor;
 use rkyv::ser::allocator::ArenaHandle;
 use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize, Portable, Serialize};
+use std::marker::PhantomData;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Error, Kind, Result};
 
@@ -109,7 +123,121 @@ fn with_aligned<R>(bytes: &[u8], f: impl FnOnce(&[u8]) -> Result<R>) -> Result<R
     } else {
         let mut copy = Payload::with_capacity(bytes.len());
         copy.extend_from_slice(bytes);
+        count_copy(bytes.len());
         f(&copy)
+    }
+}
+
+static COPIED: AtomicU64 = AtomicU64::new(0);
+
+/// Bytes this process's engine has copied while receiving (see the module docs), since it
+/// started.
+pub fn bytes_copied() -> u64 {
+    COPIED.load(Ordering::Relaxed)
+}
+
+pub(crate) fn count_copy(n: usize) {
+    COPIED.fetch_add(n as u64, Ordering::Relaxed);
+}
+
+/// A validated archive of a `T`, read in place: the zero-copy form of an argument or reply.
+///
+/// A method takes `arg: Archived<T>` where the caller sends a `T`; a caller asks for
+/// `Archived<R>` where the method returns an `R`. Dereferencing gives `T`'s archived form
+/// (`ArchivedVec`, `ArchivedString`, the derived `ArchivedFoo`...).
+pub struct Archived<T> {
+    payload: Payload,
+    archived: PhantomData<fn() -> T>,
+}
+
+impl<T> std::fmt::Debug for Archived<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Archived")
+            .field("type", &std::any::type_name::<T>())
+            .field("bytes", &self.payload.len())
+            .finish()
+    }
+}
+
+impl<T> Archived<T>
+where
+    T: Archive,
+    T::Archived: Portable + for<'a> CheckBytes<HighValidator<'a, rancor::Error>>,
+{
+    /// Validates `payload` as an archive of `T`.
+    pub fn new(payload: Payload) -> Result<Self> {
+        access_aligned::<T>(&payload)?;
+        Ok(Self {
+            payload,
+            archived: PhantomData,
+        })
+    }
+
+    /// The archived value.
+    pub fn get(&self) -> &T::Archived {
+        // SAFETY: `new` validated this exact buffer as an archive of `T`, and the buffer is
+        // never mutated afterwards (the field is private and only read).
+        unsafe { rkyv::access_unchecked::<T::Archived>(&self.payload) }
+    }
+
+    /// Deserializes the value (a copy).
+    pub fn deserialize(&self) -> Result<T>
+    where
+        T::Archived: Deserialize<T, HighDeserializer<rancor::Error>>,
+    {
+        rkyv::deserialize::<T, rancor::Error>(self.get())
+            .map_err(|e| Error::fatal(Kind::Invalid, format!("deserialize: {e}")))
+    }
+
+    /// The archive's bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.payload
+    }
+}
+
+impl<T> std::ops::Deref for Archived<T>
+where
+    T: Archive,
+    T::Archived: Portable + for<'a> CheckBytes<HighValidator<'a, rancor::Error>>,
+{
+    type Target = T::Archived;
+
+    fn deref(&self) -> &Self::Target {
+        self.get()
+    }
+}
+
+/// What an argument or reply can be built from: a received payload. Implemented for every
+/// [`Decode`] type (deserialized) and for [`Archived<T>`] (validated in place). `tag` is the
+/// type tag of the value on the wire, so `Archived<T>` matches a `T` sent by the other side.
+pub trait FromPayload: Sized + Send {
+    /// The type tag of the value on the wire.
+    fn tag() -> u64;
+    /// Builds the value from its received archive.
+    fn from_payload(payload: Payload) -> Result<Self>;
+}
+
+impl<T: Decode + Send> FromPayload for T {
+    fn tag() -> u64 {
+        type_tag::<T>()
+    }
+
+    fn from_payload(payload: Payload) -> Result<Self> {
+        T::decode(&payload)
+    }
+}
+
+impl<T> FromPayload for Archived<T>
+where
+    T: Archive,
+    T::Archived: Portable + for<'a> CheckBytes<HighValidator<'a, rancor::Error>>,
+{
+    fn tag() -> u64 {
+        type_tag::<T>()
+    }
+
+    fn from_payload(payload: Payload) -> Result<Self> {
+        Self::new(payload)
     }
 }
 

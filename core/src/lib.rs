@@ -42,7 +42,7 @@ pub mod wire;
 
 pub use b::{Builder, Params, B};
 pub use call::{Call, Reply, RetryPolicy};
-pub use codec::{Decode, Encode, Payload};
+pub use codec::{Archived, Decode, Encode, FromPayload, Payload};
 pub use context::Context;
 pub use error::{Error, Kind, Result, Severity};
 pub use keepalive::KeepaliveConfig;
@@ -64,7 +64,7 @@ pub mod __private {
 
     pub use crate::b::B;
     pub use crate::call::Call;
-    pub use crate::codec::{type_tag, Decode, Encode, Payload};
+    pub use crate::codec::{type_tag, Decode, Encode, FromPayload, Payload};
     pub use crate::context::Context;
     pub use crate::error::{Error, Kind, Result};
     pub use crate::machine::Machine;
@@ -75,17 +75,27 @@ pub mod __private {
 
     /// What a method may return: an archivable value or a byte stream.
     pub trait IntoReply {
+        /// The type tag of the reply on the wire.
+        fn tag() -> u64;
         /// The reply to send.
         fn into_outcome(self) -> Result<Outcome>;
     }
 
     impl<T: Encode> IntoReply for T {
+        fn tag() -> u64 {
+            type_tag::<T>()
+        }
+
         fn into_outcome(self) -> Result<Outcome> {
             self.encode().map(Outcome::Archive)
         }
     }
 
     impl IntoReply for ByteStream {
+        fn tag() -> u64 {
+            type_tag::<Self>()
+        }
+
         fn into_outcome(self) -> Result<Outcome> {
             Ok(Outcome::Stream(self))
         }
@@ -113,25 +123,29 @@ pub mod __private {
     }
 
     /// Refuses a call whose argument or expected reply is not of the method's types.
-    pub fn check_types<A, R>(request: &Request, type_name: &str, method: &str) -> Result<()> {
+    pub fn check_types<A: FromPayload, R: IntoReply>(
+        request: &Request,
+        type_name: &str,
+        method: &str,
+    ) -> Result<()> {
         let mismatch = |what: &str, expected: &str| {
             Err(Error::fatal(
                 Kind::Invalid,
                 format!("{type_name}::{method}: {what} type mismatch: the method's is {expected}"),
             ))
         };
-        if request.arg_type != type_tag::<A>() {
+        if request.arg_type != A::tag() {
             return mismatch("argument", std::any::type_name::<A>());
         }
-        if request.reply_type != type_tag::<R>() {
+        if request.reply_type != R::tag() {
             return mismatch("reply", std::any::type_name::<R>());
         }
         Ok(())
     }
 
-    /// Decodes a call's argument; a bad archive is the caller's fault.
-    pub fn decode_arg<A: Decode>(request: &Request) -> Result<A, Failure> {
-        A::decode(&request.arg).map_err(Failure::Server)
+    /// Builds a call's argument from its archive; a bad archive is the caller's fault.
+    pub fn decode_arg<A: FromPayload>(request: &mut Request) -> Result<A, Failure> {
+        A::from_payload(std::mem::take(&mut request.arg)).map_err(Failure::Server)
     }
 
     /// Turns a method's result into its reply.

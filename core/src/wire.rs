@@ -216,7 +216,10 @@ pub async fn read_payload(recv: &mut RecvStream, len: u64, early: Kind) -> Resul
     let mut buf = Payload::with_capacity(len.min(FIRST_RESERVE as usize));
     while buf.len() < len {
         match recv.read_chunk(len - buf.len(), true).await? {
-            Some(chunk) => buf.extend_from_slice(&chunk.bytes),
+            Some(chunk) => {
+                buf.extend_from_slice(&chunk.bytes);
+                crate::codec::count_copy(chunk.bytes.len());
+            }
             None => return Err(ended_early(early, buf.len(), len)),
         }
     }

@@ -210,7 +210,7 @@ fn expand(options: &Options, block: ItemImpl) -> syn::Result<TokenStream2> {
                             let mut request = request;
                             let body = #p::take_body(&mut request, #bodies, #name_strs)?;
                             ::core::result::Result::Ok(::std::boxed::Box::pin(async move {
-                                let arg: #args = #p::decode_arg(&request)?;
+                                let arg: #args = #p::decode_arg(&mut request)?;
                                 #p::method_result(#calls)
                             }))
                         }
