@@ -44,7 +44,10 @@ async fn received_bytes_are_copied_once_for_archives_and_never_for_streams() -> 
     let sum: u64 = m.call("Blobs.sum", &data).await?;
     let copied = bytes_copied() - before;
     assert_eq!(sum, n);
-    assert!((n..n + SLACK).contains(&copied), "argument: {copied} bytes copied for {n}");
+    assert!(
+        (n..n + SLACK).contains(&copied),
+        "argument: {copied} bytes copied for {n}"
+    );
 
     // A reply kept as an archive: the caller copies it once.
     let before = bytes_copied();
@@ -52,7 +55,10 @@ async fn received_bytes_are_copied_once_for_archives_and_never_for_streams() -> 
     let copied = bytes_copied() - before;
     assert_eq!(reply.len() as u64, n);
     assert!(reply.iter().all(|&b| b == 3));
-    assert!((n..n + SLACK).contains(&copied), "reply: {copied} bytes copied for {n}");
+    assert!(
+        (n..n + SLACK).contains(&copied),
+        "reply: {copied} bytes copied for {n}"
+    );
 
     // A stream there and back: no copies.
     let before = bytes_copied();
@@ -67,7 +73,10 @@ async fn received_bytes_are_copied_once_for_archives_and_never_for_streams() -> 
     let back = echoed.read_to_end(16 << 20).await?;
     let copied = bytes_copied() - before;
     assert_eq!(back.len() as u64, n);
-    assert!(copied < SLACK, "streams: {copied} bytes copied for {n} each way");
+    assert!(
+        copied < SLACK,
+        "streams: {copied} bytes copied for {n} each way"
+    );
 
     b.shutdown().await;
     Ok(())

@@ -368,6 +368,70 @@ async fn other_binary_is_uploaded_and_executed() -> Result<()> {
     result
 }
 
+async fn binaries_come_from_the_store_or_a_peer() -> Result<()> {
+    // A binary no machine has seen: this one with random bytes appended.
+    let mut bytes = std::fs::read(std::env::current_exe()?)?;
+    bytes.extend((0..16).map(|_| fastrand::u8(..)));
+    let digest = bigmachine::core::binary::digest_bytes(&bytes);
+    let dir = std::env::temp_dir().join(format!("bigmachine-dist-test-{}", &digest[..16]));
+    std::fs::create_dir_all(&dir)?;
+    let copy = dir.join("binary");
+    std::fs::write(&copy, &bytes)?;
+    let size = bytes.len() as u64;
+    let params = || {
+        Params::new()
+            .services(Services::new().with("Probe", Probe))
+            .binary(&copy)
+    };
+    let result = async {
+        // One host, one store: the second machine finds the binary there.
+        let b = B::new(LocalSystem::new().with_keepalive(short_keepalive()))?;
+        running(&b, 1, params()).await?;
+        check(
+            b.binary_bytes_uploaded() == size,
+            "first boot uploads the binary",
+        )?;
+        let second = running(&b, 1, params()).await?;
+        check(
+            second[0].info().await?.digest == digest,
+            "second machine runs the binary",
+        )?;
+        check(
+            b.binary_bytes_uploaded() == size,
+            format!(
+                "repeat boot uploaded {} bytes more",
+                b.binary_bytes_uploaded() - size
+            ),
+        )?;
+        b.shutdown().await;
+
+        // A store per machine, as on separate hosts: the second fetches from the first.
+        let system = LocalSystem::new()
+            .with_keepalive(short_keepalive())
+            .with_isolated_stores(dir.join("stores"));
+        let b = B::new(system)?;
+        running(&b, 1, params()).await?;
+        check(
+            b.binary_bytes_uploaded() == size,
+            "first boot uploads the binary",
+        )?;
+        let second = running(&b, 1, params()).await?;
+        check(
+            second[0].info().await?.digest == digest,
+            "fetched binary runs",
+        )?;
+        check(
+            b.binary_bytes_uploaded() == size,
+            "the second machine took the binary from the driver, not its peer",
+        )?;
+        b.shutdown().await;
+        Ok(())
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
 async fn machines_report_their_host() -> Result<()> {
     let b = B::new(
         LocalSystem::new()
@@ -481,6 +545,7 @@ fn main() {
             lines_printed_before_shutdown_all_arrive_in_order,
             environ_and_user_flags_reach_the_machine,
             other_binary_is_uploaded_and_executed,
+            binaries_come_from_the_store_or_a_peer,
             machines_report_their_host,
         ];
         println!("\nrunning {} tests", tests.len());

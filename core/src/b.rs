@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bigmachine_quic::{Authority, Endpoint, TransportConfig};
@@ -88,6 +89,8 @@ pub(crate) struct BootPlan {
     pub(crate) digest: String,
     /// Whether the machine must exec even if it already runs `digest`.
     pub(crate) exec: bool,
+    /// The driver, to find peers to fetch the binary from and to count uploads.
+    pub(crate) b: B,
 }
 
 struct Inner {
@@ -97,6 +100,7 @@ struct Inner {
     max_payload: u64,
     machines: Mutex<Vec<Machine>>,
     dialed: Mutex<HashMap<SocketAddr, Machine>>,
+    uploaded: AtomicU64,
 }
 
 /// A bigmachine instance: the driver's handle on its cluster, or a machine's handle on its peers.
@@ -200,6 +204,7 @@ impl B {
                 max_payload,
                 machines: Mutex::new(Vec::new()),
                 dialed: Mutex::new(HashMap::new()),
+                uploaded: AtomicU64::new(0),
             }),
         }
     }
@@ -295,6 +300,7 @@ impl B {
             binary,
             digest,
             exec: !params.environ.is_empty() || params.args.is_some(),
+            b: self.clone(),
         })
     }
 
@@ -316,6 +322,28 @@ impl B {
         tokio::spawn(m.clone().run_dialed(self.inner.system.keepalive()));
         dialed.insert(addr, m.clone());
         m
+    }
+
+    /// Bytes of binaries this driver has uploaded to machines (machines that had the binary in
+    /// their store, or fetched it from a peer, add nothing).
+    pub fn binary_bytes_uploaded(&self) -> u64 {
+        self.inner.uploaded.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_upload(&self, bytes: u64) {
+        self.inner.uploaded.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// The address of a Running machine of this driver, other than `not`, that runs `digest`.
+    pub(crate) fn peer_running(&self, digest: &str, not: SocketAddr) -> Option<SocketAddr> {
+        lock(&self.inner.machines)
+            .iter()
+            .find(|m| {
+                m.addr() != not
+                    && m.state() == State::Running
+                    && m.digest().as_deref() == Some(digest)
+            })
+            .map(Machine::addr)
     }
 
     /// The machines this driver started, in start order.

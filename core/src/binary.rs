@@ -2,8 +2,10 @@
 //!
 //! The driver compares the digest a machine reports (`Supervisor.info`) with the digest of the
 //! binary it wants the machine to run (its own, unless [`crate::Params::binary`] names another).
-//! When they differ, it uploads the binary in [`UPLOAD_CHUNK`]-sized pieces, each appended to a
-//! temporary file on the machine, and has the machine exec it.
+//! When they differ, the machine takes the binary from its own store (kept by digest from an
+//! earlier boot), else fetches it from a running machine that runs it (so a large cluster does
+//! not boot through the driver's uplink alone), else receives it streamed from the driver; then
+//! it re-executes into it.
 
 use std::io::Read;
 use std::path::Path;
@@ -12,9 +14,6 @@ use std::sync::OnceLock;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Kind, Result};
-
-/// Size of one upload chunk.
-pub const UPLOAD_CHUNK: usize = 4 << 20;
 
 /// Hex SHA-256 digest of the file at `path`, read in 1 MiB pieces.
 pub fn digest_file(path: &Path) -> Result<String> {

@@ -12,15 +12,15 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use bytes::Bytes;
+
 use crate::b::BootPlan;
-use crate::binary::UPLOAD_CHUNK;
 use crate::call::{Call, Reply, Response};
-use crate::codec::Payload;
 use crate::error::{Error, Kind, Result};
 use crate::keepalive::{KeepaliveConfig, KeepaliveTracker};
 use crate::stream::{self, AbortOnDrop, ByteStream};
 use crate::supervisor_api::{
-    self as api, BinaryChunk, DiskInfo, Info, KeepaliveReply, LoadInfo, MemInfo, SUPERVISOR,
+    self as api, DiskInfo, FetchBinary, Info, KeepaliveReply, LoadInfo, MemInfo, SUPERVISOR,
 };
 use crate::wire::{self, decode_error, RequestHeader, Status};
 
@@ -60,6 +60,7 @@ struct Inner {
     cancel: CancellationToken,
     keepalive_times: Mutex<Vec<Duration>>,
     next_keepalive: Mutex<Option<Instant>>,
+    digest: Mutex<Option<String>>,
 }
 
 /// A machine of the cluster: a handle, cheap to clone, for calling its services and watching its
@@ -103,6 +104,7 @@ impl Machine {
                 cancel: CancellationToken::new(),
                 keepalive_times: Mutex::new(Vec::new()),
                 next_keepalive: Mutex::new(None),
+                digest: Mutex::new(None),
             }),
         }
     }
@@ -154,6 +156,11 @@ impl Machine {
     /// Latencies of the latest keepalive replies, most recent first.
     pub fn keepalive_reply_times(&self) -> Vec<Duration> {
         lock(&self.inner.keepalive_times).clone()
+    }
+
+    /// Digest of the binary the machine runs, once it has booted.
+    pub fn digest(&self) -> Option<String> {
+        lock(&self.inner.digest).clone()
     }
 
     /// When the next keepalive is due, if the machine is kept alive.
@@ -259,7 +266,7 @@ impl Machine {
         &self,
         service: &str,
         method: &str,
-        arg: &Payload,
+        arg: &Bytes,
         types: (u64, u64),
         deadline: Option<Instant>,
         internal: bool,
@@ -279,7 +286,7 @@ impl Machine {
         &self,
         service: &str,
         method: &str,
-        arg: &Payload,
+        arg: &Bytes,
         (arg_type, reply_type): (u64, u64),
         deadline: Option<Instant>,
         body: Option<ByteStream>,
@@ -318,10 +325,10 @@ impl Machine {
         let (mut send, mut recv) = conn.open_bi().await?;
         if inline {
             head.extend_from_slice(arg);
-            send.write_all(&head).await?;
+            send.write_chunk(head.into()).await?;
         } else {
-            send.write_all(&head).await?;
-            send.write_all(arg).await?;
+            send.write_all_chunks(&mut [head.into(), arg.clone()])
+                .await?;
         }
         let writer = match body {
             Some(body) => Some(AbortOnDrop(tokio::spawn(stream::write_raw(send, body)))),
@@ -457,7 +464,7 @@ impl Machine {
         let upload = info.digest != plan.digest;
         if upload || plan.exec {
             if upload {
-                self.upload(plan).await?;
+                self.provide_binary(plan, keepalive).await?;
             }
             if !plan.environ.is_empty() {
                 let (): () = self.supervisor(api::SETENV, &plan.environ, rpc).await?;
@@ -481,6 +488,7 @@ impl Machine {
         self.inner
             .maxprocs
             .store(info.maxprocs as usize, Ordering::Relaxed);
+        *lock(&self.inner.digest) = Some(info.digest.clone());
         for spec in &plan.services {
             let installed: Result<()> = self.supervisor(api::REGISTER, spec, None).await;
             installed.map_err(|e| {
@@ -522,42 +530,53 @@ impl Machine {
         }
     }
 
-    /// Streams the plan's binary to the machine, chunk by chunk.
+    /// Gets the plan's binary onto the machine for its next exec: from the machine's own store
+    /// if it has it, else from a running peer that runs it, else from the driver.
+    async fn provide_binary(&self, plan: &BootPlan, keepalive: KeepaliveConfig) -> Result<()> {
+        let rpc = Some(keepalive.rpc_timeout);
+        let stored: bool = self.supervisor(api::USEBINARY, &plan.digest, rpc).await?;
+        if stored {
+            tracing::debug!(machine = %self.inner.addr, "binary found in the machine's store");
+            return Ok(());
+        }
+        if let Some(peer) = plan.b.peer_running(&plan.digest, self.inner.addr) {
+            let fetch = FetchBinary {
+                peer: peer.to_string(),
+                digest: plan.digest.clone(),
+            };
+            let fetched: Result<()> = self.supervisor(api::FETCHBINARY, &fetch, None).await;
+            match fetched {
+                Ok(()) => {
+                    tracing::info!(machine = %self.inner.addr, %peer, "binary fetched from a peer");
+                    return Ok(());
+                }
+                Err(e) => tracing::warn!(
+                    machine = %self.inner.addr, %peer, error = %e,
+                    "fetching the binary from a peer failed; uploading it"
+                ),
+            }
+        }
+        self.upload(plan).await
+    }
+
+    /// Streams the plan's binary from the driver to the machine.
     async fn upload(&self, plan: &BootPlan) -> Result<()> {
-        use tokio::io::AsyncReadExt;
         let started = Instant::now();
-        let mut file = tokio::fs::File::open(&plan.binary)
+        let total = tokio::fs::metadata(&plan.binary)
             .await
-            .map_err(|e| Error::new(Kind::Other, format!("{}: {e}", plan.binary.display())))?;
-        let total = file.metadata().await?.len();
+            .map_err(|e| Error::new(Kind::Other, format!("{}: {e}", plan.binary.display())))?
+            .len();
         tracing::info!(
             machine = %self.inner.addr, bytes = total,
             "machine runs another binary; uploading {}", plan.binary.display()
         );
-        let mut offset = 0u64;
-        loop {
-            let mut data = Vec::with_capacity(UPLOAD_CHUNK);
-            (&mut file)
-                .take(UPLOAD_CHUNK as u64)
-                .read_to_end(&mut data)
-                .await?;
-            if data.is_empty() && offset > 0 {
-                break;
-            }
-            let len = data.len() as u64;
-            let chunk = BinaryChunk {
-                offset,
-                total,
-                digest: plan.digest.clone(),
-                data,
-            };
-            let (): () = self.supervisor(api::SETBINARY, &chunk, None).await?;
-            offset += len;
-            tracing::debug!(machine = %self.inner.addr, "uploaded {offset}/{total} bytes");
-            if offset >= total {
-                break;
-            }
-        }
+        let path = plan.binary.clone();
+        let (): () = self
+            .call_service(SUPERVISOR, api::SETBINARY, &plan.digest)
+            .internal()
+            .body(move || crate::stream::file_stream(path.clone()))
+            .await?;
+        plan.b.count_upload(total);
         let secs = started.elapsed().as_secs_f64();
         tracing::info!(
             machine = %self.inner.addr,

@@ -226,7 +226,7 @@ async fn reply(
         }
     };
     let result = match faults.and_then(|f| f.draw()) {
-        None => wire::write_reply(send, status, &payload).await,
+        None => wire::write_reply(send, status, payload).await,
         Some(ReplyFault::Drop) => {
             let _ = send.reset(0u32.into());
             return;

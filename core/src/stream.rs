@@ -210,6 +210,38 @@ impl ByteSink {
     }
 }
 
+/// The file at `path` as a stream of 1 MiB chunks (opened when first read).
+pub fn file_stream(path: std::path::PathBuf) -> ByteStream {
+    use tokio::io::AsyncReadExt;
+    let io = |path: &std::path::Path, e: std::io::Error| {
+        Error::new(Kind::Other, format!("{}: {e}", path.display()))
+    };
+    ByteStream::from_stream(futures::stream::unfold(
+        (None::<tokio::fs::File>, path, false),
+        move |(file, path, done)| async move {
+            if done {
+                return None;
+            }
+            let mut file = match file {
+                Some(f) => f,
+                None => match tokio::fs::File::open(&path).await {
+                    Ok(f) => f,
+                    Err(e) => return Some((Err(io(&path, e)), (None, path, true))),
+                },
+            };
+            let mut buf = vec![0u8; 1 << 20];
+            match file.read(&mut buf).await {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((Ok(Bytes::from(buf)), (Some(file), path, false)))
+                }
+                Err(e) => Some((Err(io(&path, e)), (None, path, true))),
+            }
+        },
+    ))
+}
+
 fn truncated() -> Error {
     Error::temporary(Kind::Net, "reply stream ended without its trailer")
 }

@@ -31,10 +31,17 @@ pub const SETENV: &str = "setenv";
 /// `Supervisor.setargs(Vec<String>) -> ()`: arguments (after the program name) for the next
 /// [`EXEC`].
 pub const SETARGS: &str = "setargs";
-/// `Supervisor.setbinary(BinaryChunk) -> ()`: one chunk of a binary for the next [`EXEC`],
-/// written to a temporary file as it arrives and checked against its digest at the end.
+/// `Supervisor.setbinary(digest: String, body: ByteStream) -> ()`: a binary for the next
+/// [`EXEC`], streamed into the machine's binary store and checked against its digest.
 pub const SETBINARY: &str = "setbinary";
-/// `Supervisor.getbinary(BinaryRange) -> Vec<u8>`: a range of the running binary.
+/// `Supervisor.usebinary(digest: String) -> bool`: uses the binary of that digest from the
+/// machine's store for the next [`EXEC`], if the store has it.
+pub const USEBINARY: &str = "usebinary";
+/// `Supervisor.fetchbinary(FetchBinary) -> ()`: fetches a binary from a peer machine
+/// ([`GETBINARY`]) into the store, for the next [`EXEC`].
+pub const FETCHBINARY: &str = "fetchbinary";
+/// `Supervisor.getbinary(digest: String) -> ByteStream`: the binary of that digest (the
+/// running one, or one from the store).
 pub const GETBINARY: &str = "getbinary";
 /// `Supervisor.exec(()) -> ()`: replies, then replaces the machine's process with the binary,
 /// arguments and environment set so far. The machine keeps its address.
@@ -91,26 +98,13 @@ pub struct LoadInfo {
     pub fifteen: f64,
 }
 
-/// One chunk of a binary upload. Chunks are sent in order; the first has offset 0.
+/// The argument of [`FETCHBINARY`].
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-pub struct BinaryChunk {
-    /// Where the chunk starts in the binary.
-    pub offset: u64,
-    /// Length of the whole binary.
-    pub total: u64,
-    /// Hex SHA-256 digest of the whole binary.
+pub struct FetchBinary {
+    /// Address of the machine to fetch from.
+    pub peer: String,
+    /// Hex SHA-256 digest of the binary.
     pub digest: String,
-    /// The chunk's bytes.
-    pub data: Vec<u8>,
-}
-
-/// A range of the running binary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-pub struct BinaryRange {
-    /// Start of the range.
-    pub offset: u64,
-    /// Length of the range (shorter at the end of the binary).
-    pub len: u64,
 }
 
 /// A named counter of a machine.

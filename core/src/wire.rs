@@ -18,6 +18,7 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use quinn::{RecvStream, SendStream};
 
 use crate::codec::Payload;
@@ -242,14 +243,16 @@ pub async fn read_request(
     Ok((header, method, payload))
 }
 
-/// Writes a reply (header then payload) and finishes the stream.
-pub async fn write_reply(send: &mut SendStream, status: Status, payload: &[u8]) -> Result<()> {
+/// Writes a reply (header then payload) and finishes the stream. The payload is handed to the
+/// transport without a copy.
+pub async fn write_reply(send: &mut SendStream, status: Status, payload: Payload) -> Result<()> {
     let header = ReplyHeader {
         status,
         payload_len: payload.len() as u64,
     };
-    send.write_all(&header.encode()).await?;
-    send.write_all(payload).await?;
+    let header = Bytes::copy_from_slice(&header.encode());
+    send.write_all_chunks(&mut [header, Bytes::from_owner(payload)])
+        .await?;
     send.finish()?;
     Ok(())
 }

@@ -1,29 +1,15 @@
-//! Re-executing a machine's process: the binary, arguments and environment of the next exec, and
-//! binary uploads written to a temporary file as they arrive.
+//! Re-executing a machine's process: the binary, arguments and environment of the next exec.
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use bigmachine_core::binary;
-use bigmachine_core::supervisor_api::BinaryChunk;
 use bigmachine_core::{Error, Kind, Result};
 use bigmachine_quic::Credentials;
-use tokio::io::AsyncWriteExt;
 
 use crate::process::{self, ENV_ADDR, ENV_CREDENTIALS};
-
-#[derive(Debug)]
-struct Upload {
-    file: tokio::fs::File,
-    path: PathBuf,
-    next: u64,
-    total: u64,
-    digest: String,
-}
 
 #[derive(Debug, Default)]
 struct Next {
@@ -38,7 +24,6 @@ pub struct Exec {
     creds: Credentials,
     addr: SocketAddr,
     next: Mutex<Next>,
-    upload: tokio::sync::Mutex<Option<Upload>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -53,7 +38,6 @@ impl Exec {
             creds,
             addr,
             next: Mutex::new(Next::default()),
-            upload: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -76,61 +60,9 @@ impl Exec {
         lock(&self.next).args = Some(args);
     }
 
-    /// Appends a chunk of an upload; the last chunk makes the file the binary of the next exec
-    /// once its digest matches.
-    pub async fn setbinary(&self, chunk: BinaryChunk) -> Result<()> {
-        let mut upload = self.upload.lock().await;
-        if chunk.offset == 0 {
-            let path = std::env::temp_dir().join(format!(
-                "bigmachine-{}-{}",
-                std::process::id(),
-                &chunk.digest.get(..16).unwrap_or("binary")
-            ));
-            let file = tokio::fs::File::create(&path).await?;
-            *upload = Some(Upload {
-                file,
-                path,
-                next: 0,
-                total: chunk.total,
-                digest: chunk.digest.clone(),
-            });
-        }
-        let up = upload.as_mut().ok_or_else(|| {
-            Error::fatal(Kind::Precondition, "upload chunk without a first chunk")
-        })?;
-        if chunk.offset != up.next || chunk.digest != up.digest || chunk.total != up.total {
-            return Err(Error::fatal(
-                Kind::Invalid,
-                format!(
-                    "upload chunk at {} of {} (digest {}); expected offset {} of {}",
-                    chunk.offset, chunk.total, chunk.digest, up.next, up.total
-                ),
-            ));
-        }
-        up.file.write_all(&chunk.data).await?;
-        up.next += chunk.data.len() as u64;
-        if up.next < up.total {
-            return Ok(());
-        }
-        up.file.sync_all().await?;
-        let path = up.path.clone();
-        let expected = up.digest.clone();
-        *upload = None;
-        let hashed = path.clone();
-        let digest = tokio::task::spawn_blocking(move || binary::digest_file(&hashed))
-            .await
-            .map_err(|e| Error::new(Kind::Other, format!("digest task: {e}")))??;
-        if digest != expected {
-            let _ = tokio::fs::remove_file(&path).await;
-            return Err(Error::fatal(
-                Kind::Invalid,
-                format!("uploaded binary has digest {digest}, expected {expected}"),
-            ));
-        }
-        tokio::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).await?;
-        tracing::info!(path = %path.display(), "binary received");
+    /// Makes the binary at `path` the one the next exec runs.
+    pub fn setbinary(&self, path: PathBuf) {
         lock(&self.next).binary = Some(path);
-        Ok(())
     }
 
     /// Fixes what the next exec runs: binary, arguments, environment, and a fresh private copy

@@ -12,6 +12,7 @@
 //!   address handshake, [`process::run`].
 //! - [`exec`]: re-executing the machine's process (uploaded binary, arguments, environment).
 //! - [`host`]: memory, disk and load of the machine's host.
+//! - [`store`]: binaries kept by digest, for repeat boots and for peers to fetch.
 //! - [`supervisor`]: the [`Supervisor`] service.
 //! - [`watchdog`]: the keepalive [`Watchdog`].
 #![deny(missing_docs)]
@@ -20,6 +21,7 @@ pub mod exec;
 pub mod host;
 pub mod machine;
 pub mod process;
+pub mod store;
 pub mod supervisor;
 pub mod watchdog;
 

@@ -4,17 +4,15 @@ use std::time::{Duration, Instant};
 
 use bigmachine_core::service::ServiceSpec;
 use bigmachine_core::supervisor_api::{
-    BinaryChunk, BinaryRange, DiskInfo, Expvar, Info, KeepaliveReply, LoadInfo, MemInfo,
+    DiskInfo, Expvar, FetchBinary, Info, KeepaliveReply, LoadInfo, MemInfo, GETBINARY, SUPERVISOR,
 };
-use bigmachine_core::{binary, Context, Error, Kind, Result, ServiceTable, B};
+use bigmachine_core::{binary, ByteStream, Context, Error, Kind, Result, ServiceTable, B};
 
 use crate::exec::Exec;
 use crate::host;
 use crate::machine::MachineHandle;
+use crate::store::Store;
 use crate::watchdog::Watchdog;
-
-/// The longest range `getbinary` returns at once.
-const MAX_BINARY_RANGE: u64 = 16 << 20;
 
 /// The service through which the driver manages a machine. Its methods are listed in
 /// [`bigmachine_core::supervisor_api`].
@@ -26,6 +24,7 @@ pub struct Supervisor {
     handle: MachineHandle,
     maxprocs: usize,
     exec: Option<Exec>,
+    store: Store,
     started: Instant,
     incarnation: u64,
 }
@@ -48,6 +47,7 @@ impl Supervisor {
             handle,
             maxprocs,
             exec,
+            store: Store::from_env(),
             started: Instant::now(),
             incarnation: {
                 use std::hash::{BuildHasher, RandomState};
@@ -141,24 +141,60 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Receives one chunk of the binary of the next exec.
-    async fn setbinary(&self, _ctx: &Context, chunk: BinaryChunk) -> Result<()> {
-        self.exec_support()?.setbinary(chunk).await
+    /// Receives a binary into the store, for the next exec.
+    async fn setbinary(&self, _ctx: &Context, digest: String, body: ByteStream) -> Result<()> {
+        let exec = self.exec_support()?;
+        let path = self.store.put(&digest, body).await?;
+        exec.setbinary(path);
+        Ok(())
     }
 
-    /// A range of the running binary, so that peers can fetch it from this machine.
-    async fn getbinary(&self, _ctx: &Context, range: BinaryRange) -> Result<Vec<u8>> {
-        use std::io::{Read, Seek, SeekFrom};
-        let len = range.len.min(MAX_BINARY_RANGE);
-        tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
-            let mut file = std::fs::File::open(std::env::current_exe()?)?;
-            file.seek(SeekFrom::Start(range.offset))?;
-            let mut data = Vec::with_capacity(len as usize);
-            file.take(len).read_to_end(&mut data)?;
-            Ok(data)
-        })
-        .await
-        .map_err(|e| Error::new(Kind::Other, format!("read task: {e}")))?
+    /// Uses the stored binary of `digest` for the next exec, if the store has it.
+    async fn usebinary(&self, _ctx: &Context, digest: String) -> Result<bool> {
+        let exec = self.exec_support()?;
+        match self.store.get(&digest).await? {
+            Some(path) => {
+                exec.setbinary(path);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Fetches a binary from a peer machine into the store, for the next exec.
+    async fn fetchbinary(&self, ctx: &Context, fetch: FetchBinary) -> Result<()> {
+        let exec = self.exec_support()?;
+        let addr = fetch
+            .peer
+            .parse()
+            .map_err(|e| Error::fatal(Kind::Invalid, format!("peer {:?}: {e}", fetch.peer)))?;
+        let peer = self.b.dial(addr);
+        let body: ByteStream = peer
+            .call(&format!("{SUPERVISOR}.{GETBINARY}"), &fetch.digest)
+            .context(ctx)
+            .await?;
+        let path = self.store.put(&fetch.digest, body).await?;
+        tracing::info!(peer = %fetch.peer, "binary fetched from a peer");
+        exec.setbinary(path);
+        Ok(())
+    }
+
+    /// Streams the binary of `digest`: the running one, or one from the store.
+    async fn getbinary(&self, _ctx: &Context, digest: String) -> Result<ByteStream> {
+        let running = tokio::task::spawn_blocking(binary::current_digest)
+            .await
+            .map_err(|e| Error::new(Kind::Other, format!("digest task: {e}")))??;
+        let path = if running == digest {
+            std::env::current_exe()?
+        } else {
+            self.store.get(&digest).await?.ok_or_else(|| {
+                Error::fatal(
+                    Kind::NotSupported,
+                    format!("no binary with digest {digest} here"),
+                )
+            })?
+        };
+        Ok(bigmachine_core::stream::file_stream(path))
     }
 
     /// Replies, then replaces this process with the binary, arguments and environment set so

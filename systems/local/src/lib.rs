@@ -17,6 +17,7 @@ mod oom;
 
 use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,6 +27,7 @@ use bigmachine_core::{Error, KeepaliveConfig, Kind, Launched, Result, System, B}
 use bigmachine_supervisor::process::{
     self, ADDR_MARKER, ENV_CREDENTIALS, ENV_KEEPALIVE_MS, ENV_MAXPROCS, ENV_MODE, ENV_SYSTEM,
 };
+use bigmachine_supervisor::store::ENV_STORE;
 use futures::future::BoxFuture;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStdout, Command};
@@ -47,6 +49,7 @@ struct Running {
 struct Inner {
     keepalive: KeepaliveConfig,
     maxprocs: usize,
+    stores: Option<PathBuf>,
     running: Mutex<Vec<Running>>,
 }
 
@@ -74,6 +77,7 @@ impl LocalSystem {
                     rpc_timeout: Duration::from_secs(5),
                 },
                 maxprocs: std::thread::available_parallelism().map_or(1, |n| n.get()),
+                stores: None,
                 running: Mutex::new(Vec::new()),
             }),
         }
@@ -98,6 +102,14 @@ impl LocalSystem {
         self.configure(|i| i.maxprocs = maxprocs.max(1))
     }
 
+    /// Gives every machine a binary store of its own under `dir`, as if each ran on a host of
+    /// its own (by default the machines of a host share one): a machine that needs another
+    /// binary then fetches it from a peer rather than finding it in the store.
+    pub fn with_isolated_stores(self, dir: impl Into<PathBuf>) -> Self {
+        let dir = dir.into();
+        self.configure(|i| i.stores = Some(dir))
+    }
+
     /// Process ids of the machines started so far.
     pub fn pids(&self) -> Vec<u32> {
         self.lock().iter().map(|r| r.pid).collect()
@@ -114,7 +126,11 @@ impl LocalSystem {
         let creds =
             process::write_private(&authority.issue(&format!("local machine {index}"))?.to_pem())?;
         let exe = std::env::current_exe()?;
-        let spawned = Command::new(&exe)
+        let mut command = Command::new(&exe);
+        if let Some(stores) = &self.inner.stores {
+            command.env(ENV_STORE, stores.join(format!("machine-{index}")));
+        }
+        let spawned = command
             .args(std::env::args_os().skip(1))
             .env(ENV_MODE, "machine")
             .env(ENV_SYSTEM, "local")
