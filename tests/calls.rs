@@ -243,3 +243,38 @@ async fn machines_call_each_other_by_address() -> Result<()> {
     b.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reply_over_the_callers_limit_is_refused_clearly() -> Result<()> {
+    use bigmachine::{Services, State, B};
+    let b = B::builder(TestSystem::new())
+        .max_payload(64 << 10)
+        .driver()?;
+    let machines = b
+        .start(
+            1,
+            Services::new().with(
+                "Echo",
+                common::Echo {
+                    greeting: String::new(),
+                },
+            ),
+        )
+        .await?;
+    let m = &machines[0];
+    assert_eq!(m.wait(State::Running).await, State::Running);
+    let small: String = m.call("Echo.echo", &"x".repeat(1000)).await?;
+    assert_eq!(small.len(), 1000);
+    let err = m
+        .call::<String, String>("Echo.echo", &"x".repeat(100 << 10))
+        .await
+        .err()
+        .ok_or_else(|| bigmachine::Error::other("oversized reply accepted"))?;
+    assert_eq!(err.kind(), Kind::Invalid, "{err}");
+    assert!(err.to_string().contains("reply of"), "{err}");
+    assert!(err.to_string().contains("exceeds the limit"), "{err}");
+    let after: String = m.call("Echo.echo", &"y".to_string()).await?;
+    assert_eq!(after, "y", "the machine serves on");
+    b.shutdown().await;
+    Ok(())
+}

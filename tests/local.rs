@@ -199,6 +199,42 @@ async fn bigoom_reports_out_of_memory() -> Result<()> {
     )
 }
 
+async fn four_machines_shuffle_256_mib_to_each_other() -> Result<()> {
+    let args = [
+        "--nmach",
+        "4",
+        "--mib",
+        "256",
+        "--bigm.keepalive-timeout=10s",
+    ];
+    let (stdout, _) = run_example("bigshuffle", &args).await?;
+    check(
+        stdout.contains("12 checksums verified, 0 mismatched"),
+        format!("checksums not all verified: {stdout}"),
+    )
+}
+
+async fn four_gib_stream_keeps_the_receiver_small() -> Result<()> {
+    // The receiver checksums 4 GiB as it arrives; flow control must keep it from buffering.
+    let args = [
+        "--nmach",
+        "2",
+        "--mib",
+        "4096",
+        "--one-way",
+        "--max-rss-mib",
+        "256",
+        "--bigm.keepalive-timeout=10s",
+    ];
+    let (stdout, _) = run_example("bigshuffle", &args).await?;
+    check(
+        stdout.contains("1 checksums verified, 0 mismatched"),
+        format!("4 GiB transfer not verified: {stdout}"),
+    )?;
+    println!("    {}", stdout.lines().collect::<Vec<_>>().join("\n    "));
+    Ok(())
+}
+
 async fn machine_sigkill_fails_its_call_and_says_how_it_died() -> Result<()> {
     let b = B::new(LocalSystem::new().with_keepalive(short_keepalive()))?;
     let machines = running(&b, 1, Services::new().with("Probe", Probe)).await?;
@@ -540,6 +576,8 @@ fn main() {
         let tests = tests![
             bigpi_estimates_pi,
             bigoom_reports_out_of_memory,
+            four_machines_shuffle_256_mib_to_each_other,
+            four_gib_stream_keeps_the_receiver_small,
             machine_sigkill_fails_its_call_and_says_how_it_died,
             driver_sigkill_takes_its_machines_down,
             lines_printed_before_shutdown_all_arrive_in_order,
