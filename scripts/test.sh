@@ -15,3 +15,4 @@ cargo test --workspace
 echo "== cargo bench (quick mode)"
 BIGMACHINE_BENCH_QUICK=1 cargo bench --bench rpc -- --quick
 BIGMACHINE_BENCH_QUICK=1 cargo bench --bench local
+BIGMACHINE_BENCH_QUICK=1 cargo bench --bench bulk
