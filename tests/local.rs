@@ -62,6 +62,15 @@ impl Probe {
     async fn echo(&self, _ctx: &Context, text: String) -> Result<String> {
         Ok(text)
     }
+
+    /// Allocates (and touches) 16 MiB at a time until the process is killed.
+    async fn hog(&self, _ctx: &Context, _arg: ()) -> Result<()> {
+        let mut hoard = Vec::new();
+        loop {
+            hoard.push(vec![1u8; 16 << 20]);
+            tokio::task::yield_now().await;
+        }
+    }
 }
 
 fn short_keepalive() -> KeepaliveConfig {
@@ -468,6 +477,50 @@ async fn binaries_come_from_the_store_or_a_peer() -> Result<()> {
     result
 }
 
+async fn kernel_oom_kill_is_reported_as_oom() -> Result<()> {
+    // A cgroup-v1 memory controller caps the machine at 256 MiB; the kernel's OOM killer ends
+    // it, and the kernel log names its pid.
+    let cgroup = PathBuf::from(format!(
+        "/sys/fs/cgroup/memory/bigmachine-test-{}",
+        std::process::id()
+    ));
+    if std::fs::create_dir(&cgroup).is_err() {
+        println!("    skipped: no writable cgroup-v1 memory controller here");
+        return Ok(());
+    }
+    let result = async {
+        std::fs::write(
+            cgroup.join("memory.limit_in_bytes"),
+            (256u64 << 20).to_string(),
+        )?;
+        let b = B::new(LocalSystem::new().with_keepalive(short_keepalive()))?;
+        let machines = running(&b, 1, Services::new().with("Probe", Probe)).await?;
+        let m = &machines[0];
+        let pid = m.info().await?.pid;
+        std::fs::write(cgroup.join("cgroup.procs"), pid.to_string())?;
+        let call = m.call::<(), ()>("Probe.hog", &()).await;
+        check(call.is_err(), "the hog returned")?;
+        m.wait(State::Stopped).await;
+        let err = m.err().ok_or_else(|| fail("no machine error"))?;
+        check(err.is(Kind::Oom), format!("not an OOM error: {err}"))?;
+        check(
+            err.to_string().contains("out-of-memory killer"),
+            format!("{err}"),
+        )?;
+        b.shutdown().await;
+        Ok(())
+    }
+    .await;
+    // The cgroup is empty once its machine is gone.
+    for _ in 0..50 {
+        if std::fs::remove_dir(&cgroup).is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    result
+}
+
 async fn machines_report_their_host() -> Result<()> {
     let b = B::new(
         LocalSystem::new()
@@ -584,6 +637,7 @@ fn main() {
             environ_and_user_flags_reach_the_machine,
             other_binary_is_uploaded_and_executed,
             binaries_come_from_the_store_or_a_peer,
+            kernel_oom_kill_is_reported_as_oom,
             machines_report_their_host,
         ];
         println!("\nrunning {} tests", tests.len());

@@ -99,8 +99,9 @@ pub struct Response {
     pub(crate) writer: Option<AbortOnDrop>,
 }
 
-/// What a call can return: any [`Decode`] type (from the reply's archive), or a [`ByteStream`]
-/// (a reply stream, read as the machine writes it).
+/// What a call can return: any [`Decode`](crate::Decode) type or an
+/// [`Archived`](crate::Archived) view (from the reply's archive), or a [`ByteStream`] (a reply
+/// stream, read as the machine writes it).
 pub trait Reply: Sized + Send {
     /// The type tag of the reply on the wire.
     #[doc(hidden)]
