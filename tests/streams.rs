@@ -11,8 +11,13 @@ use bigmachine::testsystem::TestSystem;
 use bigmachine::{service, ByteStream, Context, Error, Kind, Result, Services, State, B};
 use bytes::Bytes;
 use common::eventually;
+use futures::StreamExt;
 
 static PRODUCER_CANCELED: AtomicBool = AtomicBool::new(false);
+
+/// How a `consume` reader's stream ended: its length, or that it broke.
+static CONSUMED: std::sync::Mutex<Option<std::result::Result<u64, Kind>>> =
+    std::sync::Mutex::new(None);
 
 #[derive(Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 struct Streams;
@@ -67,6 +72,24 @@ impl Streams {
             }
         });
         Ok(stream)
+    }
+
+    /// Reads the argument stream to its end in a task of its own (which outlives the call) and
+    /// records how it ended; the call itself never returns.
+    async fn consume(&self, _ctx: &Context, _arg: (), mut body: ByteStream) -> Result<()> {
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            let outcome = loop {
+                match body.next_chunk().await {
+                    Some(Ok(chunk)) => n += chunk.len() as u64,
+                    Some(Err(e)) => break Err(e.kind()),
+                    None => break Ok(n),
+                }
+            };
+            *CONSUMED.lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome);
+        });
+        futures::future::pending::<()>().await;
+        Ok(())
     }
 
     /// `n` pattern bytes, then the stream ends with an error.
@@ -258,6 +281,34 @@ async fn stream_mismatches_are_invalid() -> Result<()> {
         .err()
         .map(|e| e.kind());
     assert_eq!(unwanted, Some(Kind::Invalid));
+    b.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canceled_call_does_not_pass_for_a_complete_stream() -> Result<()> {
+    let (b, m) = cluster(TestSystem::new()).await?;
+    // One chunk, then the source waits forever; the call gives up first.
+    let result: Result<()> = m
+        .call("S.consume", &())
+        .body(|| {
+            let first = futures::stream::iter([Ok(pattern(0, 1024))]);
+            ByteStream::from_stream(first.chain(futures::stream::pending()))
+        })
+        .timeout(Duration::from_millis(300))
+        .await;
+    assert_eq!(result.err().map(|e| e.kind()), Some(Kind::DeadlineExceeded));
+    let ended = eventually(Duration::from_secs(5), || {
+        CONSUMED.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+    })
+    .await;
+    assert!(ended, "the reader never saw the stream end");
+    let outcome = *CONSUMED.lock().unwrap_or_else(|e| e.into_inner());
+    assert_eq!(
+        outcome,
+        Some(Err(Kind::Net)),
+        "a cut stream read as complete"
+    );
     b.shutdown().await;
     Ok(())
 }

@@ -48,10 +48,15 @@ impl Default for RetryPolicy {
 
 impl RetryPolicy {
     fn wait(&self, try_number: u32) -> Duration {
-        let exp = self
-            .factor
-            .powi(try_number.saturating_sub(1).min(64) as i32);
-        self.initial.mul_f64(exp).min(self.max)
+        let factor = if self.factor.is_finite() {
+            self.factor.max(1.0)
+        } else {
+            1.0
+        };
+        let exp = factor.powi(try_number.saturating_sub(1).min(64) as i32);
+        Duration::try_from_secs_f64(self.initial.as_secs_f64() * exp)
+            .unwrap_or(self.max)
+            .min(self.max)
     }
 }
 
@@ -315,5 +320,17 @@ mod tests {
         };
         let waits: Vec<_> = (1..=5).map(|t| p.wait(t).as_millis()).collect();
         assert_eq!(waits, [10, 20, 40, 50, 50]);
+        let odd = RetryPolicy {
+            factor: f64::NAN,
+            ..p
+        };
+        assert_eq!(odd.wait(100), Duration::from_millis(10));
+        let huge = RetryPolicy {
+            initial: Duration::from_secs(3600),
+            max: Duration::from_secs(60),
+            factor: 1e300,
+            ..p
+        };
+        assert_eq!(huge.wait(64), Duration::from_secs(60));
     }
 }

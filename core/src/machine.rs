@@ -472,7 +472,15 @@ impl Machine {
             if let Some(args) = &plan.args {
                 let (): () = self.supervisor(api::SETARGS, args, rpc).await?;
             }
-            let (): () = self.supervisor(api::EXEC, &(), rpc).await?;
+            match self.supervisor::<(), ()>(api::EXEC, &(), rpc).await {
+                Ok(()) => {}
+                // The machine closes its connections as it re-executes, and the reply can be
+                // lost with them: whether the exec happened shows in its incarnation.
+                Err(e) if e.kind() == Kind::Net => {
+                    tracing::debug!(machine = %self.inner.addr, error = %e, "exec reply lost");
+                }
+                Err(e) => return Err(e),
+            }
             tracing::debug!(machine = %self.inner.addr, "machine re-executing");
             info = self.reexecuted(info.incarnation, keepalive).await?;
             if info.digest != plan.digest {
@@ -509,6 +517,7 @@ impl Machine {
     async fn reexecuted(&self, old: u64, keepalive: KeepaliveConfig) -> Result<Info> {
         let give_up = Instant::now() + keepalive.timeout;
         let mut wait = Duration::from_millis(5);
+        let mut last = None;
         loop {
             match self
                 .supervisor::<(), Info>(api::INFO, &(), Some(keepalive.rpc_timeout))
@@ -516,14 +525,17 @@ impl Machine {
             {
                 Ok(info) if info.incarnation != old => return Ok(info),
                 Ok(_) => {}
-                Err(e) if e.is_temporary() && Instant::now() + wait < give_up => {}
+                Err(e) if e.is_temporary() && Instant::now() + wait < give_up => last = Some(e),
                 Err(e) => return Err(e),
             }
             if Instant::now() + wait >= give_up {
                 return Err(Error::new(
                     Kind::Unavailable,
                     format!("machine {} did not come back after exec", self.inner.addr),
-                ));
+                )
+                .caused_by(last.unwrap_or_else(|| {
+                    Error::new(Kind::Unavailable, "it kept answering as its old process")
+                })));
             }
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_millis(200));

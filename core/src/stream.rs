@@ -277,7 +277,15 @@ async fn read_error(recv: &mut RecvStream) -> Error {
 /// Writes `stream` to `send` as frames, then its end: success, or the error that ended it.
 /// Returns the error if writing failed (the reader went away).
 pub(crate) async fn write_frames(send: &mut SendStream, mut stream: ByteStream) -> Result<()> {
-    while let Some(item) = stream.next_chunk().await {
+    use futures::FutureExt;
+    loop {
+        let next = std::panic::AssertUnwindSafe(stream.next_chunk())
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| {
+                Some(Err(Error::from_panic("producing a reply stream", &*panic)))
+            });
+        let Some(item) = next else { break };
         match item {
             Ok(chunk) => {
                 for piece in split(chunk) {
@@ -307,22 +315,49 @@ fn split(chunk: Bytes) -> impl Iterator<Item = Bytes> {
     std::iter::from_fn(move || (!rest.is_empty()).then(|| rest.split_to(rest.len().min(MAX_FRAME))))
 }
 
-/// Writes an argument stream (raw, up to the end of the QUIC stream). A failing source resets
-/// the stream, which the machine sees as a broken argument.
-pub(crate) async fn write_raw(mut send: SendStream, mut stream: ByteStream) {
+/// A send stream that is reset, not finished, if dropped before [`Unfinished::finish`]: a
+/// writer that is canceled midway must not look to the reader like a complete stream (quinn
+/// finishes a dropped stream cleanly).
+struct Unfinished(Option<SendStream>);
+
+impl Unfinished {
+    fn get(&mut self) -> Option<&mut SendStream> {
+        self.0.as_mut()
+    }
+
+    fn finish(mut self) {
+        if let Some(mut send) = self.0.take() {
+            let _ = send.finish();
+        }
+    }
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if let Some(mut send) = self.0.take() {
+            let _ = send.reset(2u32.into());
+        }
+    }
+}
+
+/// Writes an argument stream (raw, up to the end of the QUIC stream). A failing source, or a
+/// writer dropped midway (the call was canceled), resets the stream, which the machine sees as
+/// a broken argument rather than a short one.
+pub(crate) async fn write_raw(send: SendStream, mut stream: ByteStream) {
+    let mut send = Unfinished(Some(send));
     while let Some(item) = stream.next_chunk().await {
         match item {
             Ok(chunk) => {
-                if send.write_chunk(chunk).await.is_err() {
+                let Some(out) = send.get() else { return };
+                if out.write_chunk(chunk).await.is_err() {
                     return; // the machine stopped reading
                 }
             }
             Err(e) => {
                 tracing::debug!(error = %e, "argument stream failed; resetting the call");
-                let _ = send.reset(2u32.into());
-                return;
+                return; // dropping `send` resets it
             }
         }
     }
-    let _ = send.finish();
+    send.finish();
 }

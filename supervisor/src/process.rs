@@ -121,7 +121,10 @@ async fn serve(system: Arc<dyn System>) -> Result<Error> {
         first_keepalive: keepalive,
         exec: true,
     })?;
-    println!("{ADDR_MARKER}{}", handle.addr());
-    let _ = std::io::stdout().flush();
+    // Not println!: it panics once nobody reads our output.
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{ADDR_MARKER}{}", handle.addr());
+    let _ = stdout.flush();
+    drop(stdout);
     Ok(handle.exited().await)
 }

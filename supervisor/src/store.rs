@@ -78,9 +78,12 @@ impl Store {
             .mode(0o700)
             .create(&self.dir)
             .map_err(|e| io(&self.dir, e))?;
-        let tmp = self
-            .dir
-            .join(format!("{digest}.{}.partial", std::process::id()));
+        let tmp = self.dir.join(format!(
+            "{digest}.{}.{}.partial",
+            std::process::id(),
+            PARTIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let _cleanup = RemoveOnDrop(tmp.clone());
         let written = async {
             let mut file = tokio::fs::File::create(&tmp)
                 .await
@@ -95,19 +98,12 @@ impl Store {
             Ok::<_, Error>(total)
         }
         .await;
-        let total = match written {
-            Ok(total) => total,
-            Err(e) => {
-                let _ = tokio::fs::remove_file(&tmp).await;
-                return Err(e);
-            }
-        };
+        let total = written?;
         let hashed = tmp.clone();
         let actual = tokio::task::spawn_blocking(move || binary::digest_file(&hashed))
             .await
             .map_err(|e| Error::new(Kind::Other, format!("digest task: {e}")))??;
         if actual != digest {
-            let _ = tokio::fs::remove_file(&tmp).await;
             return Err(Error::fatal(
                 Kind::Invalid,
                 format!("received binary has digest {actual}, expected {digest}"),
@@ -122,6 +118,19 @@ impl Store {
             .map_err(|e| io(&path, e))?;
         tracing::info!(path = %path.display(), bytes = total, "binary stored");
         Ok(path)
+    }
+}
+
+/// Numbers the partial files of concurrent uploads.
+static PARTIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Removes a partial file however its upload ends (after the rename there is nothing left to
+/// remove).
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 

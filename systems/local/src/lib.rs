@@ -161,6 +161,10 @@ impl LocalSystem {
             (Some(o), Some(e)) => (BufReader::new(o), BufReader::new(e)),
             _ => return Err(Error::new(Kind::Other, "machine output is not piped")),
         };
+        // stderr is read from the start, so a machine that logs much before it reports its
+        // address never blocks on a full pipe.
+        let (addr_tx, addr_rx) = watch::channel(None);
+        let stderr = tokio::spawn(pump(stderr, pid, addr_rx.clone()));
         let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(stdout))
             .await
             .unwrap_or_else(|_| {
@@ -185,8 +189,9 @@ impl LocalSystem {
         for line in early {
             forward(addr, &line);
         }
+        addr_tx.send_replace(Some(addr));
         let (exit_tx, exit_rx) = watch::channel(None::<Error>);
-        let watcher = tokio::spawn(watch_child(child, pid, addr, stdout, stderr, exit_tx));
+        let watcher = tokio::spawn(watch_child(child, pid, addr_rx, stdout, stderr, exit_tx));
         self.lock().push(Running { pid, watcher });
         tracing::debug!(%addr, pid, "machine process started");
         Ok(Launched {
@@ -223,9 +228,14 @@ async fn handshake(
     }
 }
 
+/// The longest line forwarded as one; longer output is forwarded in pieces of this size, so a
+/// machine printing without newlines cannot make the driver buffer without bound.
+const MAX_LINE: u64 = 64 << 10;
+
 async fn next_line(reader: &mut (impl AsyncBufRead + Unpin)) -> Result<Option<String>> {
+    use tokio::io::AsyncReadExt;
     let mut buf = Vec::new();
-    if reader.read_until(b'\n', &mut buf).await? == 0 {
+    if reader.take(MAX_LINE).read_until(b'\n', &mut buf).await? == 0 {
         return Ok(None);
     }
     if buf.last() == Some(&b'\n') {
@@ -235,26 +245,34 @@ async fn next_line(reader: &mut (impl AsyncBufRead + Unpin)) -> Result<Option<St
 }
 
 /// Writes one line of a machine's output to the driver's stderr.
-fn forward(addr: SocketAddr, line: &str) {
+fn forward(prefix: impl std::fmt::Display, line: &str) {
     use std::io::Write;
     let mut stderr = std::io::stderr().lock();
-    let _ = writeln!(stderr, "{addr}: {line}");
+    let _ = writeln!(stderr, "{prefix}: {line}");
 }
 
 /// Forwards `reader` line by line until it ends; returns whether a line reported a failed
 /// allocation.
-async fn pump(mut reader: impl AsyncBufRead + Unpin, addr: SocketAddr) -> bool {
+/// Lines are prefixed with the machine's address once `addr` holds it, with its pid before.
+async fn pump(
+    mut reader: impl AsyncBufRead + Unpin,
+    pid: u32,
+    addr: watch::Receiver<Option<SocketAddr>>,
+) -> bool {
     let mut alloc_failed = false;
     loop {
         match next_line(&mut reader).await {
             Ok(Some(line)) if line.starts_with(ADDR_MARKER) => {} // a re-executed machine's handshake
             Ok(Some(line)) => {
                 alloc_failed |= oom::is_allocation_failure(&line);
-                forward(addr, &line);
+                match *addr.borrow() {
+                    Some(a) => forward(a, &line),
+                    None => forward(format_args!("machine pid {pid}"), &line),
+                }
             }
             Ok(None) => return alloc_failed,
             Err(e) => {
-                tracing::debug!(%addr, error = %e, "machine output unreadable");
+                tracing::debug!(pid, error = %e, "machine output unreadable");
                 return alloc_failed;
             }
         }
@@ -264,19 +282,19 @@ async fn pump(mut reader: impl AsyncBufRead + Unpin, addr: SocketAddr) -> bool {
 async fn watch_child(
     mut child: Child,
     pid: u32,
-    addr: SocketAddr,
+    addr: watch::Receiver<Option<SocketAddr>>,
     stdout: BufReader<ChildStdout>,
-    stderr: BufReader<tokio::process::ChildStderr>,
+    err: JoinHandle<bool>,
     exit: watch::Sender<Option<Error>>,
 ) {
     let alloc_failed = Arc::new(AtomicBool::new(false));
-    let out = tokio::spawn(pump(stdout, addr));
+    let out = tokio::spawn(pump(stdout, pid, addr.clone()));
     let flag = alloc_failed.clone();
-    let err = tokio::spawn(async move {
-        if pump(stderr, addr).await {
+    let err = async move {
+        if err.await.unwrap_or(false) {
             flag.store(true, Ordering::Relaxed);
         }
-    });
+    };
     let status = child.wait().await;
     // The output ends when the process does (unless it left children holding the pipes).
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
@@ -291,7 +309,7 @@ async fn watch_child(
             format!("machine process {pid}: wait: {e}"),
         ),
     };
-    tracing::debug!(%addr, pid, %reason, "machine process ended");
+    tracing::debug!(addr = ?*addr.borrow(), pid, %reason, "machine process ended");
     exit.send_replace(Some(reason));
 }
 
