@@ -1,7 +1,8 @@
 //! Bulk transfer: a 64 MiB argument and a 64 MiB reply (driver and machine), and a 1 GiB byte
 //! stream from one machine to another, beside raw quinn (one connection, one stream, same
 //! endpoint tuning and mutual TLS) and TCP over loopback, each between two processes, in one
-//! run. Also prints the bytes the engine copied per payload byte.
+//! run (criterion group `bulk`, then a summary table printed from the same runs). Also prints
+//! the bytes the engine copied per payload byte.
 //!
 //! `cargo bench --bench bulk`; `BIGMACHINE_BENCH_QUICK=1` for a short run. This binary is its
 //! own machine, and its own raw quinn / TCP sink (`BULK_SINK=quinn|tcp`).
@@ -13,10 +14,17 @@ use bigmachine::core::codec::bytes_copied;
 use bigmachine::driver::{self, Flags};
 use bigmachine::local::LocalSystem;
 use bigmachine::quic::{Authority, Credentials, Endpoint, TransportConfig};
-use bigmachine::{service, Archived, ByteStream, Context, Error, Result, Services, State, B};
+use bigmachine::{
+    service, Archived, ByteStream, Context, Error, Machine, Result, Services, State, B,
+};
 use bytes::Bytes;
 use clap::Parser;
+use criterion::Throughput;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+mod support;
+
+use support::{quick, Record};
 
 #[derive(Parser)]
 #[command(ignore_errors = true)]
@@ -27,10 +35,6 @@ struct Args {
 
 const SINK: &str = "BULK_SINK";
 const CHUNK: usize = 1 << 20;
-
-fn quick() -> bool {
-    std::env::var_os("BIGMACHINE_BENCH_QUICK").is_some()
-}
 
 fn chunks(n: u64) -> ByteStream {
     let chunk = Bytes::from(vec![0x5au8; CHUNK]);
@@ -207,6 +211,40 @@ async fn quinn_bulk(n: u64) -> Duration {
     elapsed
 }
 
+async fn timed_take(m: &Machine, data: &Vec<u8>) -> Duration {
+    let t = Instant::now();
+    let got: u64 = m
+        .call("Bulk.take", data)
+        .await
+        .unwrap_or_else(|e| panic!("take: {e}"));
+    assert_eq!(got, data.len() as u64);
+    t.elapsed()
+}
+
+async fn timed_give(m: &Machine, n: u64) -> Duration {
+    let t = Instant::now();
+    let got: Archived<Vec<u8>> = m
+        .call("Bulk.give", &n)
+        .await
+        .unwrap_or_else(|e| panic!("give: {e}"));
+    assert_eq!(got.len() as u64, n);
+    t.elapsed()
+}
+
+async fn timed_push(from: &Machine, to: &Machine, n: u64) -> Duration {
+    let secs: f64 = from
+        .call("Bulk.push", &(to.addr().to_string(), n))
+        .await
+        .unwrap_or_else(|e| panic!("push: {e}"));
+    Duration::from_secs_f64(secs)
+}
+
+async fn copied(m: &Machine) -> u64 {
+    m.call("Bulk.copied", &())
+        .await
+        .unwrap_or_else(|e| panic!("copied: {e}"))
+}
+
 fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("runtime: {e}"));
     if let Ok(kind) = std::env::var(SINK) {
@@ -214,138 +252,107 @@ fn main() {
         return;
     }
     let args = Args::parse();
-    rt.block_on(async {
+    let (arg_n, stream_n): (u64, u64) = if quick() {
+        (8 << 20, 64 << 20)
+    } else {
+        (64 << 20, 1 << 30)
+    };
+    let (b, machines) = rt.block_on(async {
         let _driver = driver::start_with(&args.bigm).await; // machines never return from here
-        let (arg_n, stream_n): (u64, u64) = if quick() {
-            (8 << 20, 64 << 20)
-        } else {
-            (64 << 20, 1 << 30)
-        };
-        let reps = if quick() { 1 } else { 5 };
         let b = B::new(LocalSystem::new()).unwrap_or_else(|e| panic!("driver: {e}"));
         let machines = b
             .start(2, Services::new().with("Bulk", Bulk { b: None }))
             .await
             .unwrap_or_else(|e| panic!("start: {e}"));
         for m in &machines {
-            assert_eq!(
-                m.wait(State::Running).await,
-                State::Running,
-                "{:?}",
-                m.err()
-            );
+            let state = m.wait(State::Running).await;
+            assert_eq!(state, State::Running, "{:?}", m.err());
         }
-        let (a, z) = (&machines[0], &machines[1]);
-        let data = vec![0x5au8; arg_n as usize];
-        let median = |mut v: Vec<Duration>| {
-            v.sort();
-            v[v.len() / 2]
-        };
-
-        let mut arg = Vec::new();
-        let mut reply = Vec::new();
-        let mut stream = Vec::new();
-        let mut tcp = Vec::new();
-        let mut raw = Vec::new();
-        let (mut arg_copies, mut reply_copies, mut stream_copies) = (0.0, 0.0, 0.0);
-        for _ in 0..reps {
-            let before: u64 = a
-                .call("Bulk.copied", &())
-                .await
-                .unwrap_or_else(|e| panic!("{e}"));
-            let t = Instant::now();
-            let got: u64 = a
-                .call("Bulk.take", &data)
-                .await
-                .unwrap_or_else(|e| panic!("take: {e}"));
-            arg.push(t.elapsed());
-            assert_eq!(got, arg_n);
-            let after: u64 = a
-                .call("Bulk.copied", &())
-                .await
-                .unwrap_or_else(|e| panic!("{e}"));
-            arg_copies = (after - before) as f64 / arg_n as f64;
-
-            let before = bytes_copied();
-            let t = Instant::now();
-            let got: Archived<Vec<u8>> = a
-                .call("Bulk.give", &arg_n)
-                .await
-                .unwrap_or_else(|e| panic!("give: {e}"));
-            reply.push(t.elapsed());
-            assert_eq!(got.len() as u64, arg_n);
-            reply_copies = (bytes_copied() - before) as f64 / arg_n as f64;
-
-            let before: u64 = z
-                .call("Bulk.copied", &())
-                .await
-                .unwrap_or_else(|e| panic!("{e}"));
-            let secs: f64 = a
-                .call("Bulk.push", &(z.addr().to_string(), stream_n))
-                .await
-                .unwrap_or_else(|e| panic!("push: {e}"));
-            stream.push(Duration::from_secs_f64(secs));
-            let after: u64 = z
-                .call("Bulk.copied", &())
-                .await
-                .unwrap_or_else(|e| panic!("{e}"));
-            stream_copies = (after - before) as f64 / stream_n as f64;
-
-            tcp.push(tcp_bulk(stream_n).await);
-            raw.push(quinn_bulk(stream_n).await);
-        }
-        b.shutdown().await;
-        let (arg, reply, stream, tcp, raw) = (
-            median(arg),
-            median(reply),
-            median(stream),
-            median(tcp),
-            median(raw),
-        );
-        let tcp_gbps = gbps(stream_n, tcp);
-        println!("\nbulk transfer, two processes over loopback (median of {reps})");
-        println!(
-            "{:<44} {:>8} {:>10} {:>12}",
-            "", "GB/s", "vs TCP", "copies/byte"
-        );
-        let row = |name: &str, bytes: u64, d: Duration, copies: Option<f64>| {
-            println!(
-                "{name:<44} {:>8.2} {:>9.2}x {:>12}",
-                gbps(bytes, d),
-                gbps(bytes, d) / tcp_gbps,
-                copies.map_or("-".to_string(), |c| format!("{c:.2}"))
-            );
-        };
-        row(
-            &format!("bigmachine {} MiB argument (Archived)", arg_n >> 20),
-            arg_n,
-            arg,
-            Some(arg_copies),
-        );
-        row(
-            &format!("bigmachine {} MiB reply (Archived)", arg_n >> 20),
-            arg_n,
-            reply,
-            Some(reply_copies),
-        );
-        row(
-            &format!("bigmachine {} MiB stream machine->machine", stream_n >> 20),
-            stream_n,
-            stream,
-            Some(stream_copies),
-        );
-        row(
-            &format!("raw quinn {} MiB, one connection", stream_n >> 20),
-            stream_n,
-            raw,
-            None,
-        );
-        row(
-            &format!("TCP loopback {} MiB", stream_n >> 20),
-            stream_n,
-            tcp,
-            None,
-        );
-        println!();
+        (b, machines)
     });
+    let (a, z) = (&machines[0], &machines[1]);
+    let data = vec![0x5au8; arg_n as usize];
+
+    // Copies per byte, from one run of each workload.
+    let (arg_copies, reply_copies, stream_copies) = rt.block_on(async {
+        let before = copied(a).await;
+        timed_take(a, &data).await;
+        let arg = (copied(a).await - before) as f64 / arg_n as f64;
+        let before = bytes_copied();
+        timed_give(a, arg_n).await;
+        let reply = (bytes_copied() - before) as f64 / arg_n as f64;
+        let before = copied(z).await;
+        timed_push(a, z, stream_n).await;
+        let stream = (copied(z).await - before) as f64 / stream_n as f64;
+        (arg, reply, stream)
+    });
+
+    let record = Record::default();
+    let mut c = support::criterion();
+    let mut g = c.benchmark_group("bulk");
+    support::slow(&mut g);
+    g.throughput(Throughput::Bytes(arg_n));
+    let (arg_name, reply_name) = (
+        format!("arg_{}MiB/bigmachine", arg_n >> 20),
+        format!("reply_{}MiB/bigmachine", arg_n >> 20),
+    );
+    record.bench(&mut g, &rt, &arg_name, || timed_take(a, &data));
+    record.bench(&mut g, &rt, &reply_name, || timed_give(a, arg_n));
+    g.throughput(Throughput::Bytes(stream_n));
+    let stream = |peer: &str| format!("stream_{}MiB/{peer}", stream_n >> 20);
+    record.bench(&mut g, &rt, &stream("bigmachine_m2m"), || {
+        timed_push(a, z, stream_n)
+    });
+    record.bench(&mut g, &rt, &stream("raw_quinn"), || quinn_bulk(stream_n));
+    record.bench(&mut g, &rt, &stream("tcp"), || tcp_bulk(stream_n));
+    g.finish();
+    c.final_summary();
+    rt.block_on(b.shutdown());
+
+    let tcp = record.median(&stream("tcp"));
+    let tcp_gbps = gbps(stream_n, tcp);
+    println!("\nbulk transfer, two processes over loopback (medians)");
+    println!(
+        "{:<44} {:>8} {:>10} {:>12}",
+        "", "GB/s", "vs TCP", "copies/byte"
+    );
+    let row = |name: &str, bytes: u64, d: Duration, copies: Option<f64>| {
+        println!(
+            "{name:<44} {:>8.2} {:>9.2}x {:>12}",
+            gbps(bytes, d),
+            gbps(bytes, d) / tcp_gbps,
+            copies.map_or("-".to_string(), |c| format!("{c:.2}"))
+        );
+    };
+    row(
+        &format!("bigmachine {} MiB argument (Archived)", arg_n >> 20),
+        arg_n,
+        record.median(&arg_name),
+        Some(arg_copies),
+    );
+    row(
+        &format!("bigmachine {} MiB reply (Archived)", arg_n >> 20),
+        arg_n,
+        record.median(&reply_name),
+        Some(reply_copies),
+    );
+    row(
+        &format!("bigmachine {} MiB stream machine->machine", stream_n >> 20),
+        stream_n,
+        record.median(&stream("bigmachine_m2m")),
+        Some(stream_copies),
+    );
+    row(
+        &format!("raw quinn {} MiB, one connection", stream_n >> 20),
+        stream_n,
+        record.median(&stream("raw_quinn")),
+        None,
+    );
+    row(
+        &format!("TCP loopback {} MiB", stream_n >> 20),
+        stream_n,
+        tcp,
+        None,
+    );
+    println!();
 }

@@ -1,24 +1,31 @@
-//! The local system's costs, each beside its floor, measured in one run:
+//! The local system's costs, each beside its floor, measured in one run (criterion groups
+//! `bring_up` and `bigpi`, then a summary table printed from the same runs):
 //!
-//! - bringing N = 1, 4, 16 machines to Running, beside spawning and reaping N bare processes of
-//!   the same binary (which exit as soon as they start);
+//! - bringing N = 1, 4, 16 machines to Running, beside spawning N bare processes of the same
+//!   binary and completing one QUIC handshake (same credentials and transport) with each;
 //! - bigpi's distribution overhead: the same sampling on 2 machines of 1 core each, beside 2
 //!   threads of this process.
 //!
 //! `cargo bench --bench local`; `BIGMACHINE_BENCH_QUICK=1` for a short run. This binary is its
-//! own machine (it calls `driver::start_with` first).
+//! own machine (it calls `driver::start_with` first) and its own bare process
+//! (`BIGMACHINE_BENCH_BARE=1`).
 
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use bigmachine::driver::{self, Flags};
 use bigmachine::local::LocalSystem;
+use bigmachine::quic::{Authority, Credentials, Endpoint, TransportConfig};
 use bigmachine::{Services, State, B};
 use clap::Parser;
+use tokio::io::AsyncBufReadExt;
 
 #[path = "../examples/common/pi.rs"]
 mod pi;
+mod support;
 
 use pi::{sample, shares, CirclePi};
+use support::{quick, Record};
 
 #[derive(Parser)]
 #[command(ignore_errors = true)]
@@ -29,30 +36,64 @@ struct Args {
 
 const BARE: &str = "BIGMACHINE_BENCH_BARE";
 
-fn quick() -> bool {
-    std::env::var_os("BIGMACHINE_BENCH_QUICK").is_some()
+/// The bare process: binds an endpoint with the credentials it was given, prints its address,
+/// completes one handshake and exits when the connection closes.
+async fn bare_process() {
+    let pem = std::env::var(BARE).unwrap_or_else(|e| panic!("{BARE}: {e}"));
+    let creds = Credentials::from_pem(pem.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+    let local = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+    let ep = Endpoint::bind(local, &creds, TransportConfig::default())
+        .unwrap_or_else(|e| panic!("bind: {e}"));
+    println!("{}", ep.local_addr().unwrap_or_else(|e| panic!("{e}")));
+    if let Some(conn) = ep.accept().await {
+        conn.closed().await;
+    }
 }
 
-fn median(mut xs: Vec<Duration>) -> Duration {
-    xs.sort();
-    xs[xs.len() / 2]
-}
-
+/// The floor of bringing up `n` machines: spawn `n` bare processes of this binary (credentials
+/// passed as the local system passes them) and complete one QUIC handshake with each.
 async fn bare_processes(n: usize) -> Duration {
     let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current exe: {e}"));
+    let ca = Authority::new().unwrap_or_else(|e| panic!("authority: {e}"));
+    let local = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+    let me = ca.issue("driver").unwrap_or_else(|e| panic!("{e}"));
     let started = Instant::now();
-    let children: Vec<_> = (0..n)
-        .map(|_| {
-            tokio::process::Command::new(&exe)
-                .env(BARE, "1")
-                .spawn()
-                .unwrap_or_else(|e| panic!("spawn: {e}"))
-        })
-        .collect();
-    for mut child in children {
+    let ep = Endpoint::bind(local, &me, TransportConfig::default())
+        .unwrap_or_else(|e| panic!("bind: {e}"));
+    let up = (0..n).map(|_| {
+        let creds = ca.issue("bare").unwrap_or_else(|e| panic!("{e}"));
+        let mut child = tokio::process::Command::new(&exe)
+            .env(BARE, creds.to_pem())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn: {e}"));
+        let ep = &ep;
+        async move {
+            let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
+            let mut line = String::new();
+            tokio::io::BufReader::new(stdout)
+                .read_line(&mut line)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            let addr: SocketAddr = line
+                .trim()
+                .parse()
+                .unwrap_or_else(|e| panic!("{line:?}: {e}"));
+            let conn = ep
+                .connect(addr)
+                .await
+                .unwrap_or_else(|e| panic!("handshake: {e}"));
+            (child, conn)
+        }
+    });
+    let up = futures::future::join_all(up).await;
+    let elapsed = started.elapsed();
+    for (mut child, conn) in up {
+        conn.close(0u32.into(), b"done");
         let _ = child.wait().await;
     }
-    started.elapsed()
+    elapsed
 }
 
 async fn machines_running(n: usize) -> Duration {
@@ -117,64 +158,77 @@ async fn pi_on_machines(samples: u64, machines: usize) -> (Duration, Duration) {
 }
 
 fn main() {
+    let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("runtime: {e}"));
     if std::env::var_os(BARE).is_some() {
+        rt.block_on(bare_process());
         return;
     }
     let args = Args::parse();
-    let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("runtime: {e}"));
     rt.block_on(async {
         let _driver = driver::start_with(&args.bigm).await; // machines never return from here
-        let (sizes, reps): (&[usize], usize) = if quick() {
-            (&[1, 4], 1)
-        } else {
-            (&[1, 4, 16], 5)
-        };
-        println!("\nlocal machines to Running vs spawn+reap of bare processes (median of {reps})");
-        println!(
-            "{:>4} {:>14} {:>14} {:>8}",
-            "N", "machines ms", "bare ms", "ratio"
-        );
-        for &n in sizes {
-            let mut up = Vec::new();
-            let mut bare = Vec::new();
-            for _ in 0..reps {
-                bare.push(bare_processes(n).await);
-                up.push(machines_running(n).await);
-            }
-            let (up, bare) = (median(up), median(bare));
-            println!(
-                "{n:>4} {:>14.1} {:>14.1} {:>7.2}x",
-                up.as_secs_f64() * 1e3,
-                bare.as_secs_f64() * 1e3,
-                up.as_secs_f64() / bare.as_secs_f64()
-            );
-        }
-        let samples: u64 = if quick() { 20_000_000 } else { 2_000_000_000 };
-        let reps = if quick() { 1 } else { 3 };
-        let mut local = Vec::new();
-        let mut sampled = Vec::new();
-        let mut total = Vec::new();
-        for _ in 0..reps {
-            local.push(pi_in_process(samples, 2).await);
-            let (s, t) = pi_on_machines(samples, 2).await;
-            sampled.push(s);
-            total.push(t);
-        }
-        let (local, sampled, total) = (median(local), median(sampled), median(total));
-        println!("\nbigpi, {samples} samples on 2 cores (median of {reps})");
-        println!(
-            "  one process, 2 threads:        {:>9.3} s",
-            local.as_secs_f64()
-        );
-        println!(
-            "  2 machines x 1 core, sampling: {:>9.3} s  (overhead {:+.2}%)",
-            sampled.as_secs_f64(),
-            (sampled.as_secs_f64() / local.as_secs_f64() - 1.0) * 100.0
-        );
-        println!(
-            "  2 machines, boot to shutdown:  {:>9.3} s  (overhead {:+.2}%)\n",
-            total.as_secs_f64(),
-            (total.as_secs_f64() / local.as_secs_f64() - 1.0) * 100.0
-        );
     });
+    let sizes: &[usize] = if quick() { &[1, 4] } else { &[1, 4, 16] };
+    let samples: u64 = if quick() { 20_000_000 } else { 2_000_000_000 };
+    let record = Record::default();
+    let mut c = support::criterion();
+
+    let mut g = c.benchmark_group("bring_up");
+    if !quick() {
+        g.sample_size(20).measurement_time(Duration::from_secs(5));
+    }
+    for &n in sizes {
+        record.bench(&mut g, &rt, &format!("machines_running/{n}"), || {
+            machines_running(n)
+        });
+        record.bench(&mut g, &rt, &format!("bare_spawn_handshake/{n}"), || {
+            bare_processes(n)
+        });
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("bigpi");
+    support::slow(&mut g);
+    record.bench(&mut g, &rt, "one_process", || pi_in_process(samples, 2));
+    record.bench(&mut g, &rt, "two_machines", || async {
+        pi_on_machines(samples, 2).await.0
+    });
+    record.bench(&mut g, &rt, "two_machines_boot_to_shutdown", || async {
+        pi_on_machines(samples, 2).await.1
+    });
+    g.finish();
+    c.final_summary();
+
+    println!("\nlocal machines to Running vs spawning bare processes + one QUIC handshake each (medians)");
+    println!(
+        "{:>4} {:>14} {:>14} {:>8}",
+        "N", "machines ms", "floor ms", "ratio"
+    );
+    for &n in sizes {
+        let up = record.median(&format!("machines_running/{n}"));
+        let bare = record.median(&format!("bare_spawn_handshake/{n}"));
+        println!(
+            "{n:>4} {:>14.1} {:>14.1} {:>7.2}x",
+            up.as_secs_f64() * 1e3,
+            bare.as_secs_f64() * 1e3,
+            up.as_secs_f64() / bare.as_secs_f64()
+        );
+    }
+    let local = record.median("one_process");
+    let sampled = record.median("two_machines");
+    let total = record.median("two_machines_boot_to_shutdown");
+    println!("\nbigpi, {samples} samples on 2 cores (medians)");
+    println!(
+        "  one process, 2 threads:        {:>9.3} s",
+        local.as_secs_f64()
+    );
+    println!(
+        "  2 machines x 1 core, sampling: {:>9.3} s  (overhead {:+.2}%)",
+        sampled.as_secs_f64(),
+        (sampled.as_secs_f64() / local.as_secs_f64() - 1.0) * 100.0
+    );
+    println!(
+        "  2 machines, boot to shutdown:  {:>9.3} s  (overhead {:+.2}%)\n",
+        total.as_secs_f64(),
+        (total.as_secs_f64() / local.as_secs_f64() - 1.0) * 100.0
+    );
 }

@@ -1,5 +1,7 @@
-//! Small-call latency and throughput on the test system, beside a raw quinn stream round trip
-//! over the same kind of connection (same endpoint tuning, same mutual TLS).
+//! Small-call latency and throughput on the test system (client and machines in one process),
+//! beside a raw quinn stream round trip over the same kind of connection (same endpoint tuning,
+//! same mutual TLS): a sequential call, 256 calls in flight to one machine, and 256 in flight
+//! spread over 4 machines. The cross-process comparison with every peer is `benches/compare`.
 //!
 //! `cargo bench --bench rpc` prints a summary table first (p50/p99 from HDR histograms, calls/s
 //! with 256 in flight, and the ratio to raw quinn), then runs the criterion groups.
@@ -49,22 +51,27 @@ fn runtime() -> tokio::runtime::Runtime {
 struct Setup {
     b: B,
     machine: Machine,
+    machines: Vec<Machine>,
     raw: RawClient,
 }
 
 async fn setup() -> Setup {
     let b = B::new(TestSystem::new()).unwrap_or_else(|e| panic!("driver: {e}"));
     let machines = b
-        .start(1, Services::new().with("Bench", Bench))
+        .start(4, Services::new().with("Bench", Bench))
         .await
         .unwrap_or_else(|e| panic!("start: {e}"));
-    let machine = machines
-        .into_iter()
-        .next()
-        .unwrap_or_else(|| panic!("no machine"));
-    assert_eq!(machine.wait(State::Running).await, State::Running);
+    for m in &machines {
+        assert_eq!(m.wait(State::Running).await, State::Running);
+    }
+    let machine = machines[0].clone();
     let raw = RawClient::start().await;
-    Setup { b, machine, raw }
+    Setup {
+        b,
+        machine,
+        machines,
+        raw,
+    }
 }
 
 /// The floor: one quinn stream per request carrying 64 bytes each way, on endpoints configured
@@ -249,6 +256,20 @@ fn benches(c: &mut Criterion) {
         bench
             .to_async(&rt)
             .iter(|| futures::future::join_all((0..256).map(|_| s.raw.round_trip())))
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("in_flight_256_over_4_machines");
+    g.throughput(Throughput::Elements(256));
+    shorten(&mut g);
+    let machines = Arc::new(s.machines.clone());
+    g.bench_function("bigmachine", |bench| {
+        bench.to_async(&rt).iter(|| {
+            let ms = machines.clone();
+            async move {
+                futures::future::join_all((0..256).map(|i| call(&ms[i % ms.len()], i as u64))).await
+            }
+        })
     });
     g.finish();
 

@@ -232,7 +232,7 @@ where
                 ));
             }
             // Shared, not copied, by every try (and handed to quinn without a copy).
-            let arg = bytes::Bytes::from_owner(self.arg.encode()?);
+            let arg = bytes::Bytes::from_owner(crate::buffers::Pooled(self.arg.encode()?));
             let (arg_type, reply_type) = (type_tag::<A>(), R::tag());
             let mut tries = 0;
             loop {

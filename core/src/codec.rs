@@ -31,6 +31,7 @@ use rkyv::{Archive, Deserialize, Portable, Serialize};
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::buffers::PayloadWriter;
 use crate::error::{Error, Kind, Result};
 
 /// The alignment of payload buffers.
@@ -47,10 +48,11 @@ pub trait Encode {
 
 impl<T> Encode for T
 where
-    T: for<'a> Serialize<HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>>,
+    T: for<'a> Serialize<HighSerializer<PayloadWriter, ArenaHandle<'a>, rancor::Error>>,
 {
     fn encode(&self) -> Result<Payload> {
-        rkyv::to_bytes::<rancor::Error>(self)
+        rkyv::api::high::to_bytes_in::<_, rancor::Error>(self, PayloadWriter::new())
+            .map(PayloadWriter::into_payload)
             .map_err(|e| Error::fatal(Kind::Invalid, format!("serialize: {e}")))
     }
 }
@@ -195,6 +197,12 @@ where
     }
 }
 
+impl<T> Drop for Archived<T> {
+    fn drop(&mut self) {
+        crate::buffers::give(std::mem::take(&mut self.payload));
+    }
+}
+
 impl<T> std::ops::Deref for Archived<T>
 where
     T: Archive,
@@ -223,7 +231,9 @@ impl<T: Decode + Send> FromPayload for T {
     }
 
     fn from_payload(payload: Payload) -> Result<Self> {
-        T::decode(&payload)
+        let value = T::decode(&payload);
+        crate::buffers::give(payload);
+        value
     }
 }
 

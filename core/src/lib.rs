@@ -26,6 +26,7 @@
 
 pub mod b;
 pub mod binary;
+pub mod buffers;
 pub mod call;
 pub mod codec;
 pub mod context;

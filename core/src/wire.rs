@@ -214,7 +214,8 @@ fn check_len(len: u64, max: u64, what: &str) -> Result<()> {
 pub async fn read_payload(recv: &mut RecvStream, len: u64, early: Kind) -> Result<Payload> {
     const FIRST_RESERVE: u64 = 1 << 20;
     let len = usize::try_from(len).map_err(|_| invalid(format!("payload of {len} bytes")))?;
-    let mut buf = Payload::with_capacity(len.min(FIRST_RESERVE as usize));
+    let mut buf = crate::buffers::take(len)
+        .unwrap_or_else(|| Payload::with_capacity(len.min(FIRST_RESERVE as usize)));
     while buf.len() < len {
         match recv.read_chunk(len - buf.len(), true).await? {
             Some(chunk) => {
@@ -251,7 +252,7 @@ pub async fn write_reply(send: &mut SendStream, status: Status, payload: Payload
         payload_len: payload.len() as u64,
     };
     let header = Bytes::copy_from_slice(&header.encode());
-    send.write_all_chunks(&mut [header, Bytes::from_owner(payload)])
+    send.write_all_chunks(&mut [header, Bytes::from_owner(crate::buffers::Pooled(payload))])
         .await?;
     send.finish()?;
     Ok(())

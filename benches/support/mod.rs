@@ -1,0 +1,83 @@
+//! What the criterion benches share: quick mode, and criterion groups whose every timed run is
+//! also recorded, so each bench's summary table is printed from the same measurements criterion
+//! analysed.
+
+#![allow(dead_code)] // each bench uses part of it
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion};
+
+/// `BIGMACHINE_BENCH_QUICK=1`: few iterations and small sizes, so CI can run every bench.
+pub(crate) fn quick() -> bool {
+    std::env::var_os("BIGMACHINE_BENCH_QUICK").is_some()
+}
+
+/// Criterion configured for this run: short in quick mode.
+pub(crate) fn criterion() -> Criterion {
+    let c = Criterion::default().configure_from_args();
+    if quick() {
+        c.sample_size(10)
+            .warm_up_time(Duration::from_millis(10))
+            .measurement_time(Duration::from_millis(100))
+            .without_plots()
+    } else {
+        c
+    }
+}
+
+/// Makes a group of slow workloads (seconds each) take the fewest samples criterion allows.
+pub(crate) fn slow(g: &mut BenchmarkGroup<'_, WallTime>) {
+    g.sample_size(10);
+    if !quick() {
+        g.warm_up_time(Duration::from_millis(500))
+            .measurement_time(Duration::from_secs(5));
+    }
+}
+
+/// Every duration each named workload took, across criterion's runs.
+#[derive(Debug, Default)]
+pub(crate) struct Record(RefCell<BTreeMap<String, Vec<Duration>>>);
+
+impl Record {
+    /// Benchmarks `name` in `g`: criterion runs `f` as often as it likes; each run returns the
+    /// time of the part it measures (setup excluded), which is also recorded under `name`.
+    pub(crate) fn bench<F, Fut>(
+        &self,
+        g: &mut BenchmarkGroup<'_, WallTime>,
+        rt: &tokio::runtime::Runtime,
+        name: &str,
+        f: F,
+    ) where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Duration>,
+    {
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let d = rt.block_on(f());
+                    self.0
+                        .borrow_mut()
+                        .entry(name.to_string())
+                        .or_default()
+                        .push(d);
+                    total += d;
+                }
+                total
+            })
+        });
+    }
+
+    /// The median of what `name` recorded.
+    pub(crate) fn median(&self, name: &str) -> Duration {
+        let map = self.0.borrow();
+        let mut xs = map.get(name).cloned().unwrap_or_default();
+        xs.sort();
+        xs.get(xs.len() / 2).copied().unwrap_or_default()
+    }
+}
