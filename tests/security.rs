@@ -155,6 +155,12 @@ async fn garbage_on_a_call_stream_gets_an_error_reply() -> Result<()> {
         },
         // A method name that is not UTF-8.
         frame(&[0xc3, 0x28, b'.', b'x'], &[], 0, 0),
+        // A well-formed ping followed by bytes its header does not announce.
+        {
+            let mut f = ping_frame();
+            f.extend_from_slice(b"trailing");
+            f
+        },
     ];
     for (i, bytes) in random.iter().chain(hostile.iter()).enumerate() {
         let (status, payload) = raw_exchange(&conn, bytes).await?;

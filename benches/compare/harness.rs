@@ -125,7 +125,13 @@ async fn throughput<P: Peer>(peer: &P, msg: &Payload, w: &Workload) -> f64 {
     done.into_inner() as f64 / start.elapsed().as_secs_f64()
 }
 
-/// Runs every workload against `peer`.
+/// Whether workload `name` (`latency`, `inflight` or `bulk`) is selected by `COMPARE_WORKLOADS`
+/// (a comma-separated list; all when unset). Profiling one workload is the use.
+fn selected(name: &str) -> bool {
+    std::env::var("COMPARE_WORKLOADS").map_or(true, |l| l.split(',').any(|w| w.trim() == name))
+}
+
+/// Runs every selected workload against `peer`.
 pub(crate) async fn measure<P: Peer>(name: &str, peer: &P, w: &Workload) -> Row {
     let msg = Payload::new(w.small);
     for _ in 0..200 {
@@ -133,14 +139,31 @@ pub(crate) async fn measure<P: Peer>(name: &str, peer: &P, w: &Workload) -> Row 
     }
     let mut h = Histogram::<u64>::new(3).unwrap_or_else(|e| panic!("histogram: {e}"));
     let allocs = alloc::count();
-    for _ in 0..w.calls {
+    let calls = if selected("latency") { w.calls } else { 1 };
+    for _ in 0..calls {
         let t = Instant::now();
         let n = peer.echo(&msg).await;
         let _ = h.record(t.elapsed().as_nanos() as u64);
         assert_eq!(n, w.small, "{name}: echo length");
     }
-    let allocs_per_call = (alloc::count() - allocs) as f64 / w.calls as f64;
-    let calls_per_s = throughput(peer, &msg, w).await;
+    let allocs_per_call = (alloc::count() - allocs) as f64 / calls as f64;
+    let calls_per_s = if selected("inflight") {
+        throughput(peer, &msg, w).await
+    } else {
+        0.0
+    };
+    if !selected("bulk") {
+        return Row {
+            name: name.to_string(),
+            p50_us: h.value_at_quantile(0.5) as f64 / 1e3,
+            p99_us: h.value_at_quantile(0.99) as f64 / 1e3,
+            calls_per_s,
+            put_gbps: None,
+            get_gbps: None,
+            stream_gbps: None,
+            allocs_per_call,
+        };
+    }
 
     let data = Payload::new(w.bulk as usize);
     let (mut put, mut get, mut stream) = (Vec::new(), Vec::new(), Vec::new());

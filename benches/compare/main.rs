@@ -7,7 +7,8 @@
 //! ```
 //!
 //! Peers: **bigmachine** (a driver and one local machine); **raw quinn**, a stream per request on
-//! endpoints configured exactly as bigmachine's (the transport floor); **TCP** over loopback with
+//! endpoints configured exactly as bigmachine's (the transport floor), and the same with quinn's
+//! default configuration (*naive*: what a first quinn program gets); **TCP** over loopback with
 //! bigmachine's header sizes (the kernel floor: sequential calls are a ping-pong, calls in flight
 //! are multiplexed over one connection); **tonic** gRPC with mutual TLS (unary; server streaming
 //! for the stream column); **tarpc** (bincode over plain TCP).
@@ -48,7 +49,8 @@ fn quick() -> bool {
 
 async fn serve(peer: &str) {
     match peer {
-        "quinn" => peer_quinn::serve().await,
+        "quinn" => peer_quinn::serve(false).await,
+        "quinn-naive" => peer_quinn::serve(true).await,
         "tcp" => peer_tcp::serve().await,
         "tonic" => peer_tonic::serve().await,
         "tarpc" => peer_tarpc::serve().await,
@@ -92,8 +94,12 @@ async fn compare() {
         bm.shutdown().await;
     }
     if selected("quinn") {
-        let quinn = peer_quinn::Client::start(&ca, &creds).await;
-        rows.push(harness::measure("raw quinn (stream/request)", &quinn, &w).await);
+        let quinn = peer_quinn::Client::start(&ca, &creds, false).await;
+        rows.push(harness::measure("raw quinn, tuned (floor)", &quinn, &w).await);
+    }
+    if selected("quinn-naive") {
+        let quinn = peer_quinn::Client::start(&ca, &creds, true).await;
+        rows.push(harness::measure("raw quinn, defaults (naive)", &quinn, &w).await);
     }
     if selected("tcp") {
         let tcp = peer_tcp::Client::start(&creds).await;

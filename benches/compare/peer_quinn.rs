@@ -1,11 +1,16 @@
-//! The transport floor: raw quinn, one bidirectional stream per request, on endpoints configured
-//! exactly as bigmachine's (same tuning, same mutual TLS). Requests are `[op u8][n u64]` and a
-//! payload; the stream's end delimits both directions.
+//! Raw quinn, one bidirectional stream per request, in two set-ups: on endpoints configured
+//! exactly as bigmachine's (same tuning, same mutual TLS: the transport floor), and *naive*:
+//! quinn's default transport configuration and socket, with the same TLS (what a first quinn
+//! program gets). Requests are `[op u8][n u64]` and a payload; the stream's end delimits both
+//! directions.
 
 use std::net::{Ipv4Addr, SocketAddr};
 
-use bigmachine::quic::{Authority, Credentials, Endpoint, TransportConfig};
+use std::sync::Arc;
+
+use bigmachine::quic::{tls, Authority, Credentials, Endpoint, TransportConfig, SERVER_NAME};
 use bytes::Bytes;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 
 use crate::harness::{Payload, Peer};
 use crate::server;
@@ -19,11 +24,61 @@ fn local() -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, 0))
 }
 
-/// Serves until killed.
-pub(crate) async fn serve() {
-    let ep = Endpoint::bind(local(), &server::credentials(), TransportConfig::default())
-        .unwrap_or_else(|e| panic!("bind: {e}"));
-    server::announce(ep.local_addr().unwrap_or_else(|e| panic!("{e}")));
+/// An endpoint tuned as bigmachine's, or quinn's defaults.
+enum Ep {
+    Tuned(Endpoint),
+    Naive(quinn::Endpoint),
+}
+
+impl Ep {
+    fn bind(naive: bool, creds: &Credentials) -> Self {
+        if !naive {
+            return Self::Tuned(
+                Endpoint::bind(local(), creds, TransportConfig::default())
+                    .unwrap_or_else(|e| panic!("bind: {e}")),
+            );
+        }
+        let server = tls::server_config(creds).unwrap_or_else(|e| panic!("tls: {e}"));
+        let server = QuicServerConfig::try_from(server).unwrap_or_else(|e| panic!("tls: {e}"));
+        let client = tls::client_config(creds).unwrap_or_else(|e| panic!("tls: {e}"));
+        let client = QuicClientConfig::try_from(client).unwrap_or_else(|e| panic!("tls: {e}"));
+        let mut ep =
+            quinn::Endpoint::server(quinn::ServerConfig::with_crypto(Arc::new(server)), local())
+                .unwrap_or_else(|e| panic!("bind: {e}"));
+        ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(client)));
+        Self::Naive(ep)
+    }
+
+    fn local_addr(&self) -> SocketAddr {
+        match self {
+            Self::Tuned(ep) => ep.local_addr().unwrap_or_else(|e| panic!("{e}")),
+            Self::Naive(ep) => ep.local_addr().unwrap_or_else(|e| panic!("{e}")),
+        }
+    }
+
+    async fn accept(&self) -> Option<quinn::Connection> {
+        match self {
+            Self::Tuned(ep) => ep.accept().await,
+            Self::Naive(ep) => ep.accept().await?.await.ok(),
+        }
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> quinn::Connection {
+        match self {
+            Self::Tuned(ep) => ep.connect(addr).await.unwrap_or_else(|e| panic!("{e}")),
+            Self::Naive(ep) => ep
+                .connect(addr, SERVER_NAME)
+                .unwrap_or_else(|e| panic!("connect: {e}"))
+                .await
+                .unwrap_or_else(|e| panic!("handshake: {e}")),
+        }
+    }
+}
+
+/// Serves until killed (`naive`: quinn's defaults).
+pub(crate) async fn serve(naive: bool) {
+    let ep = Ep::bind(naive, &server::credentials());
+    server::announce(ep.local_addr());
     let chunk = Bytes::from(vec![0x5au8; CHUNK]);
     while let Some(conn) = ep.accept().await {
         let chunk = chunk.clone();
@@ -69,21 +124,18 @@ pub(crate) async fn serve() {
 
 /// One connection to the server.
 pub(crate) struct Client {
-    _endpoint: Endpoint,
+    _endpoint: Ep,
     conn: quinn::Connection,
     _server: tokio::process::Child,
 }
 
 impl Client {
-    pub(crate) async fn start(ca: &Authority, creds: &Credentials) -> Self {
-        let (addr, child) = server::spawn("quinn", creds).await;
+    pub(crate) async fn start(ca: &Authority, creds: &Credentials, naive: bool) -> Self {
+        let peer = if naive { "quinn-naive" } else { "quinn" };
+        let (addr, child) = server::spawn(peer, creds).await;
         let me = ca.issue("client").unwrap_or_else(|e| panic!("{e}"));
-        let endpoint = Endpoint::bind(local(), &me, TransportConfig::default())
-            .unwrap_or_else(|e| panic!("bind: {e}"));
-        let conn = endpoint
-            .connect(addr)
-            .await
-            .unwrap_or_else(|e| panic!("connect: {e}"));
+        let endpoint = Ep::bind(naive, &me);
+        let conn = endpoint.connect(addr).await;
         Self {
             _endpoint: endpoint,
             conn,

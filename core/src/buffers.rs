@@ -1,10 +1,10 @@
 //! Reuse of large payload buffers.
 //!
-//! Writing into freshly allocated memory costs a page fault per 4 KiB page (about 1 GB/s on the
-//! machines this was measured on) where writing into memory already mapped runs at memcpy speed
-//! (5–7 GB/s). Large archives are therefore encoded into, and received into, buffers kept here
-//! once their last user drops them: a process moving many 64 MiB payloads touches fresh memory
-//! once, not once per payload.
+//! Writing into freshly allocated memory costs a page fault per 4 KiB page, several times the
+//! cost of writing into memory already mapped. Large archives are therefore encoded into, and
+//! received into, buffers kept here once their last user drops them: a process moving many
+//! 64 MiB payloads touches fresh memory once, not once per payload (see `BENCHMARKS.md` for what
+//! this did to the 64 MiB argument).
 //!
 //! Only buffers of at least [`MIN_POOLED`] bytes are kept (the allocator serves small ones well),
 //! and at most [`pool_limit`] bytes in all ([`DEFAULT_POOL_LIMIT`] unless
@@ -21,6 +21,9 @@ use crate::codec::Payload;
 
 /// Buffers smaller than this are left to the allocator.
 pub const MIN_POOLED: usize = 1 << 20;
+
+/// The room a writer starts with: most call arguments and replies fit.
+const SMALL: usize = 256;
 
 /// The default bound on the bytes of free buffers kept for reuse (256 MiB).
 pub const DEFAULT_POOL_LIMIT: usize = 256 << 20;
@@ -120,15 +123,17 @@ impl Drop for Pooled {
 
 /// The writer archives are encoded into: a plain buffer for small archives that moves into a
 /// pooled one (when one is free) as soon as the archive outgrows [`MIN_POOLED`].
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PayloadWriter {
     buf: Payload,
 }
 
 impl PayloadWriter {
-    /// An empty writer.
+    /// An empty writer, with room for a small archive (so small calls allocate once).
     pub fn new() -> Self {
-        Self::default()
+        Self {
+            buf: Payload::with_capacity(SMALL),
+        }
     }
 
     /// The encoded archive.
@@ -147,6 +152,12 @@ impl PayloadWriter {
             bigger.extend_from_slice(&self.buf);
             give(std::mem::replace(&mut self.buf, bigger));
         }
+    }
+}
+
+impl Default for PayloadWriter {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

@@ -644,6 +644,8 @@ impl Machine {
                     tracker.on_reply(sent, now);
                     *lock(&self.inner.keepalive_times) = tracker.reply_times();
                 }
+                // Stopped meanwhile (shut down, or lost): its reason is recorded; nothing to report.
+                Err(e) if self.inner.stopped.is_cancelled() => return e,
                 Err(e) => match tracker.expired(now) {
                     Some(silent) => {
                         return Error::new(

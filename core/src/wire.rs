@@ -241,7 +241,24 @@ pub async fn read_request(
     let method =
         String::from_utf8(method).map_err(|_| invalid("method name is not UTF-8".into()))?;
     let payload = read_payload(recv, header.payload_len, Kind::Invalid).await?;
+    if header.flags & FLAG_STREAM_ARG == 0 {
+        read_end(recv, Kind::Invalid).await?;
+    }
     Ok((header, method, payload))
+}
+
+/// Reads the end of a stream whose last frame was just read: the sender finishes right after
+/// it, so the end is normally in hand already. Reading it (rather than dropping the stream
+/// early) lets quinn retire the stream quietly: a receive stream dropped before its end sends
+/// the peer a STOP_SENDING frame, two wasted frames per call.
+async fn read_end(recv: &mut RecvStream, kind: Kind) -> Result<()> {
+    match recv.read_chunk(1, true).await? {
+        None => Ok(()),
+        Some(_) => Err(Error::fatal(
+            kind,
+            "bytes after the payload: the frame is longer than its header says",
+        )),
+    }
 }
 
 /// Writes a reply (header then payload) and finishes the stream. The payload is handed to the
@@ -273,6 +290,9 @@ pub async fn read_reply(recv: &mut RecvStream, max_payload: u64) -> Result<(Stat
     read_exact(recv, &mut hb, Kind::Net).await?;
     let header = ReplyHeader::decode(&hb, max_payload)?;
     let payload = read_payload(recv, header.payload_len, Kind::Net).await?;
+    if header.status != Status::Stream {
+        read_end(recv, Kind::Invalid).await?;
+    }
     Ok((header.status, payload))
 }
 
