@@ -9,6 +9,7 @@
 //!
 //! - [`error`]: [`Error`] with its [`Kind`], [`Severity`] and cause chain, and their wire form.
 //! - [`codec`]: [`Encode`]/[`Decode`] over rkyv, with validation of every received archive.
+//! - [`buffers`]: reuse of large payload buffers (encode and receive into mapped memory).
 //! - [`wire`]: the request and reply headers of a call stream.
 //! - [`service`]: the [`Service`] trait, the registry filled by `#[service]`, [`Services`].
 //! - [`server`]: accepting streams and dispatching calls concurrently.
