@@ -245,16 +245,17 @@ pub(crate) fn print(rows: &[Row], w: &Workload) {
         (Some(a), Some(b)) if b > 0.0 => Some(a / b),
         _ => None,
     };
+    let times = |x: Option<f64>| x.map_or_else(|| "n/a".to_string(), |x| format!("{x:.2}x"));
     for r in &rows[1..] {
         println!(
-            "{:<30} {:>8.2}x {:>8.2}x {:>10.2}x {:>9}x {:>9}x {:>9}x",
+            "{:<30} {:>9} {:>9} {:>11} {:>10} {:>10} {:>10}",
             format!("vs {}", r.name),
-            base.p50_us / r.p50_us,
-            base.p99_us / r.p99_us,
-            base.calls_per_s / r.calls_per_s,
-            opt(ratio(base.put_gbps, r.put_gbps), 2),
-            opt(ratio(base.get_gbps, r.get_gbps), 2),
-            opt(ratio(base.stream_gbps, r.stream_gbps), 2),
+            times(Some(base.p50_us / r.p50_us)),
+            times(Some(base.p99_us / r.p99_us)),
+            times(Some(base.calls_per_s / r.calls_per_s)),
+            times(ratio(base.put_gbps, r.put_gbps)),
+            times(ratio(base.get_gbps, r.get_gbps)),
+            times(ratio(base.stream_gbps, r.stream_gbps)),
         );
     }
     println!();
