@@ -104,28 +104,11 @@ async fn start_sink(
     kind: &str,
     creds: Option<&Credentials>,
 ) -> (SocketAddr, tokio::process::Child) {
-    use tokio::io::AsyncBufReadExt;
-    let mut cmd =
-        tokio::process::Command::new(std::env::current_exe().unwrap_or_else(|e| panic!("{e}")));
-    cmd.env(SINK, kind)
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true);
+    let mut env = vec![(SINK, kind.to_string())];
     if let Some(c) = creds {
-        cmd.env("BULK_CREDS", c.to_pem());
+        env.push(("BULK_CREDS", c.to_pem()));
     }
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn sink: {e}"));
-    let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
-    let mut line = String::new();
-    tokio::io::BufReader::new(stdout)
-        .read_line(&mut line)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    (
-        line.trim()
-            .parse()
-            .unwrap_or_else(|e| panic!("sink address {line:?}: {e}")),
-        child,
-    )
+    support::spawn_self(&env).await
 }
 
 /// The sink side: counts what arrives on one quinn stream or TCP connection, then replies with

@@ -18,7 +18,6 @@ use bigmachine::local::LocalSystem;
 use bigmachine::quic::{Authority, Credentials, Endpoint, TransportConfig};
 use bigmachine::{Services, State, B};
 use clap::Parser;
-use tokio::io::AsyncBufReadExt;
 
 #[path = "../examples/common/pi.rs"]
 mod pi;
@@ -50,10 +49,10 @@ async fn bare_process() {
     }
 }
 
-/// The floor of bringing up `n` machines: spawn `n` bare processes of this binary (credentials
-/// passed as the local system passes them) and complete one QUIC handshake with each.
+/// The floor of bringing up `n` machines: spawn `n` bare processes of this binary, each with
+/// credentials issued for it as the local system issues them (handed over in the environment
+/// here), and complete one QUIC handshake with each.
 async fn bare_processes(n: usize) -> Duration {
-    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current exe: {e}"));
     let ca = Authority::new().unwrap_or_else(|e| panic!("authority: {e}"));
     let local = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
     let me = ca.issue("driver").unwrap_or_else(|e| panic!("{e}"));
@@ -62,24 +61,9 @@ async fn bare_processes(n: usize) -> Duration {
         .unwrap_or_else(|e| panic!("bind: {e}"));
     let up = (0..n).map(|_| {
         let creds = ca.issue("bare").unwrap_or_else(|e| panic!("{e}"));
-        let mut child = tokio::process::Command::new(&exe)
-            .env(BARE, creds.to_pem())
-            .stdout(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn: {e}"));
         let ep = &ep;
         async move {
-            let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
-            let mut line = String::new();
-            tokio::io::BufReader::new(stdout)
-                .read_line(&mut line)
-                .await
-                .unwrap_or_else(|e| panic!("{e}"));
-            let addr: SocketAddr = line
-                .trim()
-                .parse()
-                .unwrap_or_else(|e| panic!("{line:?}: {e}"));
+            let (addr, child) = support::spawn_self(&[(BARE, creds.to_pem())]).await;
             let conn = ep
                 .connect(addr)
                 .await

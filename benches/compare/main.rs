@@ -32,6 +32,8 @@ mod peer_tarpc;
 mod peer_tcp;
 mod peer_tonic;
 mod server;
+#[path = "../support/mod.rs"]
+mod support;
 
 #[global_allocator]
 static ALLOCATOR: alloc::Counting = alloc::Counting;

@@ -4,7 +4,8 @@
 use std::net::SocketAddr;
 
 use bigmachine::quic::Credentials;
-use tokio::io::AsyncBufReadExt;
+
+use crate::support;
 
 const SERVER: &str = "COMPARE_SERVER";
 const CREDS: &str = "COMPARE_CREDS";
@@ -27,23 +28,5 @@ pub(crate) fn announce(addr: SocketAddr) {
 
 /// Starts this binary as the server of `peer`; returns its address and the child (killed on drop).
 pub(crate) async fn spawn(peer: &str, creds: &Credentials) -> (SocketAddr, tokio::process::Child) {
-    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current exe: {e}"));
-    let mut child = tokio::process::Command::new(exe)
-        .env(SERVER, peer)
-        .env(CREDS, creds.to_pem())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {peer} server: {e}"));
-    let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
-    let mut line = String::new();
-    tokio::io::BufReader::new(stdout)
-        .read_line(&mut line)
-        .await
-        .unwrap_or_else(|e| panic!("{peer} server: {e}"));
-    let addr = line
-        .trim()
-        .parse()
-        .unwrap_or_else(|e| panic!("{peer} server address {line:?}: {e}"));
-    (addr, child)
+    support::spawn_self(&[(SERVER, peer.to_string()), (CREDS, creds.to_pem())]).await
 }

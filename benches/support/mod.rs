@@ -7,6 +7,7 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use criterion::measurement::WallTime;
@@ -80,4 +81,28 @@ impl Record {
         xs.sort();
         xs.get(xs.len() / 2).copied().unwrap_or_default()
     }
+}
+
+/// Starts this binary again with `env` set: the child prints the address it serves on as its
+/// first line of stdout. Returns that address and the child (killed when dropped).
+pub(crate) async fn spawn_self(env: &[(&str, String)]) -> (SocketAddr, tokio::process::Child) {
+    use tokio::io::AsyncBufReadExt;
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current exe: {e}"));
+    let mut child = tokio::process::Command::new(exe)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {env:?}: {e}"));
+    let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
+    let mut line = String::new();
+    tokio::io::BufReader::new(stdout)
+        .read_line(&mut line)
+        .await
+        .unwrap_or_else(|e| panic!("child's address: {e}"));
+    let addr = line
+        .trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("child's address {line:?}: {e}"));
+    (addr, child)
 }
