@@ -17,6 +17,10 @@
 //! call counted on the client by a counting allocator), the same with 256 calls in flight (calls/s),
 //! a 64 MiB argument, a 64 MiB reply, and a 1 GiB stream from server to client (GB/s, median of 5).
 //!
+//! `COMPARE_WORKERS=N` gives every process of the comparison N tokio workers (default: one per
+//! core). On a small host running both sides, one worker per process avoids oversubscribing the
+//! cores with four runtimes' threads and their cross-thread wake-ups.
+//!
 //! This binary is also every server: it re-executes itself with `COMPARE_SERVER=<peer>`, and as
 //! a bigmachine machine through the local system.
 
@@ -60,8 +64,21 @@ async fn serve(peer: &str) {
     }
 }
 
+/// `COMPARE_WORKERS=N`: every process of the comparison (client, servers, bigmachine's machine)
+/// runs N tokio workers instead of one per core.
+fn workers() -> Option<usize> {
+    std::env::var("COMPARE_WORKERS").ok()?.parse().ok()
+}
+
 fn main() {
-    let rt = tokio::runtime::Runtime::new().unwrap_or_else(|e| panic!("runtime: {e}"));
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers() {
+        rt.worker_threads(n);
+    }
+    let rt = rt
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("runtime: {e}"));
     if let Some(peer) = server::role() {
         rt.block_on(serve(&peer));
         return;
@@ -117,8 +134,9 @@ async fn compare() {
     }
 
     println!(
-        "\ncomparison: client and server in separate processes over loopback, {} cores{}",
+        "\ncomparison: client and server in separate processes over loopback, {} cores, {} tokio workers per process{}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
+        workers().map_or_else(|| "default".to_string(), |n| n.to_string()),
         if quick() {
             " (QUICK MODE: small sizes, not for quoting)"
         } else {

@@ -50,7 +50,11 @@ pub(crate) struct Client {
 
 impl Client {
     pub(crate) async fn start() -> Self {
-        let b = B::new(LocalSystem::new()).unwrap_or_else(|e| panic!("driver: {e}"));
+        let mut system = LocalSystem::new();
+        if let Some(n) = crate::workers() {
+            system = system.with_maxprocs(n);
+        }
+        let b = B::new(system).unwrap_or_else(|e| panic!("driver: {e}"));
         let machine = b
             .start(1, Services::new().with("Echo", Echo))
             .await
