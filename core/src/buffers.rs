@@ -148,7 +148,7 @@ impl PayloadWriter {
         }
         // Grow geometrically, like a Vec, but into reused memory when there is some.
         let want = need.max(self.buf.capacity() * 2);
-        if let Some(mut bigger) = take(need).or_else(|| take(want)) {
+        if let Some(mut bigger) = take(want).or_else(|| take(need)) {
             bigger.extend_from_slice(&self.buf);
             give(std::mem::replace(&mut self.buf, bigger));
         }
