@@ -7,12 +7,15 @@
 //! the machine's address from its first line of the handshake on stdout. From then on every
 //! line the machine writes to stdout or stderr reaches the driver's stderr, prefixed with the
 //! machine's address, in order; shutting the system down waits until the last line is out.
+//! One thread of its own writes those lines: a slow stderr holds back the machines' output,
+//! never the runtime's worker threads.
 //!
 //! When a machine's process ends, the driver stops the machine with an error that says how:
 //! its exit status, the signal that killed it, or [`Kind::Oom`] when it ran out of memory (an
 //! allocation failure reported on its stderr, or the kernel's OOM killer naming its pid).
 #![deny(missing_docs)]
 
+mod forward;
 mod oom;
 
 use std::net::SocketAddr;
@@ -187,7 +190,7 @@ impl LocalSystem {
             }
         };
         for line in early {
-            forward(addr, &line);
+            forward::line(addr, &line).await;
         }
         addr_tx.send_replace(Some(addr));
         let (exit_tx, exit_rx) = watch::channel(None::<Error>);
@@ -244,13 +247,6 @@ async fn next_line(reader: &mut (impl AsyncBufRead + Unpin)) -> Result<Option<St
     Ok(Some(String::from_utf8_lossy(&buf).into_owned()))
 }
 
-/// Writes one line of a machine's output to the driver's stderr.
-fn forward(prefix: impl std::fmt::Display, line: &str) {
-    use std::io::Write;
-    let mut stderr = std::io::stderr().lock();
-    let _ = writeln!(stderr, "{prefix}: {line}");
-}
-
 /// Forwards `reader` line by line until it ends; returns whether a line reported a failed
 /// allocation.
 /// Lines are prefixed with the machine's address once `addr` holds it, with its pid before.
@@ -265,9 +261,10 @@ async fn pump(
             Ok(Some(line)) if line.starts_with(ADDR_MARKER) => {} // a re-executed machine's handshake
             Ok(Some(line)) => {
                 alloc_failed |= oom::is_allocation_failure(&line);
-                match *addr.borrow() {
-                    Some(a) => forward(a, &line),
-                    None => forward(format_args!("machine pid {pid}"), &line),
+                let prefix = *addr.borrow();
+                match prefix {
+                    Some(a) => forward::line(a, &line).await,
+                    None => forward::line(format!("machine pid {pid}"), &line).await,
                 }
             }
             Ok(None) => return alloc_failed,
@@ -300,6 +297,8 @@ async fn watch_child(
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
         let _ = out.await;
         let _ = err.await;
+        // Written before the machine's end is reported (and before shutdown returns).
+        forward::flush().await;
     })
     .await;
     let reason = match status {
