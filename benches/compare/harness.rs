@@ -9,6 +9,21 @@ use hdrhistogram::Histogram;
 
 use crate::alloc;
 
+/// The size of the chunks streams and bulk replies are written in.
+pub(crate) const CHUNK: usize = 1 << 20;
+
+/// `n` bytes as slices of one 1 MiB buffer allocated once per process (the last one shorter).
+pub(crate) fn chunks(n: u64) -> impl Iterator<Item = Bytes> + Send + 'static {
+    static SHARED: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+    let chunk = SHARED
+        .get_or_init(|| Bytes::from(vec![0x5au8; CHUNK]))
+        .clone();
+    (0..n.div_ceil(CHUNK as u64)).map(move |i| {
+        let len = (n - i * CHUNK as u64).min(CHUNK as u64) as usize;
+        chunk.slice(..len)
+    })
+}
+
 /// A payload in the two shapes peers take it in (built once, outside the timings).
 pub(crate) struct Payload {
     pub(crate) vec: Vec<u8>,
@@ -152,19 +167,32 @@ pub(crate) async fn measure<P: Peer>(name: &str, peer: &P, w: &Workload) -> Row 
     } else {
         0.0
     };
-    if !selected("bulk") {
-        return Row {
-            name: name.to_string(),
-            p50_us: h.value_at_quantile(0.5) as f64 / 1e3,
-            p99_us: h.value_at_quantile(0.99) as f64 / 1e3,
-            calls_per_s,
-            put_gbps: None,
-            get_gbps: None,
-            stream_gbps: None,
-            allocs_per_call,
-        };
-    }
+    let (put_gbps, get_gbps, stream_gbps) = if selected("bulk") {
+        bulk(name, peer, w).await
+    } else {
+        (None, None, None)
+    };
+    let row = Row {
+        name: name.to_string(),
+        p50_us: h.value_at_quantile(0.5) as f64 / 1e3,
+        p99_us: h.value_at_quantile(0.99) as f64 / 1e3,
+        calls_per_s,
+        put_gbps,
+        get_gbps,
+        stream_gbps,
+        allocs_per_call,
+    };
+    eprintln!("measured {name}: {row:?}");
+    row
+}
 
+/// GB/s of the 64 MiB argument, the 64 MiB reply and the stream (`None` without streams),
+/// medians of `w.reps` runs.
+async fn bulk<P: Peer>(
+    name: &str,
+    peer: &P,
+    w: &Workload,
+) -> (Option<f64>, Option<f64>, Option<f64>) {
     let data = Payload::new(w.bulk as usize);
     let (mut put, mut get, mut stream) = (Vec::new(), Vec::new(), Vec::new());
     let mut streams = true;
@@ -185,18 +213,11 @@ pub(crate) async fn measure<P: Peer>(name: &str, peer: &P, w: &Workload) -> Row 
             None => streams = false,
         }
     }
-    let row = Row {
-        name: name.to_string(),
-        p50_us: h.value_at_quantile(0.5) as f64 / 1e3,
-        p99_us: h.value_at_quantile(0.99) as f64 / 1e3,
-        calls_per_s,
-        put_gbps: Some(gbps(w.bulk, median(put))),
-        get_gbps: Some(gbps(w.bulk, median(get))),
-        stream_gbps: streams.then(|| gbps(w.stream, median(stream))),
-        allocs_per_call,
-    };
-    eprintln!("measured {name}: {row:?}");
-    row
+    (
+        Some(gbps(w.bulk, median(put))),
+        Some(gbps(w.bulk, median(get))),
+        streams.then(|| gbps(w.stream, median(stream))),
+    )
 }
 
 fn opt(x: Option<f64>, prec: usize) -> String {

@@ -2,11 +2,8 @@
 
 use bigmachine::local::LocalSystem;
 use bigmachine::{service, Archived, ByteStream, Context, Machine, Result, Services, State, B};
-use bytes::Bytes;
 
-use crate::harness::{Payload, Peer};
-
-const CHUNK: usize = 1 << 20;
+use crate::harness::{chunks, Payload, Peer};
 
 /// The service the machine runs.
 #[derive(Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -27,13 +24,8 @@ impl Echo {
     }
 
     async fn stream(&self, _ctx: &Context, n: u64) -> Result<ByteStream> {
-        let chunk = Bytes::from(vec![0x5au8; CHUNK]);
-        let count = n.div_ceil(CHUNK as u64);
         Ok(ByteStream::from_stream(futures::stream::iter(
-            (0..count).map(move |i| {
-                let len = (n - i * CHUNK as u64).min(CHUNK as u64) as usize;
-                Ok(chunk.slice(..len))
-            }),
+            chunks(n).map(Ok),
         )))
     }
 

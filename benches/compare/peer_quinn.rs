@@ -12,13 +12,12 @@ use bigmachine::quic::{tls, Authority, Credentials, Endpoint, TransportConfig, S
 use bytes::Bytes;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 
-use crate::harness::{Payload, Peer};
+use crate::harness::{chunks, Payload, Peer};
 use crate::server;
 
 const ECHO: u8 = 0;
 const PUT: u8 = 1;
 const GET: u8 = 2;
-const CHUNK: usize = 1 << 20;
 
 fn local() -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, 0))
@@ -79,12 +78,9 @@ impl Ep {
 pub(crate) async fn serve(naive: bool) {
     let ep = Ep::bind(naive, &server::credentials());
     server::announce(ep.local_addr());
-    let chunk = Bytes::from(vec![0x5au8; CHUNK]);
     while let Some(conn) = ep.accept().await {
-        let chunk = chunk.clone();
         tokio::spawn(async move {
             while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-                let chunk = chunk.clone();
                 tokio::spawn(async move {
                     let mut hdr = [0u8; 9];
                     if recv.read_exact(&mut hdr).await.is_err() {
@@ -105,13 +101,10 @@ pub(crate) async fn serve(naive: bool) {
                             let _ = send.write_all(&got.to_le_bytes()).await;
                         }
                         _ => {
-                            let mut left = n;
-                            while left > 0 {
-                                let len = left.min(CHUNK as u64) as usize;
-                                if send.write_chunk(chunk.slice(..len)).await.is_err() {
+                            for chunk in chunks(n) {
+                                if send.write_chunk(chunk).await.is_err() {
                                     return;
                                 }
-                                left -= len as u64;
                             }
                         }
                     }

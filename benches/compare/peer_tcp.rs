@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, B
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::harness::{Payload, Peer};
+use crate::harness::{Payload, Peer, CHUNK};
 use crate::server;
 
 const ECHO: u8 = 0;
@@ -21,7 +21,6 @@ const PUT: u8 = 1;
 const GET: u8 = 2;
 const REQ: usize = 40;
 const REPLY: usize = 16;
-const CHUNK: usize = 1 << 20;
 
 fn request_header(id: u64, op: u8, n: u64, len: u64) -> [u8; REQ] {
     let mut h = [0u8; REQ];

@@ -18,10 +18,9 @@ use tonic::server::{Grpc, NamedService, ServerStreamingService, UnaryService};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity, ServerTlsConfig};
 use tonic::{Request, Response, Status};
 
-use crate::harness::{Payload, Peer};
+use crate::harness::{chunks, Payload, Peer};
 use crate::server;
 
-const CHUNK: usize = 1 << 20;
 /// HTTP/2 flow-control windows as large as bigmachine's QUIC ones (8 MiB a stream, 32 MiB a
 /// connection): the defaults (64 KiB) would make the bulk rows measure window stalls.
 const WINDOW: u32 = 8 << 20;
@@ -104,12 +103,7 @@ impl ServerStreamingService<Bytes> for Streamer {
 
     fn call(&mut self, req: Request<Bytes>) -> Self::Future {
         let n = u64_of(req.get_ref());
-        let chunk = Bytes::from(vec![0x5au8; CHUNK]);
-        let count = n.div_ceil(CHUNK as u64);
-        let s = futures::stream::iter((0..count).map(move |i| {
-            let len = (n - i * CHUNK as u64).min(CHUNK as u64) as usize;
-            Ok(chunk.slice(..len))
-        }));
+        let s = futures::stream::iter(chunks(n).map(Ok));
         ready(Ok(Response::new(Box::pin(s) as ChunkStream)))
     }
 }
