@@ -77,7 +77,7 @@ fn machine(m: &Machine) -> Value {
 pub fn status(b: &B) -> Value {
     json!({
         "system": b.system().name(),
-        "driver": b.endpoint().local_addr().ok().map(|a| a.to_string()),
+        "driver": b.addr().ok().map(|a| a.to_string()),
         "machines": b.machines().iter().map(machine).collect::<Vec<_>>(),
     })
 }

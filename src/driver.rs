@@ -38,7 +38,6 @@ use std::time::Duration;
 
 use bigmachine_core::{Error, KeepaliveConfig, Kind, Result, System, B};
 use bigmachine_local::LocalSystem;
-use bigmachine_supervisor::process;
 use bigmachine_testsystem::TestSystem;
 use clap::{Args, Parser, ValueEnum};
 
@@ -56,6 +55,7 @@ pub enum SystemKind {
 /// The bigmachine flags. Flatten them into a clap parser with `#[command(flatten)]`.
 #[derive(Debug, Clone, Args)]
 #[command(next_help_heading = "bigmachine")]
+#[non_exhaustive]
 pub struct Flags {
     /// The system machines run on.
     #[arg(
@@ -115,26 +115,30 @@ impl Flags {
     }
 
     fn keepalive(&self, default: KeepaliveConfig) -> KeepaliveConfig {
-        KeepaliveConfig {
-            period: self.keepalive_period.unwrap_or(default.period),
-            timeout: self.keepalive_timeout.unwrap_or(default.timeout),
-            rpc_timeout: self.keepalive_rpc_timeout.unwrap_or(default.rpc_timeout),
-        }
+        let mut keepalive = default;
+        keepalive.period = self.keepalive_period.unwrap_or(default.period);
+        keepalive.timeout = self.keepalive_timeout.unwrap_or(default.timeout);
+        keepalive.rpc_timeout = self.keepalive_rpc_timeout.unwrap_or(default.rpc_timeout);
+        keepalive
     }
 
     fn system(&self) -> Result<Arc<dyn System>> {
         Ok(match self.system {
             SystemKind::Local => {
                 let defaults = LocalSystem::new().keepalive();
-                let mut local = LocalSystem::new().with_keepalive(self.keepalive(defaults));
+                let mut local = LocalSystem::builder().keepalive(self.keepalive(defaults));
                 if let Some(n) = self.maxprocs {
-                    local = local.with_maxprocs(n);
+                    local = local.maxprocs(n);
                 }
-                Arc::new(local)
+                Arc::new(local.build())
             }
             SystemKind::Test => {
                 let defaults = TestSystem::new().keepalive();
-                Arc::new(TestSystem::new().with_keepalive(self.keepalive(defaults)))
+                let mut test = TestSystem::builder().keepalive(self.keepalive(defaults));
+                if let Some(n) = self.maxprocs {
+                    test = test.maxprocs(n);
+                }
+                Arc::new(test.build())
             }
             SystemKind::Ec2 => {
                 return Err(Error::fatal(
@@ -156,15 +160,16 @@ pub async fn start() -> Result<B> {
 /// until the driver lets it go, then exits the process: it never returns.
 pub async fn start_with(flags: &Flags) -> Result<B> {
     init_logging(&flags.log);
-    if process::is_machine() {
-        let system: Arc<dyn System> = match std::env::var(process::ENV_SYSTEM).as_deref() {
-            Ok("local") | Err(_) => Arc::new(LocalSystem::new()),
-            Ok(other) => {
-                eprintln!("bigmachine: unknown system {other:?} for a machine");
-                std::process::exit(2)
-            }
-        };
-        process::run(system).await
+    if bigmachine_supervisor::is_machine() {
+        let system: Arc<dyn System> =
+            match std::env::var(bigmachine_supervisor::ENV_SYSTEM).as_deref() {
+                Ok("local") | Err(_) => Arc::new(LocalSystem::new()),
+                Ok(other) => {
+                    eprintln!("bigmachine: unknown system {other:?} for a machine");
+                    std::process::exit(2)
+                }
+            };
+        bigmachine_supervisor::run(system).await
     }
     let b = B::builder_arc(flags.system()?).driver()?;
     if let Some(addr) = flags.debug_addr {

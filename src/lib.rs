@@ -43,39 +43,66 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Modules
+//!
+//! The engine's types are at the root; beside them:
+//!
+//! - [`driver`]: [`driver::start`] and its [`driver::Flags`] (`--bigm.*`).
+//! - [`local`]: [`local::LocalSystem`], machines as processes of this binary on this host.
+//! - [`testsystem`]: [`testsystem::TestSystem`], in-process machines with fault injection.
+//! - [`debug`]: the driver's debug pages.
+//! - [`binary`]: digests of binaries, as machines report them.
+//! - [`buffers`]: the reuse of large payload buffers, and the account of copies.
+//!
 //! # Crates
 //!
 //! | crate | owns |
 //! |---|---|
 //! | `bigmachine` | this facade |
-//! | [`bigmachine_core`] | wire, codec, services, dispatch, [`B`], [`Machine`], [`System`], errors |
-//! | `bigmachine_macros` | `#[service]` |
-//! | [`bigmachine_quic`] | quinn endpoints, pools, the certificate authority, mutual TLS |
-//! | [`bigmachine_supervisor`] | the machine side: serve loop, Supervisor, keepalive watchdog |
-//! | [`bigmachine_testsystem`] | in-process machines for tests |
-//! | [`bigmachine_local`] | machines as processes of the same binary on this host |
+//! | `bigmachine-core` | wire, codec, services, dispatch, [`B`], [`Machine`], [`System`], errors |
+//! | `bigmachine-macros` | `#[service]` |
+//! | `bigmachine-quic` | quinn endpoints, pools, the certificate authority, mutual TLS |
+//! | `bigmachine-supervisor` | the machine side: serve loop, Supervisor, keepalive watchdog |
+//! | `bigmachine-testsystem` | in-process machines for tests |
+//! | `bigmachine-local` | machines as processes of the same binary on this host |
 #![deny(missing_docs)]
 
 pub use bigmachine_core::{
-    Archived, Builder, ByteSink, ByteStream, Call, Context, Decode, Encode, Error, KeepaliveConfig,
-    Kind, Launched, Machine, Params, Payload, Reply, Result, RetryPolicy, Service, ServiceValue,
-    Services, Severity, State, System, B,
+    Archived, Authority, Builder, ByteSink, ByteStream, Call, Context, Credentials, Decode,
+    DiskInfo, Encode, Error, FromPayload, Info, KeepaliveConfig, Kind, Launched, LoadInfo, Machine,
+    MemInfo, Params, Payload, Reply, Result, RetryPolicy, ServiceValue, Services, Severity, State,
+    System, TransportConfig, B, DEFAULT_MAX_PAYLOAD,
 };
 pub use bigmachine_macros::service;
 
 pub mod debug;
 pub mod driver;
 
-/// The engine's modules, for what the flat re-exports above leave out.
-pub use bigmachine_core as core;
-/// Machines as local processes.
-pub use bigmachine_local as local;
-/// The transport: endpoints, pools, the certificate authority.
-pub use bigmachine_quic as quic;
-/// The machine side.
-pub use bigmachine_supervisor as supervisor;
-/// In-process machines for tests.
-pub use bigmachine_testsystem as testsystem;
+/// Machines as processes of this binary on this host.
+pub mod local {
+    pub use bigmachine_local::{LocalSystem, LocalSystemBuilder};
+}
+
+/// In-process machines for tests: real QUIC on loopback, kills and injected reply faults.
+pub mod testsystem {
+    pub use bigmachine_core::{ReplyFault, ReplyFaults};
+    pub use bigmachine_testsystem::{TestSystem, TestSystemBuilder};
+}
+
+/// Digests of binaries: machines report the SHA-256 digest of the binary they run, and the
+/// driver ships its own (or [`Params::binary`](crate::Params::binary)) to machines that run
+/// another.
+pub mod binary {
+    pub use bigmachine_core::{current_digest, digest_bytes, digest_file};
+}
+
+/// Large payload buffers are reused rather than faulted in afresh; the engine counts the bytes
+/// it copies while receiving.
+pub mod buffers {
+    pub use bigmachine_core::{
+        bytes_copied, pool_limit, pooled_bytes, set_pool_limit, DEFAULT_POOL_LIMIT,
+    };
+}
 
 #[doc(hidden)]
 pub use bigmachine_core::__private;

@@ -5,8 +5,8 @@ mod common;
 use std::time::Duration;
 
 use bigmachine::testsystem::TestSystem;
-use bigmachine::{Kind, Result, Severity};
-use common::{echo_cluster, handler_dropped, init_tracing, EchoClient};
+use bigmachine::{service, ByteStream, Context, Kind, Result, Services, Severity, State, B};
+use common::{echo_cluster, handler_dropped, handler_started, init_tracing, EchoClient};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -89,15 +89,21 @@ async fn canceled_caller_gets_canceled_and_handler_is_dropped() -> Result<()> {
     let (b, machines) = echo_cluster(TestSystem::new(), 1).await?;
     let token = CancellationToken::new();
     let canceler = token.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = tokio::spawn(async move {
+        // Once the call runs on the machine (or after 5 s, failing the test below).
+        let started = handler_started(1002, Duration::from_secs(5)).await;
         canceler.cancel();
+        started
     });
     let result: Result<()> = machines[0]
         .call("Echo.hang", &1002u64)
         .cancel_on(&token)
         .await;
     assert_eq!(result.err().map(|e| e.kind()), Some(Kind::Canceled));
+    assert!(
+        started.await.unwrap_or(false),
+        "the call never reached its handler"
+    );
     assert!(handler_dropped(1002, Duration::from_secs(2)).await);
     b.shutdown().await;
     Ok(())
@@ -107,8 +113,11 @@ async fn canceled_caller_gets_canceled_and_handler_is_dropped() -> Result<()> {
 async fn dropping_the_call_future_drops_the_handler() -> Result<()> {
     let (b, machines) = echo_cluster(TestSystem::new(), 1).await?;
     let call = machines[0].call::<u64, ()>("Echo.hang", &1003u64);
-    let raced = tokio::time::timeout(Duration::from_millis(300), call).await;
-    assert!(raced.is_err(), "hang returned");
+    // Drop the call once it runs on the machine.
+    tokio::select! {
+        result = call => panic!("hang returned {result:?}"),
+        started = handler_started(1003, Duration::from_secs(5)) => assert!(started),
+    }
     assert!(handler_dropped(1003, Duration::from_secs(2)).await);
     b.shutdown().await;
     Ok(())
@@ -207,7 +216,8 @@ async fn ten_thousand_concurrent_calls_all_complete() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn argument_over_the_limit_is_refused_clearly() -> Result<()> {
-    let (b, machines) = echo_cluster(TestSystem::new().with_max_payload(64 << 10), 1).await?;
+    let (b, machines) =
+        echo_cluster(TestSystem::builder().max_payload(64 << 10).build(), 1).await?;
     let small: u64 = machines[0].call("Echo.len", &vec![1u8; 1000]).await?;
     assert_eq!(small, 1000);
     let err = machines[0]
@@ -275,6 +285,57 @@ async fn reply_over_the_callers_limit_is_refused_clearly() -> Result<()> {
     assert!(err.to_string().contains("exceeds the limit"), "{err}");
     let after: String = m.call("Echo.echo", &"y".to_string()).await?;
     assert_eq!(after, "y", "the machine serves on");
+    b.shutdown().await;
+    Ok(())
+}
+
+/// A service interface declared as a trait.
+#[service]
+trait Greeter {
+    /// Greets `name`.
+    async fn greet(&self, ctx: &Context, name: String) -> Result<String>;
+
+    /// The length of the byte stream sent with the call.
+    async fn count(&self, ctx: &Context, arg: (), body: ByteStream) -> Result<u64>;
+}
+
+/// An implementation, registered so that the driver can install it on machines.
+#[derive(Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct English {
+    greeting: String,
+}
+
+#[service]
+impl Greeter for English {
+    async fn greet(&self, _ctx: &Context, name: String) -> Result<String> {
+        Ok(format!("{}, {name}", self.greeting))
+    }
+
+    async fn count(&self, _ctx: &Context, _arg: (), body: ByteStream) -> Result<u64> {
+        Ok(body.read_to_end(1 << 20).await?.len() as u64)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trait_services_are_installed_and_called_through_their_client() -> Result<()> {
+    let b = B::new(TestSystem::new())?;
+    let english = English {
+        greeting: "Hello".into(),
+    };
+    let machines = b.start(1, Services::new().with("Greeter", english)).await?;
+    assert_eq!(machines[0].wait(State::Running).await, State::Running);
+    let greeter = GreeterClient::new(&machines[0], "Greeter");
+    assert_eq!(greeter.greet(&"Ada".into()).await?, "Hello, Ada");
+    let counted = greeter
+        .count(&())
+        .body(|| ByteStream::from(vec![7u8; 1000]))
+        .await?;
+    assert_eq!(counted, 1000);
+    // By name, as any service.
+    let by_name: String = machines[0]
+        .call("Greeter.greet", &"Bob".to_string())
+        .await?;
+    assert_eq!(by_name, "Hello, Bob");
     b.shutdown().await;
     Ok(())
 }

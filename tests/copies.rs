@@ -1,8 +1,8 @@
-//! The engine's copy account (see `bigmachine::core::codec`): one copy per received archive
+//! The engine's copy account (see `bigmachine::buffers::bytes_copied`): one copy per received archive
 //! byte, none per stream byte. One test function, so nothing else in this process copies
 //! meanwhile.
 
-use bigmachine::core::codec::bytes_copied;
+use bigmachine::buffers::bytes_copied;
 use bigmachine::testsystem::TestSystem;
 use bigmachine::{service, Archived, ByteStream, Context, Result, Services, State, B};
 

@@ -5,13 +5,12 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bigmachine::core::fault::ReplyFaults;
-use bigmachine::testsystem::TestSystem;
+use bigmachine::testsystem::{ReplyFaults, TestSystem};
 use bigmachine::{
     service, Context, Error, KeepaliveConfig, Kind, Payload, Result, ServiceValue, Services,
     Severity, State, B,
 };
-use common::{echo_cluster, eventually, Echo};
+use common::{echo_cluster, eventually, handler_started, Echo};
 use tokio::time::Instant;
 
 /// A service whose `init` fails.
@@ -93,11 +92,11 @@ impl ServiceValue for Unregistered {
 }
 
 fn fast_keepalive() -> KeepaliveConfig {
-    KeepaliveConfig {
-        period: Duration::from_millis(100),
-        timeout: Duration::from_millis(1500),
-        rpc_timeout: Duration::from_millis(500),
-    }
+    let mut k = KeepaliveConfig::default();
+    k.period = Duration::from_millis(100);
+    k.timeout = Duration::from_millis(1500);
+    k.rpc_timeout = Duration::from_millis(500);
+    k
 }
 
 async fn boot_outcome(b: &B, services: Services) -> Result<bigmachine::Machine> {
@@ -135,16 +134,15 @@ async fn unregistered_or_unserializable_services_fail_start_fast() -> Result<()>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn machine_refuses_an_unregistered_type_sent_over_the_wire() -> Result<()> {
-    use bigmachine::core::service::ServiceSpec;
-    use bigmachine::core::supervisor_api::{REGISTER, SUPERVISOR};
+    use bigmachine_core::__internal::{ServiceSpec, SupervisorClient, SUPERVISOR};
     let (b, machines) = echo_cluster(TestSystem::new(), 1).await?;
     let spec = ServiceSpec {
         name: "Ghost".into(),
         type_name: "nowhere::Ghost".into(),
         value: vec![],
     };
-    let err = machines[0]
-        .call::<ServiceSpec, ()>(&format!("{SUPERVISOR}.{REGISTER}"), &spec)
+    let err = SupervisorClient::new(&machines[0], SUPERVISOR)
+        .register(&spec)
         .await
         .err()
         .ok_or_else(|| Error::other("registered a ghost"))?;
@@ -202,7 +200,8 @@ async fn killed_machine_is_stopped_and_fails_calls() -> Result<()> {
     // A call in flight when the machine dies fails at once.
     let pending = victim.call::<u64, ()>("Echo.hang", &2001u64);
     let killer = async {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Once the call runs on the machine.
+        assert!(handler_started(2001, Duration::from_secs(3)).await);
         assert!(system.kill(victim));
     };
     let (pending, ()) = tokio::time::timeout(Duration::from_secs(3), async {
@@ -238,7 +237,8 @@ async fn killed_machine_is_stopped_and_fails_calls() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_call_succeeds_through_injected_faults() -> Result<()> {
     let faults = Arc::new(ReplyFaults::new(0.3, 0.3, 7));
-    let (b, machines) = echo_cluster(TestSystem::new().with_faults(faults.clone()), 1).await?;
+    let (b, machines) =
+        echo_cluster(TestSystem::builder().faults(faults.clone()).build(), 1).await?;
     let m = &machines[0];
     // Plain calls see the faults as temporary network errors.
     let mut failures = 0;
@@ -276,10 +276,15 @@ async fn retry_call_succeeds_through_injected_faults() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn machine_exits_when_keepalives_stop() -> Result<()> {
-    let system = TestSystem::new().with_keepalive(fast_keepalive());
+    let system = TestSystem::builder().keepalive(fast_keepalive()).build();
     let (b, machines) = echo_cluster(system.clone(), 1).await?;
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert!(!machines[0].keepalive_reply_times().is_empty());
+    assert!(
+        eventually(Duration::from_secs(2), || !machines[0]
+            .keepalive_reply_times()
+            .is_empty())
+        .await,
+        "no keepalive answered"
+    );
     assert!(machines[0].maxprocs() > 0);
     assert_eq!(system.live(), 1);
     // The driver stops keeping it alive (as if the driver died).
@@ -295,7 +300,7 @@ async fn machine_exits_when_keepalives_stop() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dialed_machine_stops_when_it_stops_answering() -> Result<()> {
-    let system = TestSystem::new().with_keepalive(fast_keepalive());
+    let system = TestSystem::builder().keepalive(fast_keepalive()).build();
     let (b, machines) = echo_cluster(system.clone(), 1).await?;
     // The driver dials its own machine by address: a second, unowned handle with its own pool.
     let dialer = b.clone();

@@ -6,13 +6,13 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bigmachine::core::codec::{self, type_tag};
-use bigmachine::core::server::ServerConfig;
-use bigmachine::core::wire::{self, RequestHeader, Status};
-use bigmachine::quic::{Authority, Credentials, Endpoint, TransportConfig};
-use bigmachine::supervisor::MachineOptions;
 use bigmachine::testsystem::TestSystem;
-use bigmachine::{Error, Kind, Result, State};
+use bigmachine::{Authority, Credentials, Error, Kind, Result, State, TransportConfig};
+use bigmachine_core::__internal::io::read_reply;
+use bigmachine_core::__internal::wire::{self, RequestHeader, Status};
+use bigmachine_core::__internal::{decode, encode, type_tag};
+use bigmachine_quic::Endpoint;
+use bigmachine_supervisor::MachineOptions;
 use common::echo_cluster;
 
 fn loopback() -> SocketAddr {
@@ -34,7 +34,7 @@ async fn raw_exchange(
     let (mut send, mut recv) = conn.open_bi().await?;
     send.write_all(frame).await?;
     send.finish()?;
-    wire::read_reply(&mut recv, 1 << 20).await
+    read_reply(&mut recv, 1 << 20).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -72,16 +72,10 @@ async fn server_with_a_certificate_of_another_ca_is_refused() -> Result<()> {
     let cluster_ca = b.authority().ok_or_else(|| Error::other("no authority"))?;
     // An impostor machine that would accept the driver, but whose certificate is not the
     // cluster's.
-    let impostor = bigmachine::supervisor::start(MachineOptions {
-        creds: forged(&Authority::new()?, cluster_ca)?,
-        bind: loopback(),
-        transport: TransportConfig::default(),
-        server: ServerConfig::default(),
-        system: Arc::new(system),
-        maxprocs: 1,
-        first_keepalive: Duration::from_secs(30),
-        exec: false,
-    })?;
+    let mut options =
+        MachineOptions::new(forged(&Authority::new()?, cluster_ca)?, Arc::new(system));
+    options.first_keepalive = Duration::from_secs(30);
+    let impostor = bigmachine_supervisor::start(options)?;
     let m = b.dial(impostor.addr());
     let state = tokio::time::timeout(Duration::from_secs(5), m.wait(State::Running))
         .await
@@ -97,13 +91,12 @@ async fn server_with_a_certificate_of_another_ca_is_refused() -> Result<()> {
 
 fn ping_frame() -> Vec<u8> {
     let method = b"Supervisor.ping";
-    let arg = codec::encode(&1u64).unwrap_or_default();
+    let arg = encode(&1u64).unwrap_or_default();
     frame(method, &arg, type_tag::<u64>(), type_tag::<u64>())
 }
 
 fn frame(method: &[u8], payload: &[u8], arg_type: u64, reply_type: u64) -> Vec<u8> {
-    let mut out = Vec::new();
-    RequestHeader {
+    let mut out = RequestHeader {
         flags: 0,
         method_len: method.len() as u16,
         timeout_us: 0,
@@ -111,7 +104,8 @@ fn frame(method: &[u8], payload: &[u8], arg_type: u64, reply_type: u64) -> Vec<u
         reply_type,
         payload_len: payload.len() as u64,
     }
-    .encode_into(&mut out);
+    .encode()
+    .to_vec();
     out.extend_from_slice(method);
     out.extend_from_slice(payload);
     out
@@ -131,7 +125,7 @@ async fn garbage_on_a_call_stream_gets_an_error_reply() -> Result<()> {
     // A well-formed ping first: the raw path works.
     let (status, reply) = raw_exchange(&conn, &ping_frame()).await?;
     assert_eq!(status, Status::Ok);
-    assert_eq!(codec::decode::<u64>(&reply)?, 1);
+    assert_eq!(decode::<u64>(&reply)?, 1);
 
     let mut rng = fastrand::Rng::with_seed(42);
     let random: Vec<Vec<u8>> = (0..20)

@@ -6,8 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bigmachine::core::fault::ReplyFaults;
-use bigmachine::testsystem::TestSystem;
+use bigmachine::testsystem::{ReplyFaults, TestSystem};
 use bigmachine::{service, ByteStream, Context, Error, Kind, Result, Services, State, B};
 use bytes::Bytes;
 use common::eventually;
@@ -242,7 +241,7 @@ async fn dropping_the_reader_stops_the_producer() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retried_calls_resend_their_stream_from_the_start() -> Result<()> {
     let faults = Arc::new(ReplyFaults::new(0.5, 0.0, 11));
-    let (b, m) = cluster(TestSystem::new().with_faults(faults.clone())).await?;
+    let (b, m) = cluster(TestSystem::builder().faults(faults.clone()).build()).await?;
     let made = Arc::new(std::sync::atomic::AtomicU64::new(0));
     for _ in 0..10 {
         let made = made.clone();

@@ -1,97 +1,19 @@
-//! [`B`]: a bigmachine instance. In the driver it owns the cluster's authority and starts
-//! machines; in a machine it is the handle services use to reach other machines.
+//! [`B`]: a bigmachine instance. In the driver it owns the cluster's authority and its machines;
+//! in a machine it is the handle services use to reach other machines. Starting and dialing
+//! machines is in [`crate::start`].
 
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use bigmachine_quic::{Authority, Endpoint, TransportConfig};
+use bigmachine_quic::{Authority, Endpoint, Pool, TransportConfig};
 
-use crate::binary;
-use crate::error::{Error, Kind, Result};
-use crate::machine::{Machine, State};
-use crate::service::{ServiceSpec, Services};
+use crate::error::Result;
+use crate::link::{lock, State};
+use crate::machine::Machine;
 use crate::system::System;
-
-/// What new machines are given: services to install, and optionally environment variables,
-/// arguments and a binary other than the driver's own.
-///
-/// Machines normally run the driver's binary with the driver's arguments, so user code and flags
-/// reach them unchanged. Environment variables, other arguments or another binary make the
-/// machine re-execute itself before its services are installed (systems that run machines
-/// in-process, like the test system, cannot do that and fail such machines with
-/// [`Kind::NotSupported`]).
-#[derive(Debug, Default, Clone)]
-pub struct Params {
-    services: Services,
-    environ: Vec<String>,
-    args: Option<Vec<String>>,
-    binary: Option<PathBuf>,
-}
-
-impl Params {
-    /// No services, no overrides.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// The services to install.
-    pub fn services(mut self, services: Services) -> Self {
-        self.services = services;
-        self
-    }
-
-    /// Adds `KEY=VALUE` environment variables to the machines' environment.
-    pub fn environ<I, S>(mut self, vars: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        self.environ.extend(vars.into_iter().map(Into::into));
-        self
-    }
-
-    /// Runs the machines with these arguments (after the program name) instead of the driver's.
-    pub fn args<I, S>(mut self, args: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        self.args = Some(args.into_iter().map(Into::into).collect());
-        self
-    }
-
-    /// Runs the machines on the binary at `path` instead of the driver's (it must be built for
-    /// the machines' platform and call `driver::start()` like the driver does).
-    pub fn binary(mut self, path: impl Into<PathBuf>) -> Self {
-        self.binary = Some(path.into());
-        self
-    }
-}
-
-impl From<Services> for Params {
-    fn from(services: Services) -> Self {
-        Self::new().services(services)
-    }
-}
-
-/// Everything a booting machine needs from [`B::start`], computed once for all its machines.
-#[derive(Debug)]
-pub(crate) struct BootPlan {
-    pub(crate) services: Vec<ServiceSpec>,
-    pub(crate) environ: Vec<String>,
-    pub(crate) args: Option<Vec<String>>,
-    /// The binary machines must run, and its digest.
-    pub(crate) binary: PathBuf,
-    pub(crate) digest: String,
-    /// Whether the machine must exec even if it already runs `digest`.
-    pub(crate) exec: bool,
-    /// The driver, to find peers to fetch the binary from and to count uploads.
-    pub(crate) b: B,
-}
 
 struct Inner {
     system: Arc<dyn System>,
@@ -120,7 +42,7 @@ impl fmt::Debug for B {
     }
 }
 
-/// Builds a [`B`].
+/// Builds a [`B`]: [`B::builder`], then the settings, then [`Builder::driver`].
 #[derive(Debug)]
 pub struct Builder {
     system: Arc<dyn System>,
@@ -130,19 +52,20 @@ pub struct Builder {
 }
 
 impl Builder {
-    /// The address the driver's endpoint binds (default `127.0.0.1:0`).
+    /// The address the driver's endpoint binds. Default: `127.0.0.1:0` (any free port on
+    /// loopback).
     pub fn bind(mut self, addr: SocketAddr) -> Self {
         self.bind = addr;
         self
     }
 
-    /// Transport tuning (pool size, windows, timeouts).
+    /// Transport tuning (pool size, windows, timeouts). Default: [`TransportConfig::default`].
     pub fn transport(mut self, config: TransportConfig) -> Self {
         self.transport = config;
         self
     }
 
-    /// The largest reply accepted, in bytes (default [`crate::DEFAULT_MAX_PAYLOAD`]).
+    /// The largest reply accepted, in bytes. Default: [`crate::DEFAULT_MAX_PAYLOAD`] (1 GiB).
     pub fn max_payload(mut self, bytes: u64) -> Self {
         self.max_payload = bytes;
         self
@@ -161,12 +84,12 @@ impl Builder {
             self.max_payload,
         ))
     }
+}
 
-    /// Builds the handle of a machine whose endpoint (bound with the credentials the driver
-    /// issued to it) is `endpoint`.
-    pub fn machine(self, endpoint: Endpoint) -> B {
-        B::with(self.system, endpoint, None, self.max_payload)
-    }
+/// The handle of a machine of `system` whose endpoint (bound with the credentials the driver
+/// issued to it) is `endpoint`: what the machine's services use to reach their peers.
+pub fn machine_b(system: Arc<dyn System>, endpoint: Endpoint, max_payload: u64) -> B {
+    B::with(system, endpoint, None, max_payload)
 }
 
 impl B {
@@ -224,9 +147,9 @@ impl B {
         self.inner.authority.as_ref()
     }
 
-    /// This instance's endpoint.
-    pub fn endpoint(&self) -> &Endpoint {
-        &self.inner.endpoint
+    /// The address of this instance's endpoint.
+    pub fn addr(&self) -> Result<SocketAddr> {
+        Ok(self.inner.endpoint.local_addr()?)
     }
 
     /// The largest payload accepted, in bytes.
@@ -234,94 +157,25 @@ impl B {
         self.inner.max_payload
     }
 
-    /// Starts `n` machines with `params` (at least one service). Returns them as soon as they are
-    /// launched, usually Starting; [`Machine::wait`] for [`State::Running`]. They boot in the
-    /// background and are kept alive until [`B::shutdown`] or until this process exits.
-    ///
-    /// Fails at once, with a [`crate::Severity::Fatal`] error, if a service value did not
-    /// serialize or its type is not registered.
-    pub async fn start(&self, n: usize, params: impl Into<Params>) -> Result<Vec<Machine>> {
-        let params = params.into();
-        let services = params.services.check()?;
-        if services.is_empty() {
-            return Err(Error::fatal(
-                Kind::Invalid,
-                "machines need at least one service",
-            ));
-        }
-        if !self.is_driver() {
-            return Err(Error::fatal(
-                Kind::NotSupported,
-                "only the driver starts machines",
-            ));
-        }
-        let plan = Arc::new(self.plan(&params, services).await?);
-        let keepalive = self.inner.system.keepalive();
-        let launched = self.inner.system.start(self, n).await?;
-        let mut machines = Vec::with_capacity(launched.len());
-        for l in launched {
-            let m = Machine::new(
-                l.addr,
-                true,
-                l.maxprocs,
-                self.inner.endpoint.pool(l.addr),
-                self.inner.max_payload,
-            );
-            tokio::spawn(m.clone().run_owned(plan.clone(), keepalive, l.exited));
-            machines.push(m);
-        }
-        lock(&self.inner.machines).extend(machines.iter().cloned());
-        Ok(machines)
-    }
-
-    async fn plan(&self, params: &Params, services: &[ServiceSpec]) -> Result<BootPlan> {
-        let (binary, digest) = match &params.binary {
-            Some(path) => {
-                let path = path.clone();
-                let hashed = path.clone();
-                let digest = tokio::task::spawn_blocking(move || binary::digest_file(&hashed))
-                    .await
-                    .map_err(|e| Error::new(Kind::Other, format!("digest task: {e}")))??;
-                (path, digest)
-            }
-            None => {
-                let exe = std::env::current_exe()
-                    .map_err(|e| Error::new(Kind::Other, format!("current executable: {e}")))?;
-                let digest = tokio::task::spawn_blocking(binary::current_digest)
-                    .await
-                    .map_err(|e| Error::new(Kind::Other, format!("digest task: {e}")))??;
-                (exe, digest.to_string())
-            }
-        };
-        Ok(BootPlan {
-            services: services.to_vec(),
-            environ: params.environ.clone(),
-            args: params.args.clone(),
-            binary,
-            digest,
-            exec: !params.environ.is_empty() || params.args.is_some(),
-            b: self.clone(),
-        })
-    }
-
-    /// A machine reached by address: one that another driver or machine started. Not owned: it
-    /// is watched with pings, not kept alive. Dialing the same address again returns the same
-    /// machine (and connection pool) while it is not Stopped.
-    pub fn dial(&self, addr: SocketAddr) -> Machine {
-        let mut dialed = lock(&self.inner.dialed);
-        if let Some(m) = dialed.get(&addr).filter(|m| m.state() != State::Stopped) {
-            return m.clone();
-        }
-        let m = Machine::new(
+    /// A handle on the machine at `addr`, with a connection pool of this instance's endpoint.
+    pub(crate) fn new_machine(&self, addr: SocketAddr, owned: bool, maxprocs: usize) -> Machine {
+        Machine::new(
             addr,
-            false,
-            0,
-            self.inner.endpoint.pool(addr),
+            owned,
+            maxprocs,
+            Pool::new(self.inner.endpoint.clone(), addr),
             self.inner.max_payload,
-        );
-        tokio::spawn(m.clone().run_dialed(self.inner.system.keepalive()));
-        dialed.insert(addr, m.clone());
-        m
+        )
+    }
+
+    /// Adds machines this driver started.
+    pub(crate) fn add_machines(&self, machines: &[Machine]) {
+        lock(&self.inner.machines).extend(machines.iter().cloned());
+    }
+
+    /// The machines dialed by address, by address.
+    pub(crate) fn dialed(&self) -> MutexGuard<'_, HashMap<SocketAddr, Machine>> {
+        lock(&self.inner.dialed)
     }
 
     /// Bytes of binaries this driver has uploaded to machines (machines that had the binary in
@@ -356,14 +210,10 @@ impl B {
     pub async fn shutdown(&self) {
         let machines = self.machines();
         futures::future::join_all(machines.iter().map(|m| m.shutdown())).await;
-        for m in lock(&self.inner.dialed).values() {
+        for m in self.dialed().values() {
             m.cancel();
         }
         self.inner.system.shutdown().await;
         self.inner.endpoint.close("driver shut down");
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }

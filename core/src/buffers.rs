@@ -16,11 +16,16 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Mutex;
 
 use rkyv::ser::{Positional, Writer};
+use rkyv::util::AlignedVec;
 
-use crate::codec::Payload;
+/// The alignment of payload buffers (rkyv reads archives in place only from aligned memory).
+pub(crate) const PAYLOAD_ALIGN: usize = 16;
+
+/// An aligned buffer holding one archive.
+pub type Payload = AlignedVec<PAYLOAD_ALIGN>;
 
 /// Buffers smaller than this are left to the allocator.
-pub const MIN_POOLED: usize = 1 << 20;
+pub(crate) const MIN_POOLED: usize = 1 << 20;
 
 /// The room a writer starts with: most call arguments and replies fit.
 const SMALL: usize = 256;
@@ -58,7 +63,7 @@ pub fn set_pool_limit(bytes: usize) {
     evict(&mut p, bytes);
 }
 
-/// Bytes of free buffers held now.
+/// Bytes of free payload buffers this process holds for reuse now.
 pub fn pooled_bytes() -> usize {
     pool().bytes
 }
@@ -122,7 +127,7 @@ impl Drop for Pooled {
 }
 
 /// The writer archives are encoded into: a plain buffer for small archives that moves into a
-/// pooled one (when one is free) as soon as the archive outgrows [`MIN_POOLED`].
+/// pooled one (when one is free) as soon as the archive outgrows 1 MiB.
 #[derive(Debug)]
 pub struct PayloadWriter {
     buf: Payload,

@@ -1,37 +1,48 @@
-//! Calls: the [`Call`] builder returned by [`Machine::call`], and the retry policy.
+//! Calls: the [`Call`] builder returned by [`crate::Machine::call`], the exchange of one request
+//! and its reply, and the retry policy.
 //!
 //! A call is one QUIC stream. Its future can be dropped at any time: the stream is stopped and the
 //! machine drops the method's future. A deadline ([`Call::timeout`], [`Call::deadline`], or the
 //! one inherited with [`Call::context`]) travels with the request and is enforced on both sides.
 
-use std::future::IntoFuture;
+use std::future::{Future, IntoFuture};
 use std::marker::PhantomData;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::future::BoxFuture;
+use quinn::RecvStream;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use quinn::RecvStream;
-
-use crate::codec::{type_tag, Encode, FromPayload, Payload};
+use crate::buffers::{Payload, Pooled};
+use crate::codec::{type_tag, Encode, FromPayload};
 use crate::context::Context;
 use crate::error::{Error, Kind, Result};
-use crate::machine::Machine;
+use crate::io;
+use crate::link::{Link, State};
 use crate::stream::{AbortOnDrop, ByteStream};
-use crate::wire::Status;
+use crate::wire::{self, MethodName, RequestHeader, Status, FLAG_STREAM_ARG};
 
-/// How [`Machine::retry_call`] retries calls that fail with a temporary error: exponential
-/// back-off, up to a number of tries (and never past the call's deadline).
+/// How [`crate::Machine::retry_call`] retries calls that fail with a temporary error:
+/// exponential back-off, up to a number of tries (and never past the call's deadline).
+///
+/// ```
+/// # use std::time::Duration;
+/// let mut policy = bigmachine_core::RetryPolicy::default();
+/// policy.max_tries = 3;
+/// policy.initial = Duration::from_millis(50);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct RetryPolicy {
-    /// Tries in all, the first included.
+    /// Tries in all, the first included. Default: 10.
     pub max_tries: u32,
-    /// Wait before the second try.
+    /// Wait before the second try. Default: 10 ms.
     pub initial: Duration,
-    /// Longest wait between tries.
+    /// Longest wait between tries. Default: 2 s.
     pub max: Duration,
-    /// Growth of the wait after each try.
+    /// Growth of the wait after each try (below 1, or not finite, counts as 1). Default: 2.
     pub factor: f64,
 }
 
@@ -47,6 +58,7 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// The wait after try number `try_number` (1 for the first) failed.
     fn wait(&self, try_number: u32) -> Duration {
         let factor = if self.factor.is_finite() {
             self.factor.max(1.0)
@@ -67,7 +79,7 @@ impl RetryPolicy {
 /// ```
 #[must_use = "a call does nothing until awaited"]
 pub struct Call<'a, A, R> {
-    machine: &'a Machine,
+    link: &'a Link,
     service: &'a str,
     method: &'a str,
     arg: &'a A,
@@ -85,7 +97,7 @@ type Body<'a> = Box<dyn Fn() -> ByteStream + Send + Sync + 'a>;
 impl<A, R> std::fmt::Debug for Call<'_, A, R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Call")
-            .field("machine", &self.machine.addr())
+            .field("machine", &self.link.addr())
             .field("service", &self.service)
             .field("method", &self.method)
             .field("deadline", &self.deadline)
@@ -98,10 +110,10 @@ impl<A, R> std::fmt::Debug for Call<'_, A, R> {
 /// The reply of a call, before it becomes the caller's type.
 #[derive(Debug)]
 pub struct Response {
-    pub(crate) status: Status,
-    pub(crate) payload: Payload,
-    pub(crate) recv: RecvStream,
-    pub(crate) writer: Option<AbortOnDrop>,
+    status: Status,
+    payload: Payload,
+    recv: RecvStream,
+    writer: Option<AbortOnDrop>,
 }
 
 /// What a call can return: any [`Decode`](crate::Decode) type or an
@@ -139,7 +151,7 @@ impl Reply for ByteStream {
 
     fn from_response(response: Response) -> Result<Self> {
         match response.status {
-            Status::Stream => Ok(Self::from_frames(response.recv).with_writer(response.writer)),
+            Status::Stream => Ok(io::reply_stream(response.recv).with_writer(response.writer)),
             _ => Err(Error::fatal(
                 Kind::Invalid,
                 "the method replied with an archive, not a byte stream",
@@ -149,9 +161,9 @@ impl Reply for ByteStream {
 }
 
 impl<'a, A, R> Call<'a, A, R> {
-    pub(crate) fn new(machine: &'a Machine, service: &'a str, method: &'a str, arg: &'a A) -> Self {
+    pub(crate) fn new(link: &'a Link, service: &'a str, method: &'a str, arg: &'a A) -> Self {
         Self {
-            machine,
+            link,
             service,
             method,
             arg,
@@ -213,6 +225,10 @@ impl<'a, A, R> Call<'a, A, R> {
         self.internal = true;
         self
     }
+
+    fn describe(&self) -> String {
+        format!("{}.{} on {}", self.service, self.method, self.link.addr())
+    }
 }
 
 impl<'a, A, R> Call<'a, A, R>
@@ -221,75 +237,41 @@ where
     R: Reply + 'a,
 {
     async fn run(self) -> Result<R> {
-        let attempts = async {
-            if self.method.is_empty() {
-                return Err(Error::fatal(
-                    Kind::Invalid,
-                    format!(
-                        "method {:?} is not of the form Service.method",
-                        self.service
-                    ),
-                ));
-            }
-            // Shared, not copied, by every try (and handed to quinn without a copy).
-            let arg = bytes::Bytes::from_owner(crate::buffers::Pooled(self.arg.encode()?));
-            let (arg_type, reply_type) = (type_tag::<A>(), R::tag());
-            let mut tries = 0;
-            loop {
-                tries += 1;
-                let result = self
-                    .machine
-                    .invoke(
-                        self.service,
-                        self.method,
-                        &arg,
-                        (arg_type, reply_type),
-                        self.deadline,
-                        self.internal,
-                        self.body.as_ref().map(|make| make()),
-                    )
-                    .await;
-                match (result, self.retry) {
-                    (Ok(reply), _) => return R::from_response(reply),
-                    (Err(e), Some(policy)) if e.is_temporary() && tries < policy.max_tries => {
-                        tracing::debug!(
-                            machine = %self.machine.addr(), service = self.service,
-                            method = self.method, tries, error = %e, "retrying call"
-                        );
-                        tokio::time::sleep(policy.wait(tries)).await;
-                    }
-                    (Err(e), _) => return Err(e),
-                }
-            }
-        };
-        let bounded = async {
-            match self.deadline {
-                None => attempts.await,
-                Some(deadline) => tokio::time::timeout_at(deadline, attempts)
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(Error::deadline_exceeded(
-                            &format!(
-                                "{}.{} on {}",
-                                self.service,
-                                self.method,
-                                self.machine.addr()
-                            ),
-                            None,
-                        ))
-                    }),
-            }
-        };
-        match &self.cancel {
-            None => bounded.await,
-            Some(token) => tokio::select! {
-                biased;
-                _ = token.cancelled() => Err(Error::canceled(format!(
-                    "{}.{} on {}", self.service, self.method, self.machine.addr()
-                ))),
-                result = bounded => result,
+        MethodName::check(self.service, self.method)?;
+        // Shared, not copied, by every try (and handed to quinn without a copy).
+        let arg = Bytes::from_owner(Pooled(self.arg.encode()?));
+        let header = RequestHeader {
+            flags: if self.body.is_some() {
+                FLAG_STREAM_ARG
+            } else {
+                0
             },
-        }
+            arg_type: type_tag::<A>(),
+            reply_type: R::tag(),
+            payload_len: arg.len() as u64,
+            ..RequestHeader::default()
+        };
+        let what = || self.describe();
+        let try_once = || {
+            let body = self.body.as_ref().map(|make| make());
+            let request = Request {
+                link: self.link,
+                name: (self.service, self.method),
+                header,
+                arg: &arg,
+                deadline: self.deadline,
+            };
+            async move { attempt(request, self.internal, body).await }
+        };
+        let response = drive(
+            &what,
+            self.deadline,
+            self.cancel.as_ref(),
+            self.retry,
+            try_once,
+        )
+        .await?;
+        R::from_response(response)
     }
 }
 
@@ -306,9 +288,129 @@ where
     }
 }
 
+/// Runs `attempt` until it succeeds or fails for good: with a `retry` policy, temporary
+/// failures are tried again after the policy's wait. The whole ends at `deadline` with
+/// [`Kind::DeadlineExceeded`], or when `cancel` is canceled with [`Kind::Canceled`].
+async fn drive<T, F, Fut>(
+    what: &(dyn Fn() -> String + Sync),
+    deadline: Option<Instant>,
+    cancel: Option<&CancellationToken>,
+    retry: Option<RetryPolicy>,
+    mut attempt: F,
+) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let attempts = async {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match (attempt().await, retry) {
+                (Ok(reply), _) => return Ok(reply),
+                (Err(e), Some(policy)) if e.is_temporary() && tries < policy.max_tries => {
+                    tracing::debug!(call = %what(), tries, error = %e, "retrying call");
+                    tokio::time::sleep(policy.wait(tries)).await;
+                }
+                (Err(e), _) => return Err(e),
+            }
+        }
+    };
+    let bounded = async {
+        match deadline {
+            None => attempts.await,
+            Some(deadline) => tokio::time::timeout_at(deadline, attempts)
+                .await
+                .unwrap_or_else(|_| Err(Error::deadline_exceeded(&what(), None))),
+        }
+    };
+    match cancel {
+        None => bounded.await,
+        Some(token) => tokio::select! {
+            biased;
+            _ = token.cancelled() => Err(Error::canceled(what())),
+            result = bounded => result,
+        },
+    }
+}
+
+/// One try of a call, as it goes on the wire.
+struct Request<'a> {
+    link: &'a Link,
+    name: (&'a str, &'a str),
+    header: RequestHeader,
+    arg: &'a Bytes,
+    deadline: Option<Instant>,
+}
+
+/// One try: waits for the machine to be Running (unless `internal`), then exchanges request and
+/// reply, failing at once if the machine stops meanwhile.
+async fn attempt(
+    request: Request<'_>,
+    internal: bool,
+    body: Option<ByteStream>,
+) -> Result<Response> {
+    let link = request.link;
+    if !internal && link.wait(State::Running).await == State::Stopped {
+        return Err(link.unavailable());
+    }
+    tokio::select! {
+        biased;
+        _ = link.stopped() => Err(link.unavailable()),
+        reply = exchange(request, body) => reply,
+    }
+}
+
+/// Sends the request on a new stream of the machine's pool and reads the reply's head.
+async fn exchange(request: Request<'_>, body: Option<ByteStream>) -> Result<Response> {
+    let Request {
+        link,
+        name,
+        mut header,
+        arg,
+        deadline,
+    } = request;
+    header.timeout_us = deadline.map_or(0, |d| {
+        (d.saturating_duration_since(Instant::now()).as_micros() as u64).max(1)
+    });
+    let mut head = Vec::with_capacity(io::head_capacity(
+        name.0.len() + 1 + name.1.len(),
+        arg.len(),
+    ));
+    header.encode_head(name.0, name.1, &mut head)?;
+    let conn = link.pool().get().await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    io::write_request(&mut send, head, arg).await?;
+    let writer = match body {
+        Some(body) => Some(AbortOnDrop(tokio::spawn(io::write_argument_stream(
+            send, body,
+        )))),
+        None => {
+            send.finish()?;
+            None
+        }
+    };
+    let (status, payload) = io::read_reply(&mut recv, link.max_reply()).await?;
+    match status {
+        Status::Ok | Status::Stream => Ok(Response {
+            status,
+            payload,
+            recv,
+            writer,
+        }),
+        Status::MethodError => Err(Error::new(
+            Kind::Remote,
+            format!("{}.{} on {}", name.0, name.1, link.addr()),
+        )
+        .caused_by(wire::decode_error(&payload))),
+        Status::ServerError => Err(wire::decode_error(&payload)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
 
     #[test]
     fn backoff_grows_to_its_cap() {
@@ -332,5 +434,98 @@ mod tests {
             ..p
         };
         assert_eq!(huge.wait(64), Duration::from_secs(60));
+    }
+
+    fn name() -> String {
+        "Svc.m on test".to_string()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn temporary_failures_are_retried_with_backoff_until_success() {
+        let tries = AtomicU32::new(0);
+        let started = Instant::now();
+        let result = drive(&name, None, None, Some(RetryPolicy::default()), || async {
+            match tries.fetch_add(1, Ordering::Relaxed) {
+                0..=2 => Err(Error::temporary(Kind::Net, "lost")),
+                _ => Ok(7),
+            }
+        })
+        .await;
+        assert_eq!(result.ok(), Some(7));
+        assert_eq!(tries.load(Ordering::Relaxed), 4);
+        // Waits of 10, 20 and 40 ms (virtual time).
+        assert_eq!(started.elapsed(), Duration::from_millis(70));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fatal_errors_and_plain_calls_are_not_retried() {
+        for (retry, error) in [
+            (
+                Some(RetryPolicy::default()),
+                Error::fatal(Kind::Invalid, "bad"),
+            ),
+            (None, Error::temporary(Kind::Net, "lost")),
+        ] {
+            let tries = AtomicU32::new(0);
+            let result: Result<()> = drive(&name, None, None, retry, || {
+                tries.fetch_add(1, Ordering::Relaxed);
+                let e = error.clone();
+                async move { Err(e) }
+            })
+            .await;
+            assert!(result.is_err());
+            assert_eq!(tries.load(Ordering::Relaxed), 1);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_ends_a_hanging_call_at_that_instant() {
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(2);
+        let result: Result<()> = drive(&name, Some(deadline), None, None, || {
+            futures::future::pending()
+        })
+        .await;
+        assert_eq!(result.err().map(|e| e.kind()), Some(Kind::DeadlineExceeded));
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_deadline_cuts_retries_short() {
+        let tries = AtomicU32::new(0);
+        let started = Instant::now();
+        let deadline = started + Duration::from_millis(25);
+        let result: Result<()> = drive(
+            &name,
+            Some(deadline),
+            None,
+            Some(RetryPolicy::default()),
+            || {
+                tries.fetch_add(1, Ordering::Relaxed);
+                async { Err(Error::temporary(Kind::Net, "lost")) }
+            },
+        )
+        .await;
+        assert_eq!(result.err().map(|e| e.kind()), Some(Kind::DeadlineExceeded));
+        // Tries at 0 and 10 ms; the wait of 20 ms after the second passes the deadline.
+        assert_eq!(tries.load(Ordering::Relaxed), 2);
+        assert_eq!(started.elapsed(), Duration::from_millis(25));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancellation_ends_the_call_at_once() {
+        let token = CancellationToken::new();
+        let canceler = token.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            canceler.cancel();
+        });
+        let started = Instant::now();
+        let result: Result<()> = drive(&name, None, Some(&token), None, || {
+            futures::future::pending()
+        })
+        .await;
+        assert_eq!(result.err().map(|e| e.kind()), Some(Kind::Canceled));
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
     }
 }

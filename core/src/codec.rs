@@ -26,19 +26,12 @@ use rkyv::api::high::{HighDeserializer, HighSerializer, HighValidator};
 use rkyv::bytecheck::CheckBytes;
 use rkyv::rancor;
 use rkyv::ser::allocator::ArenaHandle;
-use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize, Portable, Serialize};
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::buffers::PayloadWriter;
+use crate::buffers::{Payload, PayloadWriter, PAYLOAD_ALIGN};
 use crate::error::{Error, Kind, Result};
-
-/// The alignment of payload buffers.
-pub const PAYLOAD_ALIGN: usize = 16;
-
-/// An aligned buffer holding one archive.
-pub type Payload = AlignedVec<PAYLOAD_ALIGN>;
 
 /// A value that can be sent: it serializes to an rkyv archive.
 pub trait Encode {
@@ -90,16 +83,6 @@ pub fn encode<T: Encode + ?Sized>(value: &T) -> Result<Payload> {
 /// Validates and deserializes the archive in `bytes`.
 pub fn decode<T: Decode>(bytes: &[u8]) -> Result<T> {
     T::decode(bytes)
-}
-
-/// Validates the archive in `bytes`, which must be aligned to [`PAYLOAD_ALIGN`] (as a [`Payload`]
-/// is), and returns a view of it without deserializing.
-pub fn access<T>(bytes: &[u8]) -> Result<&T::Archived>
-where
-    T: Archive,
-    T::Archived: Portable + for<'a> CheckBytes<HighValidator<'a, rancor::Error>>,
-{
-    access_aligned::<T>(bytes)
 }
 
 fn access_aligned<T>(bytes: &[u8]) -> Result<&T::Archived>
@@ -281,7 +264,7 @@ mod tests {
         };
         let bytes = encode(&p)?;
         assert_eq!(decode::<Point>(&bytes)?, p);
-        assert_eq!(access::<Point>(&bytes)?.label, "origin");
+        assert_eq!(access_aligned::<Point>(&bytes)?.label, "origin");
         Ok(())
     }
 

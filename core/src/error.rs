@@ -53,11 +53,13 @@ impl Kind {
         Self::Precondition,
     ];
 
-    fn code(self) -> u8 {
+    /// The kind's number on the wire.
+    pub(crate) fn code(self) -> u8 {
         self as u8
     }
 
-    fn from_code(code: u8) -> Self {
+    /// The kind of a number from the wire; unknown numbers are [`Kind::Other`].
+    pub(crate) fn from_code(code: u8) -> Self {
         Self::ALL
             .get(usize::from(code))
             .copied()
@@ -97,7 +99,13 @@ pub enum Severity {
 impl Severity {
     const ALL: [Self; 4] = [Self::Unknown, Self::Retriable, Self::Temporary, Self::Fatal];
 
-    fn from_code(code: u8) -> Self {
+    /// The severity's number on the wire.
+    pub(crate) fn code(self) -> u8 {
+        self as u8
+    }
+
+    /// The severity of a number from the wire; unknown numbers are [`Severity::Unknown`].
+    pub(crate) fn from_code(code: u8) -> Self {
         Self::ALL
             .get(usize::from(code))
             .copied()
@@ -221,35 +229,13 @@ impl Error {
         Self::fatal(Kind::Other, format!("{what} panicked: {message}"))
     }
 
-    pub(crate) fn to_wire(&self) -> WireError {
-        WireError {
-            frames: self
-                .chain()
-                .take(MAX_WIRE_DEPTH)
-                .map(|e| WireFrame {
-                    kind: e.kind.code(),
-                    severity: e.severity as u8,
-                    message: e.message.clone(),
-                })
-                .collect(),
-        }
-    }
-
-    pub(crate) fn from_wire(wire: &ArchivedWireError) -> Self {
-        let frames: Vec<_> = wire.frames.iter().take(MAX_WIRE_DEPTH).collect();
-        let mut error: Option<Self> = None;
-        for frame in frames.into_iter().rev() {
-            let mut e = Self::new(Kind::from_code(frame.kind), frame.message.as_str())
-                .with_severity(Severity::from_code(frame.severity));
-            e.cause = error.map(Box::new);
-            error = Some(e);
-        }
-        error.unwrap_or_else(|| Self::new(Kind::Other, "empty error from peer"))
+    /// Sets the cause exactly as given, keeping this error's severity (errors rebuilt from the
+    /// wire keep the severities they were sent with).
+    pub(crate) fn with_cause(mut self, cause: Self) -> Self {
+        self.cause = Some(Box::new(cause));
+        self
     }
 }
-
-/// The deepest cause chain sent over or accepted from the wire.
-const MAX_WIRE_DEPTH: usize = 32;
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -310,15 +296,6 @@ impl From<quinn::ConnectionError> for Error {
     }
 }
 
-impl From<quinn::ReadError> for Error {
-    fn from(e: quinn::ReadError) -> Self {
-        match e {
-            quinn::ReadError::ConnectionLost(c) => c.into(),
-            e => Self::temporary(Kind::Net, format!("stream read: {e}")),
-        }
-    }
-}
-
 impl From<quinn::WriteError> for Error {
     fn from(e: quinn::WriteError) -> Self {
         match e {
@@ -334,52 +311,17 @@ impl From<quinn::ClosedStream> for Error {
     }
 }
 
-/// An error as it travels: its chain flattened, outermost first.
-#[derive(Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-pub(crate) struct WireError {
-    frames: Vec<WireFrame>,
-}
-
-#[derive(Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-struct WireFrame {
-    kind: u8,
-    severity: u8,
-    message: String,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec;
 
     #[test]
-    fn chain_survives_the_wire() -> Result<()> {
-        let e =
-            Error::new(Kind::Remote, "from m1").caused_by(Error::fatal(Kind::Invalid, "bad input"));
-        let bytes = codec::encode(&e.to_wire())?;
-        let back = Error::from_wire(codec::access::<WireError>(&bytes)?);
-        assert_eq!(back, e);
-        assert!(back.is_fatal(), "severity is inherited from the cause");
-        assert_eq!(
-            back.to_string(),
-            "remote error: from m1: invalid: bad input"
-        );
-        Ok(())
-    }
-
-    #[test]
-    fn unknown_codes_from_a_peer_do_not_panic() -> Result<()> {
-        let wire = WireError {
-            frames: vec![WireFrame {
-                kind: 200,
-                severity: 99,
-                message: "x".into(),
-            }],
-        };
-        let bytes = codec::encode(&wire)?;
-        let back = Error::from_wire(codec::access::<WireError>(&bytes)?);
-        assert_eq!(back.kind(), Kind::Other);
-        assert_eq!(back.severity(), Severity::Unknown);
-        Ok(())
+    fn severity_is_inherited_from_an_unknown_cause_only() {
+        let e = Error::new(Kind::Remote, "from m1").caused_by(Error::fatal(Kind::Invalid, "bad"));
+        assert!(e.is_fatal());
+        assert_eq!(e.to_string(), "remote error: from m1: invalid: bad");
+        let kept = Error::temporary(Kind::Net, "x").caused_by(Error::fatal(Kind::Invalid, "y"));
+        assert!(kept.is_temporary());
+        assert!(kept.is(Kind::Invalid) && !kept.is(Kind::Oom));
     }
 }

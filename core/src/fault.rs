@@ -1,5 +1,5 @@
 //! Reply faults injected by a server, for tests of failure handling (the test system's
-//! `with_faults`). A dropped reply resets the call's stream; a truncated reply ends it halfway.
+//! `faults` setting). A dropped reply resets the call's stream; a truncated reply ends it halfway.
 //! Callers see both as [`crate::Kind::Net`] errors of [`crate::Severity::Temporary`] severity.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,7 +36,7 @@ impl ReplyFaults {
     }
 
     /// Draws the fate of the next reply.
-    pub fn draw(&self) -> Option<ReplyFault> {
+    pub(crate) fn draw(&self) -> Option<ReplyFault> {
         let x = self.rng.lock().unwrap_or_else(|e| e.into_inner()).f64();
         let fault = if x < self.drop {
             Some(ReplyFault::Drop)

@@ -1,20 +1,33 @@
-//! Keepalive settings and bookkeeping. The bookkeeping takes time as an input and does no I/O,
-//! so its rules are tested without waiting.
+//! Keeping machines alive: the settings, the bookkeeping (which takes time as an input and does
+//! no I/O, so its rules are tested without waiting), and the driver's keepalive loop.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::error::{Error, Kind, Result};
+use crate::machine::Machine;
+
 /// How the driver keeps a machine alive, and how soon it gives up on one.
+///
+/// ```
+/// # use std::time::Duration;
+/// let mut keepalive = bigmachine_core::KeepaliveConfig::default();
+/// keepalive.period = Duration::from_millis(200);
+/// keepalive.timeout = Duration::from_secs(2);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct KeepaliveConfig {
-    /// Time between keepalive calls.
+    /// Time between keepalive calls. Default: 10 s (each system sets its own).
     pub period: Duration,
     /// A machine that has not answered a keepalive for this long is Stopped; a machine that has
     /// not received one for this long exits (so it never outlives its driver by more).
+    /// Default: 60 s.
     pub timeout: Duration,
-    /// Time allowed to each keepalive call.
+    /// Time allowed to each keepalive call. Default: 10 s.
     pub rpc_timeout: Duration,
 }
 
@@ -29,19 +42,19 @@ impl Default for KeepaliveConfig {
 }
 
 /// How many keepalive reply latencies a machine keeps.
-pub const KEEPALIVE_REPLY_TIMES: usize = 10;
+pub(crate) const KEEPALIVE_REPLY_TIMES: usize = 10;
 
 /// Keepalive bookkeeping for one machine: when it last answered, and its recent reply times.
 #[derive(Debug, Clone)]
-pub struct KeepaliveTracker {
+struct Tracker {
     timeout: Duration,
     last_ok: Instant,
     replies: VecDeque<Duration>,
 }
 
-impl KeepaliveTracker {
+impl Tracker {
     /// A tracker whose machine is deemed alive at `now`.
-    pub fn new(timeout: Duration, now: Instant) -> Self {
+    fn new(timeout: Duration, now: Instant) -> Self {
         Self {
             timeout,
             last_ok: now,
@@ -50,7 +63,7 @@ impl KeepaliveTracker {
     }
 
     /// Records a reply to a keepalive sent at `sent` and received at `now`.
-    pub fn on_reply(&mut self, sent: Instant, now: Instant) {
+    fn on_reply(&mut self, sent: Instant, now: Instant) {
         self.last_ok = now;
         if self.replies.len() == KEEPALIVE_REPLY_TIMES {
             self.replies.pop_back();
@@ -60,26 +73,96 @@ impl KeepaliveTracker {
 
     /// After a failed keepalive at `now`: how long the machine has been silent, if that is at
     /// least the timeout (the machine is then lost).
-    pub fn expired(&self, now: Instant) -> Option<Duration> {
+    fn expired(&self, now: Instant) -> Option<Duration> {
         let silent = now.saturating_duration_since(self.last_ok);
         (silent >= self.timeout).then_some(silent)
     }
 
     /// Recent reply latencies, most recent first.
-    pub fn reply_times(&self) -> Vec<Duration> {
+    fn reply_times(&self) -> Vec<Duration> {
         self.replies.iter().copied().collect()
+    }
+}
+
+/// Keeps `machine` alive: keepalives (an owned machine) or pings (a dialed one) every period.
+/// Returns the error that ends the machine once it has been silent for the timeout.
+pub(crate) async fn keep_alive(machine: &Machine, cfg: KeepaliveConfig, owned: bool) -> Error {
+    let supervisor = machine.supervisor();
+    let next_ms = u64::try_from(cfg.timeout.as_millis()).unwrap_or(u64::MAX);
+    let send = || async {
+        if owned {
+            let call = supervisor.keepalive(&next_ms).internal();
+            call.timeout(cfg.rpc_timeout).await.map(drop)
+        } else {
+            let call = supervisor.ping(&0).internal();
+            call.timeout(cfg.rpc_timeout).await.map(drop)
+        }
+    };
+    run(
+        cfg,
+        &machine.addr().to_string(),
+        send,
+        |times, next| machine.kept_alive(times, next),
+        || machine.link().is_stopped(),
+    )
+    .await
+}
+
+/// The keepalive loop: `send` every period, `report` after each try (the reply times when it
+/// succeeded, and when the next is due), until the machine has not answered for the timeout or
+/// `stopped` says it was stopped meanwhile.
+async fn run<S, Fut>(
+    cfg: KeepaliveConfig,
+    name: &str,
+    mut send: S,
+    mut report: impl FnMut(Option<Vec<Duration>>, Instant),
+    stopped: impl Fn() -> bool,
+) -> Error
+where
+    S: FnMut() -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    let mut tracker = Tracker::new(cfg.timeout, Instant::now());
+    loop {
+        let sent = Instant::now();
+        let reply = send().await;
+        let now = Instant::now();
+        let next = sent + cfg.period;
+        match reply {
+            Ok(()) => {
+                tracker.on_reply(sent, now);
+                report(Some(tracker.reply_times()), next);
+            }
+            // Stopped meanwhile (shut down, or lost): its reason is recorded; nothing to report.
+            Err(e) if stopped() => return e,
+            Err(e) => match tracker.expired(now) {
+                Some(silent) => {
+                    return Error::new(
+                        Kind::Unavailable,
+                        format!("machine {name} failed keepalives for {silent:?}"),
+                    )
+                    .caused_by(e)
+                }
+                None => {
+                    tracing::warn!(machine = %name, error = %e, "keepalive failed");
+                    report(None, next);
+                }
+            },
+        }
+        tokio::time::sleep_until(next).await;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
 
     #[test]
     fn expires_only_after_the_timeout_of_silence() {
         let t0 = Instant::now();
         let s = Duration::from_secs(1);
-        let mut k = KeepaliveTracker::new(10 * s, t0);
+        let mut k = Tracker::new(10 * s, t0);
         assert_eq!(k.expired(t0 + 9 * s), None);
         k.on_reply(t0 + 8 * s, t0 + 9 * s);
         assert_eq!(k.expired(t0 + 18 * s), None, "a reply resets the clock");
@@ -89,7 +172,7 @@ mod tests {
     #[test]
     fn keeps_the_latest_reply_times_first() {
         let t0 = Instant::now();
-        let mut k = KeepaliveTracker::new(Duration::from_secs(1), t0);
+        let mut k = Tracker::new(Duration::from_secs(1), t0);
         for i in 0..(KEEPALIVE_REPLY_TIMES as u64 + 5) {
             k.on_reply(t0, t0 + Duration::from_millis(i));
         }
@@ -99,5 +182,88 @@ mod tests {
             times[0],
             Duration::from_millis(KEEPALIVE_REPLY_TIMES as u64 + 4)
         );
+    }
+
+    fn config() -> KeepaliveConfig {
+        KeepaliveConfig {
+            period: Duration::from_secs(1),
+            timeout: Duration::from_secs(5),
+            rpc_timeout: Duration::from_millis(500),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_machine_is_lost_after_the_timeout_not_before() {
+        // Answers the first three keepalives, then never again (each failure takes the rpc
+        // timeout).
+        let sent = AtomicU32::new(0);
+        let started = Instant::now();
+        let mut reports = 0;
+        let err = run(
+            config(),
+            "m",
+            || {
+                let n = sent.fetch_add(1, Ordering::Relaxed);
+                async move {
+                    if n < 3 {
+                        Ok(())
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        Err(Error::temporary(Kind::DeadlineExceeded, "no reply"))
+                    }
+                }
+            },
+            |_, _| reports += 1,
+            || false,
+        )
+        .await;
+        assert_eq!(err.kind(), Kind::Unavailable);
+        assert!(err.to_string().contains("failed keepalives"), "{err}");
+        // Last reply at t=2 s; failures end at 3.5, 4.5, ..., 7.5 s: the first at least 5 s
+        // after the last reply is the one that ends at 7.5 s.
+        assert_eq!(started.elapsed(), Duration::from_millis(7500));
+        assert_eq!(sent.load(Ordering::Relaxed), 8);
+        assert_eq!(reports, 7, "every try but the last is reported");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_machine_that_answers_is_kept_for_ever() {
+        let sent = AtomicU32::new(0);
+        let lost = run(
+            config(),
+            "m",
+            || {
+                sent.fetch_add(1, Ordering::Relaxed);
+                async { Ok(()) }
+            },
+            |_, _| {},
+            || false,
+        );
+        let outcome = tokio::time::timeout(Duration::from_secs(3600), lost).await;
+        assert!(
+            outcome.is_err(),
+            "a machine answering every keepalive was lost"
+        );
+        // One a second; the one due at the hour itself may or may not go before the timeout.
+        let sent = sent.load(Ordering::Relaxed);
+        assert!(
+            (3600..=3601).contains(&sent),
+            "{sent} keepalives in an hour"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stopped_machine_ends_the_loop_at_its_first_failure() {
+        let started = Instant::now();
+        let err = run(
+            config(),
+            "m",
+            || async { Err(Error::canceled("machine shut down")) },
+            |_, _| {},
+            || true,
+        )
+        .await;
+        assert_eq!(err.kind(), Kind::Canceled);
+        assert_eq!(started.elapsed(), Duration::ZERO);
     }
 }

@@ -3,59 +3,118 @@
 //!
 //! This crate owns the wire protocol, the codec, services and their dispatch, the lifecycle of
 //! machines ([`B`], [`Machine`]), the [`System`] trait that kinds of machines implement, and the
-//! error model. Users normally depend on the `bigmachine` facade, which re-exports what is here.
+//! error model. Users depend on the `bigmachine` facade, which re-exports what they need; the
+//! `__internal` module serves bigmachine's own crates and carries no stability promise.
 //!
 //! # Layout
 //!
-//! - [`error`]: [`Error`] with its [`Kind`], [`Severity`] and cause chain, and their wire form.
-//! - [`codec`]: [`Encode`]/[`Decode`] over rkyv, with validation of every received archive.
-//! - [`buffers`]: reuse of large payload buffers (encode and receive into mapped memory).
-//! - [`wire`]: the request and reply headers of a call stream.
-//! - [`service`]: the [`Service`] trait, the registry filled by `#[service]`, [`Services`].
-//! - [`server`]: accepting streams and dispatching calls concurrently.
-//! - [`stream`]: [`ByteStream`]s as arguments and replies, and their framing.
-//! - [`context`]: the [`Context`] of an incoming call (deadline, cancellation).
-//! - [`call`]: the [`Call`] builder (deadlines, cancellation, retries).
-//! - [`machine`]: [`Machine`] and its [`State`]s, boot and keepalive.
-//! - [`keepalive`]: keepalive settings and bookkeeping.
-//! - [`b`]: [`B`], the driver's (or a machine's) handle on the cluster, and [`Params`].
-//! - [`binary`]: digests of binaries, and the chunk size of binary uploads.
-//! - [`system`]: the [`System`] trait.
-//! - [`supervisor_api`]: names and types of the Supervisor service every machine runs.
-//! - [`fault`]: reply faults a server can inject, for tests.
+//! Bytes, from the wire up:
+//! - `error`: [`Error`] with its [`Kind`], [`Severity`] and cause chain.
+//! - `buffers`: [`Payload`]s, and the reuse of large payload buffers.
+//! - `codec`: [`Encode`]/[`Decode`] over rkyv, validation of every received archive,
+//!   [`Archived`] views, type tags, the account of copies.
+//! - `wire`: every byte a call puts on a stream (headers, method names, reply-stream frames,
+//!   error archives, reset codes), as encoders and decoders that do no I/O.
+//! - `io`: thin loops moving those frames over quinn streams.
+//! - `stream`: [`ByteStream`] and [`ByteSink`].
+//!
+//! Calls, the driver's side:
+//! - `link`: what a call needs of a machine (address, pool, [`State`]).
+//! - `call`: the [`Call`] builder, one request/reply exchange, retries ([`RetryPolicy`]).
+//! - `machine`: the [`Machine`] handle.
+//! - `supervisor`: the Supervisor service every machine runs, declared as a trait, with the
+//!   figures machines report ([`Info`], [`MemInfo`], [`DiskInfo`], [`LoadInfo`]).
+//! - `boot` and `provision`: booting an owned machine, and getting its binary onto it.
+//! - `keepalive`: [`KeepaliveConfig`], and the loop that keeps machines alive.
+//! - `life`: the task that follows a machine from boot to Stopped.
+//! - `b`: [`B`] and its [`Builder`]; `start`: [`B::start`], [`B::dial`] and [`Params`].
+//! - `system`: the [`System`] trait and [`Launched`].
+//!
+//! Services, the machine's side:
+//! - `services`: [`Services`] to install and [`ServiceValue`].
+//! - `registry`: service types registered by `#[service]`, rebuilt by name on machines.
+//! - `service`: the `Service` trait (implemented by `#[service]`) and the table a server
+//!   dispatches from.
+//! - `context`: the [`Context`] of an incoming call.
+//! - `server`: accepting streams and running calls concurrently, with deadlines.
+//! - `fault`: [`ReplyFaults`] a server injects, for tests.
+//! - `binary`: digests of binaries.
 #![deny(missing_docs)]
 
-pub mod b;
-pub mod binary;
-pub mod buffers;
-pub mod call;
-pub mod codec;
-pub mod context;
-pub mod error;
-pub mod fault;
-pub mod keepalive;
-pub mod machine;
-pub mod server;
-pub mod service;
-pub mod stream;
-pub mod supervisor_api;
-pub mod system;
-pub mod wire;
+mod b;
+mod binary;
+mod boot;
+mod buffers;
+mod call;
+mod codec;
+mod context;
+mod error;
+mod fault;
+mod io;
+mod keepalive;
+mod life;
+mod link;
+mod machine;
+mod provision;
+mod registry;
+mod server;
+mod service;
+mod services;
+mod start;
+mod stream;
+mod supervisor;
+mod system;
+mod wire;
 
-pub use b::{Builder, Params, B};
+pub use b::{Builder, B};
+pub use bigmachine_quic::{Authority, Credentials, TransportConfig};
+pub use binary::{current_digest, digest_bytes, digest_file};
+pub use buffers::{pool_limit, pooled_bytes, set_pool_limit, Payload, DEFAULT_POOL_LIMIT};
 pub use call::{Call, Reply, RetryPolicy};
-pub use codec::{Archived, Decode, Encode, FromPayload, Payload};
+pub use codec::{bytes_copied, Archived, Decode, Encode, FromPayload};
 pub use context::Context;
 pub use error::{Error, Kind, Result, Severity};
+pub use fault::{ReplyFault, ReplyFaults};
 pub use keepalive::KeepaliveConfig;
-pub use machine::{Machine, State};
-pub use server::ServerConfig;
-pub use service::{Service, ServiceTable, ServiceValue, Services};
+pub use link::State;
+pub use machine::Machine;
+pub use services::{ServiceValue, Services};
+pub use start::Params;
 pub use stream::{ByteSink, ByteStream};
+pub use supervisor::{DiskInfo, Info, LoadInfo, MemInfo};
 pub use system::{Launched, System};
 
 /// The default limit on a payload (argument or reply), in bytes: 1 GiB.
 pub const DEFAULT_MAX_PAYLOAD: u64 = 1 << 30;
+
+/// What bigmachine's own crates (the supervisor, the systems, tests, benches and fuzz targets)
+/// use of this one. Not a stable API.
+#[doc(hidden)]
+pub mod __internal {
+    pub use crate::b::machine_b;
+    pub use crate::binary::cached_digest;
+    pub use crate::buffers::PayloadWriter;
+    pub use crate::call::Response;
+    pub use crate::codec::{decode, encode, type_tag};
+    pub use crate::registry::{install, MakeService, Registration};
+    pub use crate::server::{serve, ServerConfig};
+    pub use crate::service::{Failure, Handler, Outcome, Request, ServiceTable};
+    pub use crate::services::ServiceSpec;
+    pub use crate::supervisor::{
+        Expvar, FetchBinary, KeepaliveReply, Supervisor, SupervisorClient, SupervisorServer,
+        SUPERVISOR,
+    };
+
+    /// The wire format (see the crate's `wire` module), for fuzzing and hostile-input tests.
+    pub mod wire {
+        pub use crate::wire::*;
+    }
+
+    /// The wire over quinn streams, for hostile-input tests.
+    pub mod io {
+        pub use crate::io::read_reply;
+    }
+}
 
 /// Items the `#[service]` macro expands to. Not a stable API.
 #[doc(hidden)]
@@ -65,14 +124,15 @@ pub mod __private {
     pub use std::sync::Arc;
 
     pub use crate::b::B;
+    pub use crate::buffers::Payload;
     pub use crate::call::Call;
-    pub use crate::codec::{type_tag, Decode, Encode, FromPayload, Payload};
+    pub use crate::codec::{type_tag, Decode, Encode, FromPayload};
     pub use crate::context::Context;
     pub use crate::error::{Error, Kind, Result};
     pub use crate::machine::Machine;
-    pub use crate::service::{
-        Failure, Handler, Outcome, Registration, Request, Service, ServiceValue,
-    };
+    pub use crate::registry::Registration;
+    pub use crate::service::{Failure, Handler, Outcome, Request, Service};
+    pub use crate::services::ServiceValue;
     pub use crate::stream::ByteStream;
 
     /// What a method may return: an archivable value or a byte stream.

@@ -9,9 +9,11 @@
 //!
 //! [`Severity::Fatal`]: crate::Severity::Fatal
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bigmachine_quic::Endpoint;
 use futures::FutureExt;
@@ -19,21 +21,23 @@ use quinn::{RecvStream, SendStream};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::codec::{self, Payload};
-use crate::context::Context;
+use crate::buffers::Payload;
+use crate::context::{Context, ReplyWatch, SettleOnDrop};
 use crate::error::{Error, Kind};
 use crate::fault::{ReplyFault, ReplyFaults};
-use crate::service::{Failure, Outcome, Request, ServiceTable};
-use crate::stream::{self, ByteStream};
-use crate::supervisor_api::SUPERVISOR;
-use crate::wire::{self, Status, REPLY_HEADER_LEN};
+use crate::io;
+use crate::service::{Failure, Handler, Outcome, Request, ServiceTable};
+use crate::supervisor::SUPERVISOR;
+use crate::wire::{self, ReplyHeader, Reset, Status, REPLY_HEADER_LEN};
 
 /// Limits and test hooks of a server.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ServerConfig {
     /// The largest argument accepted, in bytes; larger ones get a [`Kind::Invalid`] error.
+    /// Default: [`crate::DEFAULT_MAX_PAYLOAD`] (1 GiB).
     pub max_payload: u64,
-    /// Faults to inject into the replies of user services (tests only).
+    /// Faults to inject into the replies of user services (tests only). Default: none.
     pub faults: Option<Arc<ReplyFaults>>,
 }
 
@@ -110,7 +114,7 @@ async fn call(
     config: Arc<ServerConfig>,
 ) {
     let arrived = Instant::now();
-    let (header, method, arg) = match wire::read_request(&mut recv, config.max_payload).await {
+    let request = match io::read_request(&mut recv, config.max_payload).await {
         Ok(request) => request,
         Err(e) if e.kind() == Kind::Net => return, // the stream broke: nobody to answer
         Err(e) => {
@@ -119,45 +123,90 @@ async fn call(
             return;
         }
     };
-    let Some((service_name, method_name)) = method.split_once('.') else {
-        let e = Error::fatal(
-            Kind::Invalid,
-            format!("method {method:?} is not of the form Service.method"),
-        );
-        reply(&mut send, Err(Failure::Server(e)), None).await;
-        return;
-    };
-    let faults = (service_name != SUPERVISOR)
+    let method = request.method;
+    let faults = (method.service() != SUPERVISOR)
         .then(|| config.faults.clone())
         .flatten();
-    let Some(service) = table.get(service_name) else {
+    let Some(service) = table.get(method.service()) else {
         let e = Error::fatal(
             Kind::NotSupported,
-            format!("no service named {service_name} on this machine"),
+            format!("no service named {} on this machine", method.service()),
         );
         reply(&mut send, Err(Failure::Server(e)), faults).await;
         return;
     };
-    let deadline = header.timeout().map(|t| arrived + t);
-    let ctx = Context::for_call(deadline, peer);
+    let timeout = request.header.timeout();
+    let deadline = timeout.map(|t| arrived + t);
+    let watch = Arc::new(ReplyWatch::default());
+    let _settle = SettleOnDrop(watch.clone());
+    let ctx = Context::for_call(deadline, peer, watch.clone());
     let token = ctx.token().clone();
-    let body = (header.flags & wire::FLAG_STREAM_ARG != 0).then(|| ByteStream::from_recv(recv));
-    let request = Request {
+    let body = request
+        .header
+        .has_stream()
+        .then(|| io::argument_stream(recv));
+    let dispatched = Request {
         ctx,
-        arg,
-        arg_type: header.arg_type,
-        reply_type: header.reply_type,
+        arg: request.arg,
+        arg_type: request.header.arg_type,
+        reply_type: request.header.reply_type,
         body,
     };
-    let handler = match service.dispatch(method_name, request) {
+    let handler = match service.dispatch(method.method(), dispatched) {
         Ok(handler) => handler,
         Err(e) => {
             reply(&mut send, Err(Failure::Server(e)), faults).await;
             return;
         }
     };
+    let gone = async {
+        let _ = send.stopped().await;
+    };
+    let Some(outcome) = run_handler(handler, method.as_str(), deadline, timeout, gone).await else {
+        // The caller went away: the handler future was dropped, which cancels it.
+        token.cancel();
+        tracing::trace!(%peer, %method, "caller went away; call canceled");
+        return;
+    };
+    let replied = match outcome {
+        Ok(Outcome::Stream(stream)) => {
+            let streamed = io::write_reply_stream(&mut send, stream);
+            let streamed = match deadline {
+                Some(d) => tokio::time::timeout_at(d, streamed)
+                    .await
+                    .unwrap_or_else(|_| Err(Error::deadline_exceeded(method.as_str(), timeout))),
+                None => streamed.await,
+            };
+            if let Err(e) = &streamed {
+                // The reader went away or the deadline passed; dropping the stream tells its
+                // producer.
+                tracing::debug!(%peer, %method, error = %e, "reply stream ended early");
+                io::reset(&mut send, Reset::ReplyAborted);
+            }
+            streamed.is_ok()
+        }
+        Ok(Outcome::Archive(payload)) => reply(&mut send, Ok(payload), faults).await,
+        Err(failure) => reply(&mut send, Err(failure), faults).await,
+    };
+    if replied && watch.wanted() {
+        // Every byte of the reply acknowledged by the caller: the stream is done, not stopped.
+        let delivered = matches!(send.stopped().await, Ok(None));
+        watch.settle(delivered);
+    }
+}
+
+/// Runs a call's handler until it finishes (its outcome, a panic becoming a fatal method error),
+/// its deadline passes (a [`Kind::DeadlineExceeded`] server error), or `gone` completes (the
+/// caller went away: `None`). The handler future is dropped in the last two cases.
+async fn run_handler(
+    handler: Handler,
+    method: &str,
+    deadline: Option<Instant>,
+    timeout: Option<Duration>,
+    gone: impl Future<Output = ()>,
+) -> Option<Result<Outcome, Failure>> {
     let handler = AssertUnwindSafe(handler).catch_unwind().map(|r| {
-        r.unwrap_or_else(|panic| Err(Failure::Method(Error::from_panic(&method, &*panic))))
+        r.unwrap_or_else(|panic| Err(Failure::Method(Error::from_panic(method, &*panic))))
     });
     let expired = async {
         match deadline {
@@ -165,74 +214,44 @@ async fn call(
             None => futures::future::pending().await,
         }
     };
-    let outcome = tokio::select! {
-        outcome = handler => outcome,
-        _ = expired => Err(Failure::Server(Error::deadline_exceeded(
+    tokio::select! {
+        outcome = handler => Some(outcome),
+        _ = expired => Some(Err(Failure::Server(Error::deadline_exceeded(
             &format!("{method} on the server"),
-            header.timeout(),
-        ))),
-        _ = send.stopped() => {
-            // The caller went away: the handler future is dropped here, which cancels it.
-            token.cancel();
-            tracing::trace!(%peer, %method, "caller went away; call canceled");
-            return;
-        }
-    };
-    match outcome {
-        Ok(Outcome::Stream(stream)) => {
-            let streamed = async {
-                let header = wire::ReplyHeader {
-                    status: Status::Stream,
-                    payload_len: 0,
-                };
-                send.write_all(&header.encode()).await?;
-                stream::write_frames(&mut send, stream).await
-            };
-            let streamed = match deadline {
-                Some(d) => tokio::time::timeout_at(d, streamed)
-                    .await
-                    .unwrap_or_else(|_| Err(Error::deadline_exceeded(&method, header.timeout()))),
-                None => streamed.await,
-            };
-            if let Err(e) = streamed {
-                // The reader went away or the deadline passed; dropping the stream tells its
-                // producer.
-                tracing::debug!(%peer, %method, error = %e, "reply stream ended early");
-                let _ = send.reset(3u32.into());
-            }
-        }
-        Ok(Outcome::Archive(payload)) => reply(&mut send, Ok(payload), faults).await,
-        Err(failure) => reply(&mut send, Err(failure), faults).await,
+            timeout,
+        )))),
+        _ = gone => None,
     }
 }
 
-/// Sends the outcome of a call, applying an injected fault if one is drawn.
+/// Sends the outcome of a call, applying an injected fault if one is drawn. Returns whether the
+/// whole reply was handed to the transport.
 async fn reply(
     send: &mut SendStream,
     outcome: Result<Payload, Failure>,
     faults: Option<Arc<ReplyFaults>>,
-) {
+) -> bool {
     let (status, payload) = match outcome {
         Ok(payload) => (Status::Ok, Ok(payload)),
-        Err(Failure::Method(e)) => (Status::MethodError, codec::encode(&e.to_wire())),
-        Err(Failure::Server(e)) => (Status::ServerError, codec::encode(&e.to_wire())),
+        Err(Failure::Method(e)) => (Status::MethodError, wire::encode_error(&e)),
+        Err(Failure::Server(e)) => (Status::ServerError, wire::encode_error(&e)),
     };
     let payload = match payload {
         Ok(payload) => payload,
         Err(e) => {
             tracing::warn!(error = %e, "could not encode a reply");
-            let _ = send.reset(1u32.into());
-            return;
+            io::reset(send, Reset::Unencodable);
+            return false;
         }
     };
     let result = match faults.and_then(|f| f.draw()) {
-        None => wire::write_reply(send, status, payload).await,
+        None => io::write_reply(send, status, payload).await.map(|()| true),
         Some(ReplyFault::Drop) => {
-            let _ = send.reset(0u32.into());
-            return;
+            io::reset(send, Reset::Dropped);
+            return false;
         }
         Some(ReplyFault::Truncate) => {
-            let header = wire::ReplyHeader {
+            let header = ReplyHeader {
                 status,
                 payload_len: payload.len() as u64,
             };
@@ -245,9 +264,107 @@ async fn reply(
                 Ok(())
             }
             .await
+            .map(|()| false)
         }
     };
-    if let Err(e) = result {
-        tracing::trace!(error = %e, "reply not delivered");
+    match result {
+        Ok(whole) => whole,
+        Err(e) => {
+            tracing::trace!(error = %e, "reply not delivered");
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    struct DropFlag(Arc<AtomicBool>);
+
+    impl Drop for DropFlag {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// A handler that sleeps for `sleep`, then succeeds; `dropped` tells whether its future
+    /// was dropped unfinished.
+    fn sleeper(sleep: Duration, dropped: &Arc<AtomicBool>) -> Handler {
+        let flag = DropFlag(dropped.clone());
+        Box::pin(async move {
+            tokio::time::sleep(sleep).await;
+            std::mem::forget(flag);
+            Ok(Outcome::Archive(Payload::new()))
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_handler_past_its_deadline_is_dropped_and_answered_deadline_exceeded() {
+        let dropped = Arc::new(AtomicBool::new(false));
+        let started = Instant::now();
+        let timeout = Duration::from_secs(2);
+        let outcome = run_handler(
+            sleeper(Duration::from_secs(3600), &dropped),
+            "Svc.m",
+            Some(started + timeout),
+            Some(timeout),
+            futures::future::pending(),
+        )
+        .await;
+        let Some(Err(Failure::Server(e))) = outcome else {
+            panic!("expected a server error");
+        };
+        assert_eq!(e.kind(), Kind::DeadlineExceeded);
+        assert_eq!(started.elapsed(), timeout);
+        assert!(
+            dropped.load(Ordering::Relaxed),
+            "the handler was not dropped"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_handler_within_its_deadline_replies() {
+        let dropped = Arc::new(AtomicBool::new(false));
+        let started = Instant::now();
+        let outcome = run_handler(
+            sleeper(Duration::from_secs(1), &dropped),
+            "Svc.m",
+            Some(started + Duration::from_secs(2)),
+            Some(Duration::from_secs(2)),
+            futures::future::pending(),
+        )
+        .await;
+        assert!(matches!(outcome, Some(Ok(Outcome::Archive(_)))));
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
+        assert!(!dropped.load(Ordering::Relaxed));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_caller_going_away_drops_the_handler() {
+        let dropped = Arc::new(AtomicBool::new(false));
+        let started = Instant::now();
+        let outcome = run_handler(
+            sleeper(Duration::from_secs(3600), &dropped),
+            "Svc.m",
+            None,
+            None,
+            tokio::time::sleep(Duration::from_millis(300)),
+        )
+        .await;
+        assert!(outcome.is_none());
+        assert_eq!(started.elapsed(), Duration::from_millis(300));
+        assert!(dropped.load(Ordering::Relaxed));
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_is_a_fatal_method_error() {
+        let handler: Handler = Box::pin(async { panic!("kaboom") });
+        let outcome = run_handler(handler, "Svc.m", None, None, futures::future::pending()).await;
+        let Some(Err(Failure::Method(e))) = outcome else {
+            panic!("expected a method error");
+        };
+        assert!(e.is_fatal() && e.to_string().contains("kaboom"), "{e}");
     }
 }

@@ -1,18 +1,13 @@
-//! Services: the [`Service`] trait the `#[service]` macro implements, the registry that lets a
-//! machine rebuild a service from the value the driver sent, and [`Services`], the services to
-//! install on new machines.
+//! Services on the machine side: the [`Service`] trait the `#[service]` macro implements, the
+//! incoming [`Request`] it dispatches, and the [`ServiceTable`] a server dispatches from.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, RwLock};
 
-use std::panic::AssertUnwindSafe;
-
 use futures::future::BoxFuture;
-use futures::FutureExt;
 
-use crate::b::B;
-use crate::codec::Payload;
+use crate::buffers::Payload;
 use crate::context::Context;
 use crate::error::{Error, Kind, Result};
 use crate::stream::ByteStream;
@@ -65,150 +60,6 @@ pub trait Service: Send + Sync + 'static {
     fn dispatch(self: Arc<Self>, method: &str, request: Request) -> Result<Handler>;
 }
 
-/// A value that can be installed as a service on a machine: it has a registered type name and
-/// serializes to the archive the machine rebuilds it from. Implemented by `#[service]`, which also
-/// registers the type.
-pub trait ServiceValue: Send + 'static {
-    /// The name under which the type is registered.
-    const TYPE_NAME: &'static str;
-
-    /// Serializes the value to send it to a machine.
-    fn encode_value(&self) -> Result<Payload>;
-}
-
-/// Rebuilds a service from its archive and runs its `init`.
-pub type MakeService = fn(Payload, B) -> BoxFuture<'static, Result<Arc<dyn Service>>>;
-
-/// A registered service type. The `#[service]` macro submits one per service type; a machine
-/// looks the type up by name when the driver installs a service.
-#[derive(Debug)]
-pub struct Registration {
-    type_name: &'static str,
-    make: MakeService,
-}
-
-impl Registration {
-    /// A registration of `type_name`, rebuilt by `make`.
-    pub const fn new(type_name: &'static str, make: MakeService) -> Self {
-        Self { type_name, make }
-    }
-
-    /// The registered type name.
-    pub fn type_name(&self) -> &'static str {
-        self.type_name
-    }
-
-    pub(crate) fn make(
-        &self,
-        value: Payload,
-        b: B,
-    ) -> BoxFuture<'static, Result<Arc<dyn Service>>> {
-        (self.make)(value, b)
-    }
-}
-
-inventory::collect!(Registration);
-
-/// The registration of `type_name` in this binary, if any.
-pub fn registration(type_name: &str) -> Option<&'static Registration> {
-    inventory::iter::<Registration>
-        .into_iter()
-        .find(|r| r.type_name == type_name)
-}
-
-/// A service as sent to a machine: its name there, its registered type and its archived value.
-#[derive(Debug, Clone, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-pub struct ServiceSpec {
-    /// The name calls use: `"<name>.<method>"`.
-    pub name: String,
-    /// The registered type name.
-    pub type_name: String,
-    /// The value's archive.
-    pub value: Vec<u8>,
-}
-
-/// The services to install on new machines, each under a name.
-///
-/// ```ignore
-/// let services = Services::new().with("Echo", Echo).with("Counter", Counter::default());
-/// ```
-#[derive(Debug, Default, Clone)]
-pub struct Services {
-    specs: Vec<ServiceSpec>,
-    error: Option<Error>,
-}
-
-impl Services {
-    /// No services.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Adds `value` under `name`. A value that fails to serialize makes [`B::start`] fail.
-    pub fn with<S: ServiceValue>(mut self, name: impl Into<String>, value: S) -> Self {
-        let name = name.into();
-        match value.encode_value() {
-            Ok(bytes) => self.specs.push(ServiceSpec {
-                name,
-                type_name: S::TYPE_NAME.to_string(),
-                value: bytes.to_vec(),
-            }),
-            Err(e) => {
-                self.error.get_or_insert(
-                    Error::fatal(
-                        Kind::Invalid,
-                        format!("service {name}: cannot serialize {}", S::TYPE_NAME),
-                    )
-                    .caused_by(e),
-                );
-            }
-        }
-        self
-    }
-
-    /// Whether there are no services.
-    pub fn is_empty(&self) -> bool {
-        self.specs.is_empty() && self.error.is_none()
-    }
-
-    /// The services, checked: every value serialized, every type registered in this binary
-    /// (machines run the same binary, so a type unknown here is unknown there), names unique and
-    /// free of dots.
-    pub fn check(&self) -> Result<&[ServiceSpec]> {
-        if let Some(e) = &self.error {
-            return Err(e.clone());
-        }
-        for (i, spec) in self.specs.iter().enumerate() {
-            if spec.name.is_empty() || spec.name.contains('.') {
-                return Err(Error::fatal(
-                    Kind::Invalid,
-                    format!(
-                        "service name {:?} must be non-empty and have no dot",
-                        spec.name
-                    ),
-                ));
-            }
-            if self.specs[..i].iter().any(|s| s.name == spec.name) {
-                return Err(Error::fatal(
-                    Kind::Invalid,
-                    format!("service name {:?} is used twice", spec.name),
-                ));
-            }
-            if registration(&spec.type_name).is_none() {
-                return Err(unregistered(&spec.type_name));
-            }
-        }
-        Ok(&self.specs)
-    }
-}
-
-pub(crate) fn unregistered(type_name: &str) -> Error {
-    Error::fatal(
-        Kind::NotSupported,
-        format!("service type {type_name} is not registered (is its impl block marked #[bigmachine::service]?)"),
-    )
-}
-
 /// The services a server dispatches to, by name.
 #[derive(Clone, Default)]
 pub struct ServiceTable {
@@ -248,23 +99,5 @@ impl ServiceTable {
             .unwrap_or_else(|e| e.into_inner())
             .get(name)
             .cloned()
-    }
-
-    /// Rebuilds the service described by `spec` (running its `init` with `b`) and installs it.
-    pub async fn install(&self, spec: &ServiceSpec, b: B) -> Result<()> {
-        let registration =
-            registration(&spec.type_name).ok_or_else(|| unregistered(&spec.type_name))?;
-        let mut value = Payload::with_capacity(spec.value.len());
-        value.extend_from_slice(&spec.value);
-        let service = AssertUnwindSafe(registration.make(value, b))
-            .catch_unwind()
-            .await
-            .map_err(|panic| {
-                Error::from_panic(
-                    &format!("init of service {} ({})", spec.name, spec.type_name),
-                    &*panic,
-                )
-            })??;
-        self.insert(&spec.name, service)
     }
 }

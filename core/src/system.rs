@@ -4,9 +4,9 @@
 use std::fmt;
 use std::net::SocketAddr;
 
+use bigmachine_quic::Authority;
 use futures::future::BoxFuture;
 
-use crate::b::B;
 use crate::error::{Error, Result};
 use crate::keepalive::KeepaliveConfig;
 
@@ -45,8 +45,13 @@ pub trait System: Send + Sync + fmt::Debug + 'static {
         0
     }
 
-    /// Launches `n` machines for the driver `b`, issuing their credentials from `b`'s authority.
-    fn start<'a>(&'a self, b: &'a B, n: usize) -> BoxFuture<'a, Result<Vec<Launched>>>;
+    /// Launches `n` machines, each with credentials issued by the driver's `authority` (only
+    /// its own key and certificate reach a machine, never the authority's key).
+    fn start<'a>(
+        &'a self,
+        authority: &'a Authority,
+        n: usize,
+    ) -> BoxFuture<'a, Result<Vec<Launched>>>;
 
     /// Tears down what the system holds, once the driver shuts down.
     fn shutdown(&self) -> BoxFuture<'_, ()> {

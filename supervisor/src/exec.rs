@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use bigmachine_core::{Error, Kind, Result};
 use bigmachine_quic::Credentials;
 
-use crate::process::{self, ENV_ADDR, ENV_CREDENTIALS};
+use crate::env::{write_private, ENV_ADDR, ENV_CREDENTIALS};
 
 #[derive(Debug, Default)]
 struct Next {
@@ -20,7 +20,7 @@ struct Next {
 
 /// What the next exec runs. Only machines that are processes of their own can exec.
 #[derive(Debug)]
-pub struct Exec {
+pub(crate) struct Exec {
     creds: Credentials,
     addr: SocketAddr,
     next: Mutex<Next>,
@@ -33,7 +33,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Exec {
     /// Exec support for a machine with `creds` serving at `addr` (the re-executed process takes
     /// both over).
-    pub fn new(creds: Credentials, addr: SocketAddr) -> Self {
+    pub(crate) fn new(creds: Credentials, addr: SocketAddr) -> Self {
         Self {
             creds,
             addr,
@@ -42,7 +42,7 @@ impl Exec {
     }
 
     /// Adds `KEY=VALUE` variables to the environment of the next exec.
-    pub fn setenv(&self, vars: &[String]) -> Result<()> {
+    pub(crate) fn setenv(&self, vars: &[String]) -> Result<()> {
         let mut parsed = Vec::with_capacity(vars.len());
         for var in vars {
             let (k, v) = var
@@ -56,18 +56,18 @@ impl Exec {
     }
 
     /// Sets the arguments of the next exec.
-    pub fn setargs(&self, args: Vec<String>) {
+    pub(crate) fn setargs(&self, args: Vec<String>) {
         lock(&self.next).args = Some(args);
     }
 
     /// Makes the binary at `path` the one the next exec runs.
-    pub fn setbinary(&self, path: PathBuf) {
+    pub(crate) fn setbinary(&self, path: PathBuf) {
         lock(&self.next).binary = Some(path);
     }
 
     /// Fixes what the next exec runs: binary, arguments, environment, and a fresh private copy
     /// of the credentials for the new process.
-    pub fn prepare(&self) -> Result<PreparedExec> {
+    pub(crate) fn prepare(&self) -> Result<PreparedExec> {
         let next = lock(&self.next);
         let binary = match next.binary.clone() {
             Some(b) => b,
@@ -80,7 +80,7 @@ impl Exec {
         };
         let mut env = next.env.clone();
         env.push((ENV_ADDR.to_string(), self.addr.to_string()));
-        let creds = process::write_private(&self.creds.to_pem())?;
+        let creds = write_private(&self.creds.to_pem())?;
         env.push((ENV_CREDENTIALS.to_string(), creds.display().to_string()));
         Ok(PreparedExec {
             binary,
@@ -93,7 +93,7 @@ impl Exec {
 
 /// An exec ready to run.
 #[derive(Debug)]
-pub struct PreparedExec {
+pub(crate) struct PreparedExec {
     binary: PathBuf,
     args: Vec<OsString>,
     env: Vec<(String, String)>,
@@ -102,7 +102,7 @@ pub struct PreparedExec {
 
 impl PreparedExec {
     /// Replaces this process. Returns only if that failed, with why.
-    pub fn run(self) -> Error {
+    pub(crate) fn run(self) -> Error {
         tracing::info!(binary = %self.binary.display(), "re-executing");
         let err = std::process::Command::new(&self.binary)
             .args(&self.args)

@@ -2,8 +2,7 @@
 
 use std::path::Path;
 
-use bigmachine_core::supervisor_api::{DiskInfo, LoadInfo, MemInfo};
-use bigmachine_core::{Error, Kind, Result};
+use bigmachine_core::{DiskInfo, Error, Kind, LoadInfo, MemInfo, Result};
 use sysinfo::{Disks, ProcessRefreshKind, ProcessesToUpdate, System};
 
 fn unavailable(what: &str, e: impl std::fmt::Display) -> Error {
@@ -11,7 +10,7 @@ fn unavailable(what: &str, e: impl std::fmt::Display) -> Error {
 }
 
 /// Memory of the host and of this process.
-pub fn mem_info() -> Result<MemInfo> {
+pub(crate) fn mem_info() -> Result<MemInfo> {
     let mut sys = System::new().map_err(|e| unavailable("system information", e))?;
     sys.refresh_memory();
     let pid = sysinfo::get_current_pid().map_err(|e| unavailable("pid", e))?;
@@ -28,7 +27,7 @@ pub fn mem_info() -> Result<MemInfo> {
 }
 
 /// Space on the file system that holds `dir`.
-pub fn disk_info(dir: &Path) -> Result<DiskInfo> {
+pub(crate) fn disk_info(dir: &Path) -> Result<DiskInfo> {
     let disks = Disks::new_with_refreshed_list().map_err(|e| unavailable("disks", e))?;
     let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
     disks
@@ -43,7 +42,7 @@ pub fn disk_info(dir: &Path) -> Result<DiskInfo> {
 }
 
 /// Load averages of the host.
-pub fn load_info() -> Result<LoadInfo> {
+pub(crate) fn load_info() -> Result<LoadInfo> {
     let load = System::load_average().map_err(|e| unavailable("load average", e))?;
     Ok(LoadInfo {
         one: load.one,

@@ -1,30 +1,43 @@
 //! The machine side of bigmachine: what runs inside every machine.
 //!
 //! A machine binds its endpoint with the credentials the driver issued it, serves calls, and runs
-//! the [`Supervisor`] service through which the driver boots it (installs services), keeps it
+//! the Supervisor service through which the driver boots it (installs services), keeps it
 //! alive, and shuts it down. A watchdog ends the machine when keepalives stop arriving, so no
 //! machine outlives its driver by more than the keepalive timeout.
 //!
+//! This crate is for systems: a [`System`](bigmachine_core::System) runs machines in-process
+//! with [`start`], or as processes of their own that call [`run`] (which `driver::start()` of
+//! the `bigmachine` facade does in a machine's process).
+//!
 //! # Layout
 //!
-//! - [`machine`]: [`start`] a machine; its [`MachineHandle`] (address, exit, exit reason).
-//! - [`process`]: a machine that is a process of its own: environment, private credentials,
-//!   address handshake, [`process::run`].
-//! - [`exec`]: re-executing the machine's process (uploaded binary, arguments, environment).
-//! - [`host`]: memory, disk and load of the machine's host.
-//! - [`store`]: binaries kept by digest, for repeat boots and for peers to fetch.
-//! - [`supervisor`]: the [`Supervisor`] service.
-//! - [`watchdog`]: the keepalive [`Watchdog`].
+//! - `machine`: [`start`] a machine ([`MachineOptions`]).
+//! - `handle`: its [`MachineHandle`] (address, exit, exit reason).
+//! - `process`: a machine that is a process of its own: address handshake, [`run`].
+//! - `env`: the environment such a process starts with, and [`write_private`] for its
+//!   credentials.
+//! - `supervisor`: this machine's implementation of the Supervisor service.
+//! - `exec`: re-executing the machine's process (uploaded binary, arguments, environment).
+//! - `store`: binaries kept by digest, for repeat boots and for peers to fetch.
+//! - `host`: memory, disk and load of the machine's host.
+//! - `watchdog`: the keepalive watchdog.
 #![deny(missing_docs)]
 
-pub mod exec;
-pub mod host;
-pub mod machine;
-pub mod process;
-pub mod store;
-pub mod supervisor;
-pub mod watchdog;
+mod env;
+mod exec;
+mod handle;
+mod host;
+mod machine;
+mod process;
+mod store;
+mod supervisor;
+mod watchdog;
 
-pub use machine::{start, MachineHandle, MachineOptions};
-pub use supervisor::Supervisor;
-pub use watchdog::Watchdog;
+pub use env::{
+    is_machine, write_private, ADDR_MARKER, ENV_CREDENTIALS, ENV_KEEPALIVE_MS, ENV_MAXPROCS,
+    ENV_MODE, ENV_SYSTEM,
+};
+pub use handle::MachineHandle;
+pub use machine::{start, MachineOptions};
+pub use process::run;
+pub use store::ENV_STORE;

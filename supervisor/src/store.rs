@@ -8,7 +8,8 @@
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use bigmachine_core::{binary, ByteStream, Error, Kind, Result};
+use bigmachine_core::__internal::cached_digest;
+use bigmachine_core::{digest_file, ByteStream, Error, Kind, Result};
 use tokio::io::AsyncWriteExt;
 
 /// The environment variable naming the store's directory.
@@ -16,14 +17,8 @@ pub const ENV_STORE: &str = "BIGMACHINE_BINARY_STORE";
 
 /// A directory of binaries by digest.
 #[derive(Debug, Clone)]
-pub struct Store {
+pub(crate) struct Store {
     dir: PathBuf,
-}
-
-impl Default for Store {
-    fn default() -> Self {
-        Self::from_env()
-    }
 }
 
 fn valid_digest(digest: &str) -> Result<()> {
@@ -39,7 +34,7 @@ fn valid_digest(digest: &str) -> Result<()> {
 
 impl Store {
     /// The store named by the environment, or the per-user default.
-    pub fn from_env() -> Self {
+    pub(crate) fn from_env() -> Self {
         let dir = std::env::var_os(ENV_STORE)
             .map(PathBuf::from)
             .unwrap_or_else(|| {
@@ -51,19 +46,20 @@ impl Store {
     }
 
     /// A store in `dir`.
-    pub fn new(dir: impl Into<PathBuf>) -> Self {
+    #[cfg(test)]
+    pub(crate) fn new(dir: impl Into<PathBuf>) -> Self {
         Self { dir: dir.into() }
     }
 
     /// The path of the binary of `digest`, if the store has it (and it still has that digest).
-    pub async fn get(&self, digest: &str) -> Result<Option<PathBuf>> {
+    pub(crate) async fn get(&self, digest: &str) -> Result<Option<PathBuf>> {
         valid_digest(digest)?;
         let path = self.dir.join(digest);
         if tokio::fs::metadata(&path).await.is_err() {
             return Ok(None);
         }
         let checked = path.clone();
-        let actual = tokio::task::spawn_blocking(move || binary::cached_digest(&checked))
+        let actual = tokio::task::spawn_blocking(move || cached_digest(&checked))
             .await
             .map_err(|e| Error::new(Kind::Other, format!("digest task: {e}")))??;
         Ok((actual == digest).then_some(path))
@@ -71,7 +67,7 @@ impl Store {
 
     /// Writes `body` into the store as the binary of `digest`, checking the digest; returns
     /// its path.
-    pub async fn put(&self, digest: &str, mut body: ByteStream) -> Result<PathBuf> {
+    pub(crate) async fn put(&self, digest: &str, mut body: ByteStream) -> Result<PathBuf> {
         valid_digest(digest)?;
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -100,7 +96,7 @@ impl Store {
         .await;
         let total = written?;
         let hashed = tmp.clone();
-        let actual = tokio::task::spawn_blocking(move || binary::digest_file(&hashed))
+        let actual = tokio::task::spawn_blocking(move || digest_file(&hashed))
             .await
             .map_err(|e| Error::new(Kind::Other, format!("digest task: {e}")))??;
         if actual != digest {
@@ -148,9 +144,9 @@ mod tests {
             std::env::temp_dir().join(format!("bigmachine-store-test-{}", std::process::id()));
         let store = Store::new(&dir);
         let data = vec![7u8; 3 << 20];
-        let digest = binary::digest_bytes(&data);
+        let digest = bigmachine_core::digest_bytes(&data);
         assert_eq!(store.get(&digest).await?, None);
-        let wrong = binary::digest_bytes(b"other");
+        let wrong = bigmachine_core::digest_bytes(b"other");
         assert!(store
             .put(&wrong, ByteStream::from_bytes(data.clone()))
             .await
@@ -159,9 +155,7 @@ mod tests {
             .put(&digest, ByteStream::from_bytes(data.clone()))
             .await?;
         assert_eq!(store.get(&digest).await?, Some(path.clone()));
-        let back = bigmachine_core::stream::file_stream(path)
-            .read_to_end(16 << 20)
-            .await?;
+        let back = ByteStream::from_file(path).read_to_end(16 << 20).await?;
         assert_eq!(back, data);
         assert!(store.get("not-a-digest").await.is_err());
         let _ = std::fs::remove_dir_all(&dir);

@@ -1,23 +1,25 @@
-//! The Supervisor service, present on every machine.
+//! The machine's implementation of the Supervisor service (declared in `bigmachine-core`).
 
 use std::time::{Duration, Instant};
 
-use bigmachine_core::service::ServiceSpec;
-use bigmachine_core::supervisor_api::{
-    DiskInfo, Expvar, FetchBinary, Info, KeepaliveReply, LoadInfo, MemInfo, GETBINARY, SUPERVISOR,
+use bigmachine_core::__internal::{
+    install, Expvar, FetchBinary, KeepaliveReply, ServiceSpec, ServiceTable, Supervisor,
+    SupervisorClient, SUPERVISOR,
 };
-use bigmachine_core::{binary, ByteStream, Context, Error, Kind, Result, ServiceTable, B};
+use bigmachine_core::{
+    current_digest, ByteStream, Context, DiskInfo, Error, Info, Kind, LoadInfo, MemInfo, Result, B,
+};
 
 use crate::exec::Exec;
+use crate::handle::MachineHandle;
 use crate::host;
-use crate::machine::MachineHandle;
 use crate::store::Store;
 use crate::watchdog::Watchdog;
 
-/// The service through which the driver manages a machine. Its methods are listed in
-/// [`bigmachine_core::supervisor_api`].
+/// The service through which the driver manages a machine: this machine's implementation of
+/// the Supervisor trait.
 #[derive(Debug)]
-pub struct Supervisor {
+pub(crate) struct MachineSupervisor {
     b: B,
     table: ServiceTable,
     watchdog: Watchdog,
@@ -29,10 +31,10 @@ pub struct Supervisor {
     incarnation: u64,
 }
 
-impl Supervisor {
+impl MachineSupervisor {
     /// A supervisor installing services into `table`, with `b` as their handle on the cluster.
     /// Without `exec`, the machine cannot re-execute itself (it runs inside another process).
-    pub fn new(
+    pub(crate) fn new(
         b: B,
         table: ServiceTable,
         watchdog: Watchdog,
@@ -66,8 +68,7 @@ impl Supervisor {
     }
 }
 
-#[bigmachine_macros::service(crate = ::bigmachine_core, local)]
-impl Supervisor {
+impl Supervisor for MachineSupervisor {
     /// Answers `seq`.
     async fn ping(&self, _ctx: &Context, seq: u64) -> Result<u64> {
         Ok(seq)
@@ -75,7 +76,7 @@ impl Supervisor {
 
     /// What the machine is.
     async fn info(&self, _ctx: &Context, _arg: ()) -> Result<Info> {
-        let digest = tokio::task::spawn_blocking(binary::current_digest)
+        let digest = tokio::task::spawn_blocking(current_digest)
             .await
             .map_err(|e| Error::new(Kind::Other, format!("digest task: {e}")))??;
         Ok(Info {
@@ -111,7 +112,7 @@ impl Supervisor {
     /// Rebuilds a service from its archive, runs its `init`, and installs it.
     async fn register(&self, _ctx: &Context, spec: ServiceSpec) -> Result<()> {
         tracing::debug!(service = %spec.name, type_name = %spec.type_name, "installing service");
-        self.table.install(&spec, self.b.clone()).await
+        install(&self.table, &spec, self.b.clone()).await
     }
 
     /// Keeps the machine alive for `next_ms` more milliseconds.
@@ -120,10 +121,12 @@ impl Supervisor {
         Ok(KeepaliveReply { next_ms })
     }
 
-    /// Exits the machine after `delay_ms` milliseconds.
-    async fn shutdown(&self, _ctx: &Context, delay_ms: u64) -> Result<()> {
+    /// Exits the machine once the reply is delivered and `delay_ms` more milliseconds passed.
+    async fn shutdown(&self, ctx: &Context, delay_ms: u64) -> Result<()> {
         let handle = self.handle.clone();
+        let delivered = ctx.reply_delivered();
         tokio::spawn(async move {
+            delivered.await;
             tokio::time::sleep(Duration::from_millis(delay_ms)).await;
             handle.exit(Error::new(Kind::Canceled, "shut down by the driver"));
         });
@@ -169,8 +172,8 @@ impl Supervisor {
             .parse()
             .map_err(|e| Error::fatal(Kind::Invalid, format!("peer {:?}: {e}", fetch.peer)))?;
         let peer = self.b.dial(addr);
-        let body: ByteStream = peer
-            .call(&format!("{SUPERVISOR}.{GETBINARY}"), &fetch.digest)
+        let body = SupervisorClient::new(&peer, SUPERVISOR)
+            .getbinary(&fetch.digest)
             .context(ctx)
             .await?;
         let path = self.store.put(&fetch.digest, body).await?;
@@ -181,7 +184,7 @@ impl Supervisor {
 
     /// Streams the binary of `digest`: the running one, or one from the store.
     async fn getbinary(&self, _ctx: &Context, digest: String) -> Result<ByteStream> {
-        let running = tokio::task::spawn_blocking(binary::current_digest)
+        let running = tokio::task::spawn_blocking(current_digest)
             .await
             .map_err(|e| Error::new(Kind::Other, format!("digest task: {e}")))??;
         let path = if running == digest {
@@ -194,17 +197,19 @@ impl Supervisor {
                 )
             })?
         };
-        Ok(bigmachine_core::stream::file_stream(path))
+        Ok(ByteStream::from_file(path))
     }
 
     /// Replies, then replaces this process with the binary, arguments and environment set so
     /// far. The new process serves at the same address with the same credentials.
-    async fn exec(&self, _ctx: &Context, _arg: ()) -> Result<()> {
+    async fn exec(&self, ctx: &Context, _arg: ()) -> Result<()> {
         let exec = self.exec_support()?.prepare()?;
         let handle = self.handle.clone();
+        let delivered = ctx.reply_delivered();
         tokio::spawn(async move {
-            // Let the reply reach the driver, then tell every peer the connections are over.
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            // Once the driver has the reply (or will never have it), tell every peer the
+            // connections are over.
+            delivered.await;
             handle.quiesce().await;
             let err = exec.run();
             handle.exit(err);

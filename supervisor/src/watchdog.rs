@@ -9,31 +9,31 @@ use tokio::time::Instant;
 /// Holds the deadline set by the latest keepalive. [`Watchdog::expired`] completes once that
 /// deadline passes without being extended.
 #[derive(Debug, Clone)]
-pub struct Watchdog {
+pub(crate) struct Watchdog {
     deadline: Arc<watch::Sender<Instant>>,
 }
 
 impl Watchdog {
     /// A watchdog that expires `grace` from now unless kept alive.
-    pub fn new(grace: Duration) -> Self {
+    pub(crate) fn new(grace: Duration) -> Self {
         Self {
             deadline: Arc::new(watch::Sender::new(Instant::now() + grace)),
         }
     }
 
     /// Extends the deadline to `next` from now.
-    pub fn keepalive(&self, next: Duration) {
+    pub(crate) fn keepalive(&self, next: Duration) {
         self.deadline.send_replace(Instant::now() + next);
     }
 
     /// The current deadline.
-    pub fn deadline(&self) -> Instant {
+    pub(crate) fn deadline(&self) -> Instant {
         *self.deadline.borrow()
     }
 
     /// Completes when the deadline passes without a keepalive; returns how long the machine had
     /// been kept alive for by the last one.
-    pub async fn expired(&self) {
+    pub(crate) async fn expired(&self) {
         let mut rx = self.deadline.subscribe();
         loop {
             let deadline = *rx.borrow_and_update();

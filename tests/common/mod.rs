@@ -2,8 +2,10 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::HashSet;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
+
+use tokio::sync::watch;
 
 use bigmachine::testsystem::TestSystem;
 use bigmachine::{service, Context, Error, Kind, Machine, Result, Services, State, B};
@@ -14,21 +16,40 @@ pub struct Echo {
     pub greeting: String,
 }
 
-/// Ids of `hang` calls whose handler future was dropped.
-pub fn dropped() -> &'static Mutex<HashSet<u64>> {
-    static DROPPED: OnceLock<Mutex<HashSet<u64>>> = OnceLock::new();
-    DROPPED.get_or_init(Default::default)
+/// Ids of `hang` calls that started, and of those whose handler future was dropped.
+#[derive(Debug, Default)]
+pub struct Hangs {
+    pub started: HashSet<u64>,
+    pub dropped: HashSet<u64>,
+}
+
+/// The `hang` calls of this process, watched.
+pub fn hangs() -> &'static watch::Sender<Hangs> {
+    static HANGS: OnceLock<watch::Sender<Hangs>> = OnceLock::new();
+    HANGS.get_or_init(Default::default)
 }
 
 struct DropFlag(u64);
 
 impl Drop for DropFlag {
     fn drop(&mut self) {
-        dropped()
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(self.0);
+        hangs().send_modify(|h| {
+            h.dropped.insert(self.0);
+        });
     }
+}
+
+/// Waits (at most `limit`) until the `hang` calls satisfy `cond`; returns whether they did.
+async fn hang_reaches(limit: Duration, cond: impl Fn(&Hangs) -> bool) -> bool {
+    let mut rx = hangs().subscribe();
+    tokio::time::timeout(limit, rx.wait_for(|h| cond(h)))
+        .await
+        .is_ok_and(|r| r.is_ok())
+}
+
+/// Waits (at most `limit`) for the handler of `hang(id)` to start.
+pub async fn handler_started(id: u64, limit: Duration) -> bool {
+    hang_reaches(limit, |h| h.started.contains(&id)).await
 }
 
 /// Polls `cond` every 10 ms for at most `limit`; returns whether it became true.
@@ -47,13 +68,7 @@ pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool
 
 /// Waits (at most `limit`) for the handler of `hang(id)` to be dropped.
 pub async fn handler_dropped(id: u64, limit: Duration) -> bool {
-    eventually(limit, || {
-        dropped()
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&id)
-    })
-    .await
+    hang_reaches(limit, |h| h.dropped.contains(&id)).await
 }
 
 #[service]
@@ -73,9 +88,12 @@ impl Echo {
         Ok(())
     }
 
-    /// Never returns; records when its future is dropped.
+    /// Never returns; records when it starts and when its future is dropped.
     async fn hang(&self, _ctx: &Context, id: u64) -> Result<()> {
         let _flag = DropFlag(id);
+        hangs().send_modify(|h| {
+            h.started.insert(id);
+        });
         futures::future::pending::<()>().await;
         Ok(())
     }

@@ -6,15 +6,15 @@
 //!
 //! # Layout
 //!
-//! - [`authority`]: the cluster's certificate authority ([`Authority`]) and the credentials it
+//! - `authority`: the cluster's certificate authority ([`Authority`]) and the credentials it
 //!   issues ([`Credentials`]): a certificate per endpoint, driver included, chained to one CA whose
 //!   private key never leaves the authority.
-//! - [`tls`]: rustls configurations in which *both* sides require a certificate chained to the
+//! - `tls`: rustls configurations in which *both* sides require a certificate chained to the
 //!   cluster CA, with the protocol version in ALPN ([`ALPN`]).
-//! - [`endpoint`]: [`Endpoint`], a quinn endpoint that serves and dials with those credentials,
+//! - `endpoint`: [`Endpoint`], a quinn endpoint that serves and dials with those credentials,
 //!   tuned by [`TransportConfig`].
-//! - [`pool`]: [`Pool`], several connections to one remote address, re-established after loss.
-//! - [`error`]: [`Error`], what can go wrong here.
+//! - `pool`: [`Pool`], several connections to one remote address, re-established after loss.
+//! - `error`: [`Error`], what can go wrong here.
 //!
 //! # Security
 //!
@@ -24,17 +24,17 @@
 //! so nothing is served to it.
 #![deny(missing_docs)]
 
-pub mod authority;
-pub mod endpoint;
-pub mod error;
-pub mod pool;
-pub mod tls;
+mod authority;
+mod endpoint;
+mod error;
+mod pool;
+mod tls;
 
-pub use authority::{Authority, Credentials};
+pub use authority::{Authority, Credentials, SERVER_NAME};
 pub use endpoint::{Endpoint, TransportConfig};
 pub use error::{is_handshake_refusal, Error, Result};
 pub use pool::Pool;
-pub use tls::{ALPN, SERVER_NAME};
+pub use tls::{client_config, server_config, ALPN};
 
 /// Re-exported quinn types that cross this crate's API.
 pub use quinn::{Connection, ConnectionError, RecvStream, SendStream};

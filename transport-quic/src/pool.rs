@@ -35,11 +35,14 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub(crate) fn new(endpoint: Endpoint, addr: SocketAddr, size: usize) -> Self {
+    /// A pool of [`crate::TransportConfig::pool_size`] lazily opened connections from `endpoint`
+    /// to `addr`.
+    pub fn new(endpoint: Endpoint, addr: SocketAddr) -> Self {
+        let size = endpoint.config().pool_size.max(1);
         Self {
             endpoint,
             addr,
-            slots: (0..size.max(1)).map(|_| Slot::default()).collect(),
+            slots: (0..size).map(|_| Slot::default()).collect(),
             next: AtomicUsize::new(0),
         }
     }

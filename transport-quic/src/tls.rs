@@ -14,9 +14,6 @@ use crate::error::{Error, Result};
 /// versions refuse each other at the handshake.
 pub const ALPN: &[u8] = b"bigmachine/1";
 
-/// The server name every cluster certificate carries and every client verifies.
-pub const SERVER_NAME: &str = "bigmachine";
-
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }

@@ -3,7 +3,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use bigmachine_quic::{Authority, Endpoint, Result, TransportConfig};
+use bigmachine_quic::{Authority, Endpoint, Pool, Result, TransportConfig};
 
 fn loopback() -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, 0))
@@ -43,12 +43,10 @@ async fn pool_spreads_over_its_connections_and_reconnects_after_loss() -> Result
     let server = Endpoint::bind(loopback(), &ca.issue("server")?, TransportConfig::default())?;
     let addr = server.local_addr()?;
     echo_server(server);
-    let config = TransportConfig {
-        pool_size: 3,
-        ..TransportConfig::default()
-    };
+    let mut config = TransportConfig::default();
+    config.pool_size = 3;
     let client = Endpoint::bind(loopback(), &ca.issue("client")?, config)?;
-    let pool = client.pool(addr);
+    let pool = Pool::new(client.clone(), addr);
     assert_eq!(pool.open_connections(), 0, "connections open lazily");
 
     let mut ids = std::collections::HashSet::new();

@@ -11,11 +11,23 @@
 //!   value the driver sent;
 //! - a typed client, `<Type>Client`, is generated: `EchoClient::new(&machine, "Echo").echo(&arg)`.
 //!
+//! Put on a trait (tarpc's form), it declares a service interface: the methods are written as
+//! `async fn`s of the same shape, and the trait gets
+//!
+//! - its methods rewritten to return `impl Future<Output = ...> + Send` (implementations still
+//!   write plain `async fn`s), and `Send + Sync + 'static` as supertraits;
+//! - `into_service(self)`, which wraps any implementation as a service for a server to dispatch
+//!   to (a service its machine builds itself: nothing is registered or sent by the driver);
+//! - the typed client `<Trait>Client`, as for an impl block.
+//!
+//! Put on an implementation of such a trait (`#[service] impl Greeter for English { ... }`), it
+//! registers the type, so that the driver can install values of it on machines, as it does for
+//! an impl block; the trait gives the dispatch and the client.
+//!
 //! Options: `#[service(crate = path)]` names the crate the expansion refers to (default
-//! `::bigmachine`; crates inside the workspace use `::bigmachine_core`),
-//! `#[service(vis = pub(crate))]` sets the client's visibility (default `pub`),
-//! and `#[service(local)]` skips registration for a service that is built on the machine itself
-//! rather than sent by the driver (the Supervisor).
+//! `::bigmachine`; crates inside the workspace use `::bigmachine_core`, and `crate` within it),
+//! `#[service(vis = pub(crate))]` sets the visibility of the client (default `pub`; a trait's own
+//! visibility applies to what it generates).
 //!
 //! Methods with another shape are refused with a compile error that says what is expected.
 
@@ -23,42 +35,45 @@
 
 use proc_macro::TokenStream;
 use proc_macro2::{Span, TokenStream as TokenStream2};
-use quote::{format_ident, quote};
+use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{
-    parse_macro_input, FnArg, GenericArgument, ImplItem, ImplItemFn, ItemImpl, Path, PathArguments,
-    ReturnType, Type, Visibility,
+    parse_macro_input, Attribute, FnArg, GenericArgument, ImplItem, Item, ItemImpl, ItemTrait,
+    Path, PathArguments, ReturnType, Signature, TraitItem, Type, Visibility,
 };
 
-/// Makes the methods of an `impl` block callable on remote machines. See the crate docs.
+/// Makes the methods of an `impl` block, or of a trait's implementations, callable on remote
+/// machines. See the crate docs.
 #[proc_macro_attribute]
 pub fn service(attr: TokenStream, item: TokenStream) -> TokenStream {
     let mut options = Options {
         krate: syn::parse_quote!(::bigmachine),
-        vis: syn::parse_quote!(pub),
-        local: false,
+        vis: None,
     };
     let parser = syn::meta::parser(|meta| {
         if meta.path.is_ident("crate") {
             options.krate = meta.value()?.parse()?;
             Ok(())
-        } else if meta.path.is_ident("local") {
-            options.local = true;
-            Ok(())
         } else if meta.path.is_ident("vis") {
-            options.vis = meta.value()?.parse()?;
+            options.vis = Some(meta.value()?.parse()?);
             Ok(())
         } else {
-            Err(meta
-                .error("unknown option; expected `crate = path`, `vis = visibility` or `local`"))
+            Err(meta.error("unknown option; expected `crate = path` or `vis = visibility`"))
         }
     });
     parse_macro_input!(attr with parser);
     let original = TokenStream2::from(item.clone());
-    let block = parse_macro_input!(item as ItemImpl);
+    let expanded = match parse_macro_input!(item as Item) {
+        Item::Impl(block) => expand_impl(&options, block),
+        Item::Trait(declared) => expand_trait(&options, declared),
+        other => Err(syn::Error::new_spanned(
+            other,
+            "#[service] goes on an inherent impl block (`impl MyService { ... }`) or on a trait",
+        )),
+    };
     // On error, keep the user's code so the only diagnostic is ours (no cascade of unused
     // imports or missing items).
-    expand(&options, block)
+    expanded
         .unwrap_or_else(|e| {
             let error = e.into_compile_error();
             quote!(#error #original)
@@ -68,8 +83,7 @@ pub fn service(attr: TokenStream, item: TokenStream) -> TokenStream {
 
 struct Options {
     krate: Path,
-    vis: Visibility,
-    local: bool,
+    vis: Option<Visibility>,
 }
 
 struct Method {
@@ -78,16 +92,18 @@ struct Method {
     reply: Type,
     /// Whether the method takes a byte stream after its argument.
     body: bool,
-    docs: Vec<syn::Attribute>,
+    docs: Vec<Attribute>,
 }
 
-fn expand(options: &Options, block: ItemImpl) -> syn::Result<TokenStream2> {
-    if let Some((_, path, _)) = &block.trait_ {
-        return Err(syn::Error::new_spanned(
-            path,
-            "#[service] goes on an inherent impl block (`impl MyService { ... }`), not a trait impl",
-        ));
-    }
+fn docs(attrs: &[Attribute]) -> Vec<Attribute> {
+    attrs
+        .iter()
+        .filter(|a| a.path().is_ident("doc"))
+        .cloned()
+        .collect()
+}
+
+fn expand_impl(options: &Options, block: ItemImpl) -> syn::Result<TokenStream2> {
     if !block.generics.params.is_empty() {
         return Err(syn::Error::new_spanned(
             &block.generics,
@@ -104,125 +120,295 @@ fn expand(options: &Options, block: ItemImpl) -> syn::Result<TokenStream2> {
             .ok_or_else(|| syn::Error::new_spanned(ty, "expected a type name"))?,
         _ => return Err(syn::Error::new_spanned(ty, "#[service] needs a named type")),
     };
-
-    let mut methods = Vec::new();
-    let mut has_init = false;
-    for item in &block.items {
-        if let ImplItem::Fn(f) = item {
-            if f.sig.ident == "init" {
-                check_init(f)?;
-                has_init = true;
-            } else {
-                methods.push(check_method(f)?);
-            }
-        }
-    }
-
     let k = &options.krate;
     let p = quote!(#k::__private);
-    let names: Vec<_> = methods.iter().map(|m| &m.name).collect();
-    let name_strs: Vec<_> = methods.iter().map(|m| m.name.to_string()).collect();
-    let args: Vec<_> = methods.iter().map(|m| &m.arg).collect();
-    let replies: Vec<_> = methods.iter().map(|m| &m.reply).collect();
-    let docs: Vec<_> = methods.iter().map(|m| &m.docs).collect();
-    let calls: Vec<_> = methods
-        .iter()
-        .map(|m| {
-            let name = &m.name;
-            if m.body {
-                quote!(self.#name(&request.ctx, arg, body.unwrap_or_else(#p::ByteStream::empty)).await)
-            } else {
-                quote!(self.#name(&request.ctx, arg).await)
-            }
-        })
-        .collect();
-    let bodies: Vec<_> = methods.iter().map(|m| m.body).collect();
-    let init = if has_init {
-        quote!(service.init(&b).await?;)
-    } else {
-        quote!(let _ = b;)
-    };
-    let client = format_ident!("{}Client", ident);
-    let client_doc = format!(
-        "A typed client of the [`{ident}`] service on a machine. Each method returns a call \
-         builder; `.await` it for the reply."
-    );
-    let vis = &options.vis;
-    let type_name = quote!(::core::concat!(
-        ::core::module_path!(),
-        "::",
-        ::core::stringify!(#ident)
-    ));
-    let registration = if options.local {
-        quote!()
-    } else {
-        quote! {
-            impl #p::ServiceValue for #ty {
-                const TYPE_NAME: &'static str = #type_name;
+    let type_name = type_name(&ident);
+    let value = service_value(&p, ty, &type_name);
+    if let Some((_, trait_path, _)) = &block.trait_ {
+        // An implementation of a #[service] trait: the trait gives the dispatch and the
+        // client; the type is registered so that the driver can send values of it. (A trait
+        // that is not a #[service] trait has no `into_service`: the error points at it.)
+        let into_service = quote_spanned! {trait_path.span()=>
+            <#ty as #trait_path>::into_service(service)
+        };
+        return Ok(quote! {
+            #block
 
-                fn encode_value(&self) -> #p::Result<#p::Payload> {
-                    #p::Encode::encode(self)
-                }
-            }
+            #value
 
             const _: () = {
                 fn make(
                     value: #p::Payload,
-                    b: #p::B,
+                    _b: #p::B,
                 ) -> #p::BoxFuture<'static, #p::Result<#p::Arc<dyn #p::Service>>> {
                     ::std::boxed::Box::pin(async move {
-                        #[allow(unused_mut)]
-                        let mut service: #ty = #p::decode_value(&value)?;
-                        #init
-                        ::core::result::Result::Ok(#p::Arc::new(service) as #p::Arc<dyn #p::Service>)
+                        let service: #ty = #p::decode_value(&value)?;
+                        ::core::result::Result::Ok(#into_service)
                     })
                 }
                 #p::inventory::submit! {
                     #p::Registration::new(<#ty as #p::ServiceValue>::TYPE_NAME, make)
                 }
             };
+        });
+    }
+
+    let mut methods = Vec::new();
+    let mut has_init = false;
+    for item in &block.items {
+        if let ImplItem::Fn(f) = item {
+            if f.sig.ident == "init" {
+                check_init(&f.sig)?;
+                has_init = true;
+            } else {
+                methods.push(check_method(&f.sig, &f.attrs)?);
+            }
         }
+    }
+
+    let init = if has_init {
+        quote!(service.init(&b).await?;)
+    } else {
+        quote!(let _ = b;)
     };
+    let dispatch = dispatch(
+        &p,
+        &methods,
+        &type_name,
+        |name, args| quote!(self.#name(#args)),
+    );
+    let vis = options
+        .vis
+        .clone()
+        .unwrap_or_else(|| syn::parse_quote!(pub));
+    let client = client(&p, &vis, &ident, &methods);
 
     Ok(quote! {
         #block
 
-        #registration
+        #value
+
+        const _: () = {
+            fn make(
+                value: #p::Payload,
+                b: #p::B,
+            ) -> #p::BoxFuture<'static, #p::Result<#p::Arc<dyn #p::Service>>> {
+                ::std::boxed::Box::pin(async move {
+                    #[allow(unused_mut)]
+                    let mut service: #ty = #p::decode_value(&value)?;
+                    #init
+                    ::core::result::Result::Ok(#p::Arc::new(service) as #p::Arc<dyn #p::Service>)
+                })
+            }
+            #p::inventory::submit! {
+                #p::Registration::new(<#ty as #p::ServiceValue>::TYPE_NAME, make)
+            }
+        };
 
         impl #p::Service for #ty {
             fn type_name(&self) -> &'static str {
                 #type_name
             }
 
-            fn dispatch(
-                self: #p::Arc<Self>,
-                method: &str,
-                request: #p::Request,
-            ) -> #p::Result<#p::Handler> {
-                match method {
-                    #(
-                        #name_strs => {
-                            #p::check_types::<#args, #replies>(
-                                &request,
-                                #type_name,
-                                #name_strs,
-                            )?;
-                            let mut request = request;
-                            let body = #p::take_body(&mut request, #bodies, #name_strs)?;
-                            ::core::result::Result::Ok(::std::boxed::Box::pin(async move {
-                                let arg: #args = #p::decode_arg(&mut request)?;
-                                #p::method_result(#calls)
-                            }))
-                        }
-                    )*
-                    _ => ::core::result::Result::Err(#p::no_such_method(
-                        #type_name,
-                        method,
-                    )),
-                }
+            #dispatch
+        }
+
+        #client
+    })
+}
+
+fn expand_trait(options: &Options, declared: ItemTrait) -> syn::Result<TokenStream2> {
+    if !declared.generics.params.is_empty() || declared.generics.where_clause.is_some() {
+        return Err(syn::Error::new_spanned(
+            &declared.generics,
+            "#[service] traits cannot be generic: calls are dispatched by name",
+        ));
+    }
+    if let Some(colon) = &declared.colon_token {
+        return Err(syn::Error::new_spanned(
+            colon,
+            "#[service] traits have no supertraits of their own (they are Send + Sync + 'static)",
+        ));
+    }
+    if let Some(unsafety) = &declared.unsafety {
+        return Err(syn::Error::new_spanned(
+            unsafety,
+            "#[service] traits cannot be unsafe",
+        ));
+    }
+    if let Some(auto) = &declared.auto_token {
+        return Err(syn::Error::new_spanned(
+            auto,
+            "#[service] traits cannot be auto traits",
+        ));
+    }
+    let mut methods = Vec::new();
+    let mut items = Vec::new();
+    for item in &declared.items {
+        let TraitItem::Fn(f) = item else {
+            return Err(syn::Error::new_spanned(
+                item,
+                "a #[service] trait holds only its methods",
+            ));
+        };
+        if let Some(default) = &f.default {
+            return Err(syn::Error::new_spanned(
+                default,
+                "#[service] trait methods have no default body",
+            ));
+        }
+        methods.push(check_method(&f.sig, &f.attrs)?);
+        // `async fn` becomes `fn -> impl Future + Send`, so that servers can spawn the futures.
+        let mut sig = f.sig.clone();
+        sig.asyncness = None;
+        let output = match &sig.output {
+            ReturnType::Type(_, ty) => quote!(#ty),
+            ReturnType::Default => quote!(()),
+        };
+        sig.output = syn::parse_quote! {
+            -> impl ::core::future::Future<Output = #output> + ::core::marker::Send
+        };
+        let attrs = &f.attrs;
+        items.push(quote!(#(#attrs)* #sig;));
+    }
+
+    let k = &options.krate;
+    let p = quote!(#k::__private);
+    let ident = &declared.ident;
+    let vis = &declared.vis;
+    let attrs = &declared.attrs;
+    let server = format_ident!("{}Server", ident);
+    let type_name = type_name(ident);
+    let dispatch = dispatch(
+        &p,
+        &methods,
+        &type_name,
+        |name, args| quote!(<T as #ident>::#name(&self.0, #args)),
+    );
+    let client_vis = options.vis.clone().unwrap_or_else(|| vis.clone());
+    let client = client(&p, &client_vis, ident, &methods);
+    let server_doc = format!("An implementation of [`{ident}`] as a service (see `into_service`).");
+
+    Ok(quote! {
+        #(#attrs)*
+        #vis trait #ident: ::core::marker::Send + ::core::marker::Sync + 'static {
+            #(#items)*
+
+            /// This implementation as a service a server dispatches calls to.
+            fn into_service(self) -> #p::Arc<dyn #p::Service>
+            where
+                Self: ::core::marker::Sized,
+            {
+                #p::Arc::new(#server(self))
             }
         }
 
+        #[doc = #server_doc]
+        #[derive(Debug)]
+        #vis struct #server<T>(T);
+
+        impl<T: #ident> #p::Service for #server<T> {
+            fn type_name(&self) -> &'static str {
+                #type_name
+            }
+
+            #dispatch
+        }
+
+        #client
+    })
+}
+
+/// `ServiceValue` for a service type: what the driver sends of it.
+fn service_value(p: &TokenStream2, ty: &Type, type_name: &TokenStream2) -> TokenStream2 {
+    quote! {
+        impl #p::ServiceValue for #ty {
+            const TYPE_NAME: &'static str = #type_name;
+
+            fn encode_value(&self) -> #p::Result<#p::Payload> {
+                #p::Encode::encode(self)
+            }
+        }
+    }
+}
+
+/// The registered name of a service type or trait: its module path and name.
+fn type_name(ident: &syn::Ident) -> TokenStream2 {
+    quote!(::core::concat!(
+        ::core::module_path!(),
+        "::",
+        ::core::stringify!(#ident)
+    ))
+}
+
+/// The `dispatch` method of the `Service` impl; `call` calls a method of the service value with
+/// the given arguments.
+fn dispatch(
+    p: &TokenStream2,
+    methods: &[Method],
+    type_name: &TokenStream2,
+    call: impl Fn(&syn::Ident, TokenStream2) -> TokenStream2,
+) -> TokenStream2 {
+    let arms = methods.iter().map(|m| {
+        let name_str = m.name.to_string();
+        let arg = &m.arg;
+        let reply = &m.reply;
+        let body = m.body;
+        let args = if m.body {
+            quote!(&request.ctx, arg, body.unwrap_or_else(#p::ByteStream::empty))
+        } else {
+            quote!(&request.ctx, arg)
+        };
+        let call = call(&m.name, args);
+        quote! {
+            #name_str => {
+                #p::check_types::<#arg, #reply>(&request, #type_name, #name_str)?;
+                let mut request = request;
+                let body = #p::take_body(&mut request, #body, #name_str)?;
+                ::core::result::Result::Ok(::std::boxed::Box::pin(async move {
+                    let arg: #arg = #p::decode_arg(&mut request)?;
+                    #p::method_result(#call.await)
+                }))
+            }
+        }
+    });
+    quote! {
+        fn dispatch(
+            self: #p::Arc<Self>,
+            method: &str,
+            request: #p::Request,
+        ) -> #p::Result<#p::Handler> {
+            match method {
+                #(#arms)*
+                _ => ::core::result::Result::Err(#p::no_such_method(#type_name, method)),
+            }
+        }
+    }
+}
+
+/// The typed client `<ident>Client`.
+fn client(
+    p: &TokenStream2,
+    vis: &Visibility,
+    ident: &syn::Ident,
+    methods: &[Method],
+) -> TokenStream2 {
+    let client = format_ident!("{}Client", ident);
+    let client_doc = format!(
+        "A typed client of the [`{ident}`] service on a machine. Each method returns a call \
+         builder; `.await` it for the reply."
+    );
+    let fns = methods.iter().map(|m| {
+        let (name, arg, reply, docs) = (&m.name, &m.arg, &m.reply, &m.docs);
+        let name_str = name.to_string();
+        quote! {
+            #(#docs)*
+            #vis fn #name<'a>(&'a self, arg: &'a #arg) -> #p::Call<'a, #arg, #reply> {
+                self.machine.call_service(&self.service, #name_str, arg)
+            }
+        }
+    });
+    quote! {
         #[doc = #client_doc]
         #[derive(Debug, Clone)]
         #vis struct #client {
@@ -241,47 +427,42 @@ fn expand(options: &Options, block: ItemImpl) -> syn::Result<TokenStream2> {
                 &self.machine
             }
 
-            #(
-                #(#docs)*
-                #vis fn #names<'a>(&'a self, arg: &'a #args) -> #p::Call<'a, #args, #replies> {
-                    self.machine.call_service(&self.service, #name_strs, arg)
-                }
-            )*
+            #(#fns)*
         }
-    })
+    }
 }
 
-fn check_init(f: &ImplItemFn) -> syn::Result<()> {
+fn check_init(sig: &Signature) -> syn::Result<()> {
     const SHAPE: &str = "`init` must be `async fn init(&mut self, b: &B) -> Result<()>`";
-    if f.sig.asyncness.is_none() {
-        return Err(syn::Error::new_spanned(f.sig.fn_token, SHAPE));
+    if sig.asyncness.is_none() {
+        return Err(syn::Error::new_spanned(sig.fn_token, SHAPE));
     }
-    match f.sig.inputs.first() {
+    match sig.inputs.first() {
         Some(FnArg::Receiver(r)) if r.reference.is_some() && r.mutability.is_some() => {}
-        _ => return Err(syn::Error::new(f.sig.ident.span(), SHAPE)),
+        _ => return Err(syn::Error::new(sig.ident.span(), SHAPE)),
     }
-    if f.sig.inputs.len() != 2 {
-        return Err(syn::Error::new_spanned(&f.sig.inputs, SHAPE));
+    if sig.inputs.len() != 2 {
+        return Err(syn::Error::new_spanned(&sig.inputs, SHAPE));
     }
     Ok(())
 }
 
-fn check_method(f: &ImplItemFn) -> syn::Result<Method> {
-    let name = &f.sig.ident;
+fn check_method(sig: &Signature, attrs: &[Attribute]) -> syn::Result<Method> {
+    let name = &sig.ident;
     let shape = format!(
         "service methods must be `async fn {name}(&self, ctx: &Context, arg: A) -> Result<R>` \
          (move helpers to another impl block)"
     );
-    if f.sig.asyncness.is_none() {
-        return Err(syn::Error::new_spanned(f.sig.fn_token, shape));
+    if sig.asyncness.is_none() {
+        return Err(syn::Error::new_spanned(sig.fn_token, shape));
     }
-    if !f.sig.generics.params.is_empty() {
+    if !sig.generics.params.is_empty() {
         return Err(syn::Error::new_spanned(
-            &f.sig.generics,
+            &sig.generics,
             "service methods cannot be generic: calls are dispatched by name",
         ));
     }
-    match f.sig.inputs.first() {
+    match sig.inputs.first() {
         Some(FnArg::Receiver(r)) if r.reference.is_some() && r.mutability.is_none() => {}
         Some(FnArg::Receiver(r)) => {
             return Err(syn::Error::new_spanned(
@@ -291,8 +472,7 @@ fn check_method(f: &ImplItemFn) -> syn::Result<Method> {
         }
         _ => return Err(syn::Error::new(name.span(), shape)),
     }
-    let typed: Vec<_> = f
-        .sig
+    let typed: Vec<_> = sig
         .inputs
         .iter()
         .skip(1)
@@ -304,7 +484,7 @@ fn check_method(f: &ImplItemFn) -> syn::Result<Method> {
     let (ctx, arg, body) = match typed.as_slice() {
         [ctx, arg] => (ctx, arg, None),
         [ctx, arg, body] => (ctx, arg, Some(body)),
-        _ => return Err(syn::Error::new_spanned(&f.sig.inputs, shape)),
+        _ => return Err(syn::Error::new_spanned(&sig.inputs, shape)),
     };
     if let Some(body) = body {
         let is_stream = matches!(&*body.ty, Type::Path(p)
@@ -328,12 +508,12 @@ fn check_method(f: &ImplItemFn) -> syn::Result<Method> {
             "the argument of a service method must be an owned type: it is decoded from the request",
         ));
     }
-    let reply = match &f.sig.output {
+    let reply = match &sig.output {
         ReturnType::Type(_, ty) => result_ok_type(ty),
         ReturnType::Default => None,
     }
     .ok_or_else(|| {
-        let span = match &f.sig.output {
+        let span = match &sig.output {
             ReturnType::Type(_, ty) => ty.span(),
             ReturnType::Default => Span::call_site().located_at(name.span()),
         };
@@ -344,12 +524,7 @@ fn check_method(f: &ImplItemFn) -> syn::Result<Method> {
         arg: (*arg.ty).clone(),
         reply,
         body: body.is_some(),
-        docs: f
-            .attrs
-            .iter()
-            .filter(|a| a.path().is_ident("doc"))
-            .cloned()
-            .collect(),
+        docs: docs(attrs),
     })
 }
 

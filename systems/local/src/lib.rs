@@ -3,7 +3,7 @@
 //!
 //! Starting a machine: the driver issues the machine's credentials and writes them to a 0600
 //! file that the machine reads and deletes (the CA key never leaves the driver); it starts
-//! `current_exe()` with the machine environment ([`bigmachine_supervisor::process`]) and reads
+//! `current_exe()` with the machine environment (see [`bigmachine_supervisor::run`]) and reads
 //! the machine's address from its first line of the handshake on stdout. From then on every
 //! line the machine writes to stdout or stderr reaches the driver's stderr, prefixed with the
 //! machine's address, in order; shutting the system down waits until the last line is out.
@@ -26,11 +26,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bigmachine_core::{Error, KeepaliveConfig, Kind, Launched, Result, System, B};
-use bigmachine_supervisor::process::{
-    self, ADDR_MARKER, ENV_CREDENTIALS, ENV_KEEPALIVE_MS, ENV_MAXPROCS, ENV_MODE, ENV_SYSTEM,
+use bigmachine_core::{Authority, Error, KeepaliveConfig, Kind, Launched, Result, System};
+use bigmachine_supervisor::{
+    write_private, ADDR_MARKER, ENV_CREDENTIALS, ENV_KEEPALIVE_MS, ENV_MAXPROCS, ENV_MODE,
+    ENV_STORE, ENV_SYSTEM,
 };
-use bigmachine_supervisor::store::ENV_STORE;
 use futures::future::BoxFuture;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStdout, Command};
@@ -50,9 +50,7 @@ struct Running {
 
 #[derive(Debug)]
 struct Inner {
-    keepalive: KeepaliveConfig,
-    maxprocs: usize,
-    stores: Option<PathBuf>,
+    settings: LocalSystemBuilder,
     running: Mutex<Vec<Running>>,
 }
 
@@ -68,49 +66,65 @@ impl Default for LocalSystem {
     }
 }
 
-impl LocalSystem {
-    /// A local system: each machine may use every processor of the host; keepalives every
-    /// second, a machine is lost (and exits) after 10 s without them.
-    pub fn new() -> Self {
-        Self {
+/// The settings of a [`LocalSystem`]; [`LocalSystemBuilder::build`] makes it.
+#[derive(Debug, Clone)]
+pub struct LocalSystemBuilder {
+    keepalive: KeepaliveConfig,
+    maxprocs: usize,
+    stores: Option<PathBuf>,
+}
+
+impl LocalSystemBuilder {
+    /// Keepalive settings. Default: a keepalive every second; a machine is lost (and exits)
+    /// after 10 s without them; 5 s allowed to each keepalive call.
+    pub fn keepalive(mut self, keepalive: KeepaliveConfig) -> Self {
+        self.keepalive = keepalive;
+        self
+    }
+
+    /// Processors per machine: what machines report, and the worker threads of a machine's
+    /// tokio runtime (`TOKIO_WORKER_THREADS`); at least 1. Default: every processor of the host.
+    pub fn maxprocs(mut self, maxprocs: usize) -> Self {
+        self.maxprocs = maxprocs.max(1);
+        self
+    }
+
+    /// Gives every machine a binary store of its own under `dir`, as if each ran on a host of
+    /// its own: a machine that needs another binary then fetches it from a peer rather than
+    /// finding it in the store. Default: the machines of a host share one store.
+    pub fn isolated_stores(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.stores = Some(dir.into());
+        self
+    }
+
+    /// The local system.
+    pub fn build(self) -> LocalSystem {
+        LocalSystem {
             inner: Arc::new(Inner {
-                keepalive: KeepaliveConfig {
-                    period: Duration::from_secs(1),
-                    timeout: Duration::from_secs(10),
-                    rpc_timeout: Duration::from_secs(5),
-                },
-                maxprocs: std::thread::available_parallelism().map_or(1, |n| n.get()),
-                stores: None,
+                settings: self,
                 running: Mutex::new(Vec::new()),
             }),
         }
     }
+}
 
-    fn configure(mut self, f: impl FnOnce(&mut Inner)) -> Self {
-        match Arc::get_mut(&mut self.inner) {
-            Some(inner) => f(inner),
-            None => tracing::warn!("LocalSystem configured after it was shared; ignored"),
+impl LocalSystem {
+    /// A local system with the default settings (see [`LocalSystemBuilder`]).
+    pub fn new() -> Self {
+        Self::builder().build()
+    }
+
+    /// The settings of a new local system, at their defaults.
+    pub fn builder() -> LocalSystemBuilder {
+        let mut keepalive = KeepaliveConfig::default();
+        keepalive.period = Duration::from_secs(1);
+        keepalive.timeout = Duration::from_secs(10);
+        keepalive.rpc_timeout = Duration::from_secs(5);
+        LocalSystemBuilder {
+            keepalive,
+            maxprocs: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            stores: None,
         }
-        self
-    }
-
-    /// Sets the keepalive settings.
-    pub fn with_keepalive(self, keepalive: KeepaliveConfig) -> Self {
-        self.configure(|i| i.keepalive = keepalive)
-    }
-
-    /// Sets the processors per machine: what machines report, and the worker threads of a
-    /// machine's tokio runtime (`TOKIO_WORKER_THREADS`).
-    pub fn with_maxprocs(self, maxprocs: usize) -> Self {
-        self.configure(|i| i.maxprocs = maxprocs.max(1))
-    }
-
-    /// Gives every machine a binary store of its own under `dir`, as if each ran on a host of
-    /// its own (by default the machines of a host share one): a machine that needs another
-    /// binary then fetches it from a peer rather than finding it in the store.
-    pub fn with_isolated_stores(self, dir: impl Into<PathBuf>) -> Self {
-        let dir = dir.into();
-        self.configure(|i| i.stores = Some(dir))
     }
 
     /// Process ids of the machines started so far.
@@ -122,15 +136,12 @@ impl LocalSystem {
         self.inner.running.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    async fn launch(&self, b: &B, index: usize) -> Result<Launched> {
-        let authority = b
-            .authority()
-            .ok_or_else(|| Error::fatal(Kind::Precondition, "only the driver starts machines"))?;
-        let creds =
-            process::write_private(&authority.issue(&format!("local machine {index}"))?.to_pem())?;
+    async fn launch(&self, authority: &Authority, index: usize) -> Result<Launched> {
+        let settings = &self.inner.settings;
+        let creds = write_private(&authority.issue(&format!("local machine {index}"))?.to_pem())?;
         let exe = std::env::current_exe()?;
         let mut command = Command::new(&exe);
-        if let Some(stores) = &self.inner.stores {
+        if let Some(stores) = &settings.stores {
             command.env(ENV_STORE, stores.join(format!("machine-{index}")));
         }
         let spawned = command
@@ -138,11 +149,11 @@ impl LocalSystem {
             .env(ENV_MODE, "machine")
             .env(ENV_SYSTEM, "local")
             .env(ENV_CREDENTIALS, &creds)
-            .env(ENV_MAXPROCS, self.inner.maxprocs.to_string())
-            .env("TOKIO_WORKER_THREADS", self.inner.maxprocs.to_string())
+            .env(ENV_MAXPROCS, settings.maxprocs.to_string())
+            .env("TOKIO_WORKER_THREADS", settings.maxprocs.to_string())
             .env(
                 ENV_KEEPALIVE_MS,
-                self.inner.keepalive.timeout.as_millis().to_string(),
+                settings.keepalive.timeout.as_millis().to_string(),
             )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -199,7 +210,7 @@ impl LocalSystem {
         tracing::debug!(%addr, pid, "machine process started");
         Ok(Launched {
             addr,
-            maxprocs: self.inner.maxprocs,
+            maxprocs: settings.maxprocs,
             exited: Box::pin(exited(exit_rx)),
         })
     }
@@ -371,17 +382,21 @@ impl System for LocalSystem {
     }
 
     fn keepalive(&self) -> KeepaliveConfig {
-        self.inner.keepalive
+        self.inner.settings.keepalive
     }
 
     fn maxprocs(&self) -> usize {
-        self.inner.maxprocs
+        self.inner.settings.maxprocs
     }
 
-    fn start<'a>(&'a self, b: &'a B, n: usize) -> BoxFuture<'a, Result<Vec<Launched>>> {
+    fn start<'a>(
+        &'a self,
+        authority: &'a Authority,
+        n: usize,
+    ) -> BoxFuture<'a, Result<Vec<Launched>>> {
         Box::pin(async move {
             let base = self.lock().len();
-            let launches = (0..n).map(|i| self.launch(b, base + i));
+            let launches = (0..n).map(|i| self.launch(authority, base + i));
             futures::future::join_all(launches)
                 .await
                 .into_iter()

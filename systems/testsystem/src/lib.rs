@@ -3,8 +3,8 @@
 //! Each machine has its own QUIC endpoint on loopback and its own certificate from the driver's
 //! authority, and runs the same supervisor as a real machine, so calls take the real path:
 //! handshake, mutual TLS, streams, codec, dispatch. What a test gains is control: [`TestSystem::kill`]
-//! ends a machine abruptly, short keepalives ([`TestSystem::with_keepalive`]) make failure
-//! detection fast, and reply faults ([`TestSystem::with_faults`]) break replies on purpose.
+//! ends a machine abruptly, short keepalives ([`TestSystemBuilder::keepalive`]) make failure
+//! detection fast, and reply faults ([`TestSystemBuilder::faults`]) break replies on purpose.
 //!
 //! ```no_run
 //! # async fn demo() -> bigmachine_core::Result<()> {
@@ -19,29 +19,25 @@
 #![deny(missing_docs)]
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bigmachine_core::fault::ReplyFaults;
-use bigmachine_core::server::ServerConfig;
-use bigmachine_core::{Error, KeepaliveConfig, Kind, Launched, Machine, Result, System, B};
-use bigmachine_quic::TransportConfig;
+use bigmachine_core::{
+    Authority, Error, KeepaliveConfig, Kind, Launched, Machine, ReplyFaults, Result, System,
+    TransportConfig,
+};
 use bigmachine_supervisor::{MachineHandle, MachineOptions};
 use futures::future::BoxFuture;
 
 #[derive(Debug)]
 struct Inner {
-    keepalive: KeepaliveConfig,
-    faults: Option<Arc<ReplyFaults>>,
-    transport: TransportConfig,
-    max_payload: u64,
-    maxprocs: usize,
+    settings: TestSystemBuilder,
     machines: Mutex<HashMap<SocketAddr, MachineHandle>>,
 }
 
 /// A system of in-process machines. Cheap to clone: clones share the machines, so a test keeps
-/// one to [`kill`](TestSystem::kill) machines after handing another to [`B`].
+/// one to [`kill`](TestSystem::kill) machines after handing another to [`bigmachine_core::B`].
 #[derive(Debug, Clone)]
 pub struct TestSystem {
     inner: Arc<Inner>,
@@ -53,51 +49,80 @@ impl Default for TestSystem {
     }
 }
 
-impl TestSystem {
-    /// A test system with short keepalives (period 1 s, timeout 5 s, per-call timeout 1 s).
-    pub fn new() -> Self {
-        Self {
+/// The settings of a [`TestSystem`]; [`TestSystemBuilder::build`] makes it.
+#[derive(Debug, Clone)]
+pub struct TestSystemBuilder {
+    keepalive: KeepaliveConfig,
+    faults: Option<Arc<ReplyFaults>>,
+    transport: TransportConfig,
+    max_payload: u64,
+    maxprocs: usize,
+}
+
+impl TestSystemBuilder {
+    /// Keepalive settings of the machines. Default: period 1 s, timeout 5 s, per-call timeout
+    /// 1 s.
+    pub fn keepalive(mut self, keepalive: KeepaliveConfig) -> Self {
+        self.keepalive = keepalive;
+        self
+    }
+
+    /// Faults to inject into the replies of user services. Default: none.
+    pub fn faults(mut self, faults: Arc<ReplyFaults>) -> Self {
+        self.faults = Some(faults);
+        self
+    }
+
+    /// Transport tuning of the machines. Default: [`TransportConfig::default`].
+    pub fn transport(mut self, transport: TransportConfig) -> Self {
+        self.transport = transport;
+        self
+    }
+
+    /// The largest argument the machines accept, in bytes. Default:
+    /// [`bigmachine_core::DEFAULT_MAX_PAYLOAD`] (1 GiB).
+    pub fn max_payload(mut self, bytes: u64) -> Self {
+        self.max_payload = bytes;
+        self
+    }
+
+    /// Processors each machine reports; at least 1. Default: the processors available to this
+    /// process.
+    pub fn maxprocs(mut self, maxprocs: usize) -> Self {
+        self.maxprocs = maxprocs.max(1);
+        self
+    }
+
+    /// The test system.
+    pub fn build(self) -> TestSystem {
+        TestSystem {
             inner: Arc::new(Inner {
-                keepalive: KeepaliveConfig {
-                    period: Duration::from_secs(1),
-                    timeout: Duration::from_secs(5),
-                    rpc_timeout: Duration::from_secs(1),
-                },
-                faults: None,
-                transport: TransportConfig::default(),
-                max_payload: bigmachine_core::DEFAULT_MAX_PAYLOAD,
-                maxprocs: std::thread::available_parallelism().map_or(1, |n| n.get()),
+                settings: self,
                 machines: Mutex::new(HashMap::new()),
             }),
         }
     }
+}
 
-    fn configure(mut self, f: impl FnOnce(&mut Inner)) -> Self {
-        match Arc::get_mut(&mut self.inner) {
-            Some(inner) => f(inner),
-            None => tracing::warn!("TestSystem configured after it was shared; ignored"),
+impl TestSystem {
+    /// A test system with the default settings (see [`TestSystemBuilder`]).
+    pub fn new() -> Self {
+        Self::builder().build()
+    }
+
+    /// The settings of a new test system, at their defaults.
+    pub fn builder() -> TestSystemBuilder {
+        let mut keepalive = KeepaliveConfig::default();
+        keepalive.period = Duration::from_secs(1);
+        keepalive.timeout = Duration::from_secs(5);
+        keepalive.rpc_timeout = Duration::from_secs(1);
+        TestSystemBuilder {
+            keepalive,
+            faults: None,
+            transport: TransportConfig::default(),
+            max_payload: bigmachine_core::DEFAULT_MAX_PAYLOAD,
+            maxprocs: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
-        self
-    }
-
-    /// Sets the keepalive settings of new machines.
-    pub fn with_keepalive(self, keepalive: KeepaliveConfig) -> Self {
-        self.configure(|i| i.keepalive = keepalive)
-    }
-
-    /// Injects faults into the replies of user services on new machines.
-    pub fn with_faults(self, faults: Arc<ReplyFaults>) -> Self {
-        self.configure(|i| i.faults = Some(faults))
-    }
-
-    /// Sets the transport tuning of new machines.
-    pub fn with_transport(self, transport: TransportConfig) -> Self {
-        self.configure(|i| i.transport = transport)
-    }
-
-    /// Sets the largest argument new machines accept.
-    pub fn with_max_payload(self, bytes: u64) -> Self {
-        self.configure(|i| i.max_payload = bytes)
     }
 
     /// Kills `machine` abruptly: its endpoint closes (every connection to it fails at once) and
@@ -133,38 +158,35 @@ impl System for TestSystem {
     }
 
     fn keepalive(&self) -> KeepaliveConfig {
-        self.inner.keepalive
+        self.inner.settings.keepalive
     }
 
     fn maxprocs(&self) -> usize {
-        self.inner.maxprocs
+        self.inner.settings.maxprocs
     }
 
-    fn start<'a>(&'a self, b: &'a B, n: usize) -> BoxFuture<'a, Result<Vec<Launched>>> {
+    fn start<'a>(
+        &'a self,
+        authority: &'a Authority,
+        n: usize,
+    ) -> BoxFuture<'a, Result<Vec<Launched>>> {
         Box::pin(async move {
-            let authority = b.authority().ok_or_else(|| {
-                Error::fatal(Kind::Precondition, "only the driver can start machines")
-            })?;
+            let settings = &self.inner.settings;
             let mut launched = Vec::with_capacity(n);
             for _ in 0..n {
                 let index = self.lock().len();
-                let handle = bigmachine_supervisor::start(MachineOptions {
-                    creds: authority.issue(&format!("test machine {index}"))?,
-                    bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-                    transport: self.inner.transport.clone(),
-                    server: ServerConfig {
-                        max_payload: self.inner.max_payload,
-                        faults: self.inner.faults.clone(),
-                    },
-                    system: Arc::new(self.clone()),
-                    maxprocs: self.inner.maxprocs,
-                    first_keepalive: self.inner.keepalive.timeout,
-                    exec: false,
-                })?;
+                let creds = authority.issue(&format!("test machine {index}"))?;
+                let mut options = MachineOptions::new(creds, Arc::new(self.clone()));
+                options.transport = settings.transport.clone();
+                options.server.max_payload = settings.max_payload;
+                options.server.faults = settings.faults.clone();
+                options.maxprocs = settings.maxprocs;
+                options.first_keepalive = settings.keepalive.timeout;
+                let handle = bigmachine_supervisor::start(options)?;
                 self.lock().insert(handle.addr(), handle.clone());
                 launched.push(Launched {
                     addr: handle.addr(),
-                    maxprocs: self.inner.maxprocs,
+                    maxprocs: settings.maxprocs,
                     exited: Box::pin(handle.exited()),
                 });
             }

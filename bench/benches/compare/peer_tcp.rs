@@ -1,0 +1,251 @@
+//! The kernel floor: TCP over loopback with bigmachine's framing sizes (a 40-byte request header
+//! and a 16-byte reply header, each followed by its payload). Sequential calls are a plain
+//! ping-pong on one connection; calls in flight share a second connection through a writer task
+//! and a reader task matching replies to requests by id (what any multiplexing RPC over TCP does).
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use bigmachine_quic::Credentials;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::harness::{Payload, Peer, CHUNK};
+use crate::server;
+
+const ECHO: u8 = 0;
+const PUT: u8 = 1;
+const GET: u8 = 2;
+const REQ: usize = 40;
+const REPLY: usize = 16;
+
+fn request_header(id: u64, op: u8, n: u64, len: u64) -> [u8; REQ] {
+    let mut h = [0u8; REQ];
+    h[..8].copy_from_slice(&id.to_le_bytes());
+    h[8] = op;
+    h[16..24].copy_from_slice(&n.to_le_bytes());
+    h[24..32].copy_from_slice(&len.to_le_bytes());
+    h
+}
+
+fn reply_header(id: u64, len: u64) -> [u8; REPLY] {
+    let mut h = [0u8; REPLY];
+    h[..8].copy_from_slice(&id.to_le_bytes());
+    h[8..].copy_from_slice(&len.to_le_bytes());
+    h
+}
+
+fn field(h: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(h[at..at + 8].try_into().unwrap_or_default())
+}
+
+/// Reads and discards `n` bytes.
+async fn drain(
+    r: &mut (impl AsyncRead + Unpin),
+    n: u64,
+    scratch: &mut [u8],
+) -> std::io::Result<()> {
+    let mut left = n;
+    while left > 0 {
+        let len = left.min(scratch.len() as u64) as usize;
+        r.read_exact(&mut scratch[..len]).await?;
+        left -= len as u64;
+    }
+    Ok(())
+}
+
+async fn serve_conn(conn: TcpStream) -> std::io::Result<()> {
+    conn.set_nodelay(true)?;
+    let (r, w) = conn.into_split();
+    let (mut r, mut w) = (BufReader::new(r), BufWriter::new(w));
+    let chunk = vec![0x5au8; CHUNK];
+    let mut scratch = vec![0u8; CHUNK];
+    let mut msg = Vec::new();
+    loop {
+        let mut h = [0u8; REQ];
+        r.read_exact(&mut h).await?;
+        let (id, op, n, len) = (field(&h, 0), h[8], field(&h, 16), field(&h, 24));
+        match op {
+            ECHO => {
+                msg.resize(len as usize, 0);
+                r.read_exact(&mut msg).await?;
+                w.write_all(&reply_header(id, len)).await?;
+                w.write_all(&msg).await?;
+            }
+            PUT => {
+                drain(&mut r, len, &mut scratch).await?;
+                w.write_all(&reply_header(id, 8)).await?;
+                w.write_all(&len.to_le_bytes()).await?;
+            }
+            _ => {
+                w.write_all(&reply_header(id, n)).await?;
+                let mut left = n;
+                while left > 0 {
+                    let len = left.min(CHUNK as u64) as usize;
+                    w.write_all(&chunk[..len]).await?;
+                    left -= len as u64;
+                }
+            }
+        }
+        if r.buffer().is_empty() {
+            w.flush().await?;
+        }
+    }
+}
+
+/// Serves until killed.
+pub(crate) async fn serve() {
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        .await
+        .unwrap_or_else(|e| panic!("bind: {e}"));
+    server::announce(listener.local_addr().unwrap_or_else(|e| panic!("{e}")));
+    while let Ok((conn, _)) = listener.accept().await {
+        tokio::spawn(serve_conn(conn));
+    }
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Vec<u8>>>>>;
+
+/// A ping-pong connection and a multiplexed one.
+pub(crate) struct Client {
+    pingpong: tokio::sync::Mutex<(TcpStream, Vec<u8>)>,
+    frames: mpsc::UnboundedSender<Vec<u8>>,
+    pending: Pending,
+    next: AtomicU64,
+    _server: tokio::process::Child,
+}
+
+async fn connect(addr: SocketAddr) -> TcpStream {
+    let conn = TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}"));
+    conn.set_nodelay(true)
+        .unwrap_or_else(|e| panic!("nodelay: {e}"));
+    conn
+}
+
+async fn write_frames(
+    mut w: impl AsyncWrite + Unpin,
+    mut frames: mpsc::UnboundedReceiver<Vec<u8>>,
+) -> std::io::Result<()> {
+    while let Some(f) = frames.recv().await {
+        w.write_all(&f).await?;
+        while let Ok(f) = frames.try_recv() {
+            w.write_all(&f).await?;
+        }
+        w.flush().await?;
+    }
+    Ok(())
+}
+
+async fn read_replies(mut r: impl AsyncRead + Unpin, pending: Pending) -> std::io::Result<()> {
+    loop {
+        let mut h = [0u8; REPLY];
+        r.read_exact(&mut h).await?;
+        let mut body = vec![0u8; field(&h, 8) as usize];
+        r.read_exact(&mut body).await?;
+        let waiter = pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&field(&h, 0));
+        if let Some(w) = waiter {
+            let _ = w.send(body);
+        }
+    }
+}
+
+impl Client {
+    pub(crate) async fn start(creds: &Credentials) -> Self {
+        let (addr, child) = server::spawn("tcp", creds).await;
+        let pingpong = connect(addr).await;
+        let (r, w) = connect(addr).await.into_split();
+        let (frames, rx) = mpsc::unbounded_channel();
+        let pending = Pending::default();
+        tokio::spawn(write_frames(BufWriter::new(w), rx));
+        tokio::spawn(read_replies(BufReader::new(r), pending.clone()));
+        Self {
+            pingpong: tokio::sync::Mutex::new((pingpong, vec![0u8; CHUNK])),
+            frames,
+            pending,
+            next: AtomicU64::new(0),
+            _server: child,
+        }
+    }
+
+    /// One request on the ping-pong connection; reads the reply's payload into `out` (or discards it).
+    async fn round_trip(
+        &self,
+        op: u8,
+        n: u64,
+        payload: &[u8],
+        mut out: Option<&mut Vec<u8>>,
+    ) -> u64 {
+        let mut guard = self.pingpong.lock().await;
+        let (conn, scratch) = &mut *guard;
+        let io = async {
+            let h = request_header(0, op, n, payload.len() as u64);
+            if payload.len() <= 4096 {
+                let mut frame = Vec::with_capacity(REQ + payload.len());
+                frame.extend_from_slice(&h);
+                frame.extend_from_slice(payload);
+                conn.write_all(&frame).await?;
+            } else {
+                conn.write_all(&h).await?;
+                conn.write_all(payload).await?;
+            }
+            let mut rh = [0u8; REPLY];
+            conn.read_exact(&mut rh).await?;
+            let len = field(&rh, 8);
+            match out.as_deref_mut() {
+                Some(out) => {
+                    out.resize(len as usize, 0);
+                    conn.read_exact(out).await?;
+                }
+                None => drain(conn, len, scratch).await?,
+            }
+            std::io::Result::Ok(len)
+        };
+        io.await.unwrap_or_else(|e| panic!("tcp: {e}"))
+    }
+}
+
+impl Peer for Client {
+    async fn echo(&self, msg: &Payload) -> usize {
+        let mut out = Vec::new();
+        self.round_trip(ECHO, 0, &msg.vec, Some(&mut out)).await as usize
+    }
+
+    async fn echo_concurrent(&self, msg: &Payload) -> usize {
+        let id = self.next.fetch_add(1, Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, tx);
+        let mut frame = Vec::with_capacity(REQ + msg.vec.len());
+        frame.extend_from_slice(&request_header(id, ECHO, 0, msg.vec.len() as u64));
+        frame.extend_from_slice(&msg.vec);
+        self.frames
+            .send(frame)
+            .unwrap_or_else(|_| panic!("tcp writer gone"));
+        rx.await.unwrap_or_else(|_| panic!("tcp reader gone")).len()
+    }
+
+    async fn put(&self, data: &Payload) -> u64 {
+        let mut out = Vec::new();
+        self.round_trip(PUT, 0, &data.vec, Some(&mut out)).await;
+        field(&out, 0)
+    }
+
+    async fn get(&self, n: u64) -> u64 {
+        let mut out = Vec::new();
+        self.round_trip(GET, n, &[], Some(&mut out)).await
+    }
+
+    async fn stream(&self, n: u64) -> Option<u64> {
+        Some(self.round_trip(GET, n, &[], None).await)
+    }
+}

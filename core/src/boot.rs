@@ -1,0 +1,167 @@
+//! Booting an owned machine, the driver's side: reach its Supervisor, give it the binary and
+//! environment it must run (re-executing it when needed), and install its services.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::b::B;
+use crate::error::{Error, Kind, Result};
+use crate::keepalive::KeepaliveConfig;
+use crate::machine::Machine;
+use crate::provision::{provide_binary, Binary};
+use crate::services::ServiceSpec;
+use crate::supervisor::{Info, SupervisorClient};
+
+/// Everything a booting machine needs from [`B::start`], computed once for all its machines.
+#[derive(Debug)]
+pub(crate) struct BootPlan {
+    pub(crate) services: Vec<ServiceSpec>,
+    pub(crate) environ: Vec<String>,
+    pub(crate) args: Option<Vec<String>>,
+    /// The binary machines must run.
+    pub(crate) binary: Binary,
+    /// Whether the machine must exec even if it already runs `digest`.
+    pub(crate) exec: bool,
+    /// The driver, to find peers to fetch the binary from and to count uploads.
+    pub(crate) b: B,
+}
+
+/// Pings `machine` until it answers, for up to the keepalive timeout.
+pub(crate) async fn reach(machine: &Machine, keepalive: KeepaliveConfig) -> Result<()> {
+    let supervisor = machine.supervisor();
+    let give_up = Instant::now() + keepalive.timeout;
+    let mut wait = Duration::from_millis(5);
+    let mut seq = 0u64;
+    loop {
+        seq += 1;
+        let reply = supervisor
+            .ping(&seq)
+            .internal()
+            .timeout(keepalive.rpc_timeout)
+            .await;
+        match reply {
+            Ok(r) if r == seq => return Ok(()),
+            Ok(r) => {
+                return Err(Error::fatal(
+                    Kind::Invalid,
+                    format!("ping {seq} answered with {r}"),
+                ))
+            }
+            Err(e) if e.is_temporary() && Instant::now() + wait < give_up => {
+                tracing::debug!(machine = %machine.addr(), error = %e, "machine not reachable yet");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(1));
+            }
+            Err(e) => {
+                return Err(Error::new(
+                    Kind::Unavailable,
+                    format!("machine {} did not answer pings", machine.addr()),
+                )
+                .caused_by(e))
+            }
+        }
+    }
+}
+
+/// Boots a machine that answers: makes it run the plan's binary (and environment, arguments),
+/// then installs the plan's services.
+pub(crate) async fn boot(
+    machine: &Machine,
+    plan: &BootPlan,
+    keepalive: KeepaliveConfig,
+) -> Result<()> {
+    let supervisor = machine.supervisor();
+    let rpc = keepalive.rpc_timeout;
+    let mut info = supervisor.info(&()).internal().timeout(rpc).await?;
+    let upload = info.digest != plan.binary.digest;
+    if upload || plan.exec {
+        if upload {
+            provide_binary(machine, &supervisor, &plan.binary, &plan.b, keepalive).await?;
+        }
+        if !plan.environ.is_empty() {
+            supervisor
+                .setenv(&plan.environ)
+                .internal()
+                .timeout(rpc)
+                .await?;
+        }
+        if let Some(args) = &plan.args {
+            supervisor.setargs(args).internal().timeout(rpc).await?;
+        }
+        match supervisor.exec(&()).internal().timeout(rpc).await {
+            Ok(()) => {}
+            // The machine waits for this reply to be delivered before it closes its
+            // connections and re-executes, but a reply can still be lost (a connection that
+            // breaks meanwhile): whether the exec happened shows in its incarnation.
+            Err(e) if e.kind() == Kind::Net => {
+                tracing::debug!(machine = %machine.addr(), error = %e, "exec reply lost");
+            }
+            Err(e) => return Err(e),
+        }
+        tracing::debug!(machine = %machine.addr(), "machine re-executing");
+        info = reexecuted(machine, &supervisor, info.incarnation, keepalive).await?;
+        if info.digest != plan.binary.digest {
+            return Err(Error::fatal(
+                Kind::Precondition,
+                format!(
+                    "machine {} runs binary {} after exec, expected {}",
+                    machine.addr(),
+                    info.digest,
+                    plan.binary.digest
+                ),
+            ));
+        }
+    }
+    machine.booted(info.maxprocs, info.digest);
+    for spec in &plan.services {
+        supervisor.register(spec).internal().await.map_err(|e| {
+            Error::new(
+                Kind::Unavailable,
+                format!(
+                    "machine {}: installing service {}",
+                    machine.addr(),
+                    spec.name
+                ),
+            )
+            .caused_by(e)
+        })?;
+    }
+    Ok(())
+}
+
+/// Waits until the machine answers as a new incarnation (its process re-executed).
+async fn reexecuted(
+    machine: &Machine,
+    supervisor: &SupervisorClient,
+    old: u64,
+    keepalive: KeepaliveConfig,
+) -> Result<Info> {
+    let give_up = Instant::now() + keepalive.timeout;
+    let mut wait = Duration::from_millis(5);
+    let mut last = None;
+    loop {
+        let info = supervisor
+            .info(&())
+            .internal()
+            .timeout(keepalive.rpc_timeout)
+            .await;
+        match info {
+            Ok(info) if info.incarnation != old => return Ok(info),
+            Ok(_) => {}
+            Err(e) if e.is_temporary() && Instant::now() + wait < give_up => last = Some(e),
+            Err(e) => return Err(e),
+        }
+        if Instant::now() + wait >= give_up {
+            return Err(Error::new(
+                Kind::Unavailable,
+                format!("machine {} did not come back after exec", machine.addr()),
+            )
+            .caused_by(last.unwrap_or_else(|| {
+                Error::new(Kind::Unavailable, "it kept answering as its old process")
+            })));
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_millis(200));
+    }
+}

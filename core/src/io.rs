@@ -1,0 +1,321 @@
+//! The wire over quinn: thin loops that move the frames of [`crate::wire`] to and from QUIC
+//! streams. What bytes mean is the wire module's to say; this module reads and writes them, and
+//! says what a stream that ends early or carries more than its frames means (a broken request
+//! is the peer's fault; a broken reply, the network's).
+
+use bytes::Bytes;
+use quinn::{RecvStream, SendStream};
+
+use crate::buffers::{Payload, Pooled};
+use crate::error::{Error, Kind, Result};
+use crate::stream::ByteStream;
+use crate::wire::{
+    self, Frame, FrameDecoder, MethodName, ReplyHeader, RequestHeader, Reset, Status,
+    REPLY_HEADER_LEN, REQUEST_HEADER_LEN,
+};
+
+/// A request as read from a call stream, up to its argument's archive.
+#[derive(Debug)]
+pub(crate) struct IncomingRequest {
+    /// The request's header.
+    pub(crate) header: RequestHeader,
+    /// The method called.
+    pub(crate) method: MethodName,
+    /// The argument's archive.
+    pub(crate) arg: Payload,
+}
+
+/// Reads a request: header, method name and payload (and, unless a byte stream follows, the end
+/// of the stream). A stream that ends early is [`Kind::Invalid`]: the peer sent a bad frame.
+pub(crate) async fn read_request(
+    recv: &mut RecvStream,
+    max_payload: u64,
+) -> Result<IncomingRequest> {
+    let mut hb = [0u8; REQUEST_HEADER_LEN];
+    read_exact(recv, &mut hb, Kind::Invalid).await?;
+    let header = RequestHeader::decode(&hb, max_payload)?;
+    let mut name = vec![0u8; usize::from(header.method_len)];
+    read_exact(recv, &mut name, Kind::Invalid).await?;
+    let method = MethodName::parse(&name)?;
+    let arg = read_payload(recv, header.payload_len, Kind::Invalid).await?;
+    if !header.has_stream() {
+        read_end(recv, Kind::Invalid).await?;
+    }
+    Ok(IncomingRequest {
+        header,
+        method,
+        arg,
+    })
+}
+
+/// Payloads up to this size are sent in the same write as the request's head.
+const INLINE: usize = 16 << 10;
+
+/// Writes a request: its `head` (header and method name, see
+/// [`RequestHeader::encode_head`]), then the argument's archive, which is handed to the
+/// transport without a copy (small ones go in the head's write).
+pub(crate) async fn write_request(
+    send: &mut SendStream,
+    mut head: Vec<u8>,
+    arg: &Bytes,
+) -> Result<()> {
+    if arg.len() <= INLINE {
+        head.extend_from_slice(arg);
+        send.write_chunk(head.into()).await?;
+    } else {
+        send.write_all_chunks(&mut [head.into(), arg.clone()])
+            .await?;
+    }
+    Ok(())
+}
+
+/// Room to reserve for a request's head, with a small argument in the same buffer.
+pub(crate) fn head_capacity(name_len: usize, arg_len: usize) -> usize {
+    REQUEST_HEADER_LEN + name_len + if arg_len <= INLINE { arg_len } else { 0 }
+}
+
+/// Reads a reply: header and payload (and, unless a stream follows, the end of the stream). A
+/// stream that ends early is [`Kind::Net`]: the stream broke and another try may succeed.
+pub async fn read_reply(recv: &mut RecvStream, max_payload: u64) -> Result<(Status, Payload)> {
+    let mut hb = [0u8; REPLY_HEADER_LEN];
+    read_exact(recv, &mut hb, Kind::Net).await?;
+    let header = ReplyHeader::decode(&hb, max_payload)?;
+    let payload = read_payload(recv, header.payload_len, Kind::Net).await?;
+    if header.status != Status::Stream {
+        read_end(recv, Kind::Invalid).await?;
+    }
+    Ok((header.status, payload))
+}
+
+/// Writes a reply (header then payload) and finishes the stream. The payload is handed to the
+/// transport without a copy and returns to the buffer pool once sent.
+pub(crate) async fn write_reply(
+    send: &mut SendStream,
+    status: Status,
+    payload: Payload,
+) -> Result<()> {
+    let header = ReplyHeader {
+        status,
+        payload_len: payload.len() as u64,
+    };
+    let header = Bytes::copy_from_slice(&header.encode());
+    send.write_all_chunks(&mut [header, Bytes::from_owner(Pooled(payload))])
+        .await?;
+    send.finish()?;
+    Ok(())
+}
+
+/// Writes `stream` as a reply stream: the header, its frames, then its end (success, or the
+/// error that ended it). A panic while producing the stream ends it with that panic as the
+/// error. Returns the error if writing failed (the reader went away).
+pub(crate) async fn write_reply_stream(
+    send: &mut SendStream,
+    mut stream: ByteStream,
+) -> Result<()> {
+    use futures::FutureExt;
+    let header = ReplyHeader {
+        status: Status::Stream,
+        payload_len: 0,
+    };
+    send.write_all(&header.encode()).await?;
+    loop {
+        let next = std::panic::AssertUnwindSafe(stream.next_chunk())
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|panic| {
+                Some(Err(Error::from_panic("producing a reply stream", &*panic)))
+            });
+        match next {
+            None => break,
+            Some(Ok(chunk)) => {
+                for piece in wire::split_data(chunk) {
+                    let len = Bytes::copy_from_slice(&wire::data_header(piece.len()));
+                    send.write_all_chunks(&mut [len, piece]).await?;
+                }
+            }
+            Some(Err(e)) => {
+                send.write_all(&wire::end_err(&e)).await?;
+                send.finish()?;
+                return Ok(());
+            }
+        }
+    }
+    send.write_all(&wire::end_ok()).await?;
+    send.finish()?;
+    Ok(())
+}
+
+/// The reply stream read from `recv`, chunks handed on as they arrive (no copy).
+pub(crate) fn reply_stream(recv: RecvStream) -> ByteStream {
+    struct Reading {
+        recv: RecvStream,
+        decoder: FrameDecoder,
+        input: Bytes,
+    }
+    let start = Reading {
+        recv,
+        decoder: FrameDecoder::new(),
+        input: Bytes::new(),
+    };
+    ByteStream::from_stream(futures::stream::unfold(Some(start), |state| async move {
+        let mut s = state?;
+        loop {
+            match s.decoder.decode(&mut s.input) {
+                Ok(Some(Frame::Data(data))) => return Some((Ok(data), Some(s))),
+                Ok(Some(Frame::End(end))) => {
+                    // Nothing may follow the end (the decoder refuses what is left of the
+                    // input); reading the stream's end also lets quinn retire it quietly.
+                    let ended = match s.decoder.decode(&mut s.input) {
+                        Ok(_) => read_end(&mut s.recv, Kind::Invalid).await,
+                        Err(e) => Err(e),
+                    };
+                    return match (end, ended) {
+                        (Some(e), _) | (None, Err(e)) => Some((Err(e), None)),
+                        (None, Ok(())) => None,
+                    };
+                }
+                Ok(None) => match s.recv.read_chunk(usize::MAX, true).await {
+                    Ok(Some(chunk)) => s.input = chunk.bytes,
+                    Ok(None) => return s.decoder.finish().err().map(|e| (Err(e), None)),
+                    Err(e) => return Some((Err(read_failed(e)), None)),
+                },
+                Err(e) => return Some((Err(e), None)),
+            }
+        }
+    }))
+}
+
+/// The argument stream: the rest of `recv`, up to its end, as chunks (no copy).
+pub(crate) fn argument_stream(recv: RecvStream) -> ByteStream {
+    ByteStream::from_stream(futures::stream::unfold(Some(recv), |recv| async move {
+        let mut recv = recv?;
+        match recv.read_chunk(usize::MAX, true).await {
+            Ok(Some(chunk)) => Some((Ok(chunk.bytes), Some(recv))),
+            Ok(None) => None,
+            Err(e) => Some((Err(read_failed(e)), None)),
+        }
+    }))
+}
+
+/// A send stream that is reset, not finished, if dropped before [`Unfinished::finish`]: a
+/// writer that is canceled midway must not look to the reader like a complete stream (quinn
+/// finishes a dropped stream cleanly).
+struct Unfinished(Option<SendStream>);
+
+impl Unfinished {
+    fn get(&mut self) -> Option<&mut SendStream> {
+        self.0.as_mut()
+    }
+
+    fn finish(mut self) {
+        if let Some(mut send) = self.0.take() {
+            let _ = send.finish();
+        }
+    }
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if let Some(mut send) = self.0.take() {
+            reset(&mut send, Reset::ArgumentAborted);
+        }
+    }
+}
+
+/// Writes an argument stream (raw, up to the end of the QUIC stream). A failing source, or a
+/// writer dropped midway (the call was canceled), resets the stream, which the machine sees as
+/// a broken argument rather than a short one.
+pub(crate) async fn write_argument_stream(send: SendStream, mut stream: ByteStream) {
+    let mut send = Unfinished(Some(send));
+    while let Some(item) = stream.next_chunk().await {
+        match item {
+            Ok(chunk) => {
+                let Some(out) = send.get() else { return };
+                if out.write_chunk(chunk).await.is_err() {
+                    return; // the machine stopped reading
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "argument stream failed; resetting the call");
+                return; // dropping `send` resets it
+            }
+        }
+    }
+    send.finish();
+}
+
+/// Resets `send` with `why`.
+pub(crate) fn reset(send: &mut SendStream, why: Reset) {
+    let _ = send.reset(why.code().into());
+}
+
+/// Fills `buf` from the stream; a stream that ends first is an error of kind `early`.
+async fn read_exact(recv: &mut RecvStream, buf: &mut [u8], early: Kind) -> Result<()> {
+    match recv.read_exact(buf).await {
+        Ok(()) => Ok(()),
+        Err(quinn::ReadExactError::FinishedEarly(got)) => Err(ended_early(early, got, buf.len())),
+        Err(quinn::ReadExactError::ReadError(e)) => Err(read_failed(e)),
+    }
+}
+
+/// A failed read, as an error: the connection's loss, or the stream's reset (named when it is
+/// one of ours). Either is temporary: another try may succeed.
+fn read_failed(e: quinn::ReadError) -> Error {
+    match e {
+        quinn::ReadError::ConnectionLost(c) => c.into(),
+        quinn::ReadError::Reset(code) => {
+            let why = Reset::from_code(code.into_inner())
+                .map_or_else(|| format!("code {code}"), |r| r.describe().to_string());
+            Error::temporary(Kind::Net, format!("stream reset by the peer: {why}"))
+        }
+        e => Error::temporary(Kind::Net, format!("stream read: {e}")),
+    }
+}
+
+fn ended_early(kind: Kind, got: usize, want: usize) -> Error {
+    let message = format!("stream ended after {got} of {want} bytes of a frame");
+    if kind == Kind::Net {
+        Error::temporary(kind, message)
+    } else {
+        Error::fatal(kind, message)
+    }
+}
+
+/// Reads exactly `len` payload bytes into an aligned buffer (the one copy an archive takes: see
+/// [`crate::codec`]). Memory grows with the data that actually arrives, so a peer announcing a
+/// huge length cannot make us reserve it up front.
+async fn read_payload(recv: &mut RecvStream, len: u64, early: Kind) -> Result<Payload> {
+    const FIRST_RESERVE: usize = 1 << 20;
+    let len = usize::try_from(len)
+        .map_err(|_| Error::fatal(Kind::Invalid, format!("payload of {len} bytes")))?;
+    let mut buf =
+        crate::buffers::take(len).unwrap_or_else(|| Payload::with_capacity(len.min(FIRST_RESERVE)));
+    while buf.len() < len {
+        match recv
+            .read_chunk(len - buf.len(), true)
+            .await
+            .map_err(read_failed)?
+        {
+            Some(chunk) => {
+                buf.extend_from_slice(&chunk.bytes);
+                crate::codec::count_copy(chunk.bytes.len());
+            }
+            None => return Err(ended_early(early, buf.len(), len)),
+        }
+    }
+    Ok(buf)
+}
+
+/// Reads the end of a stream whose last frame was just read: the sender finishes right after
+/// it, so the end is normally in hand already. Reading it (rather than dropping the stream
+/// early) lets quinn retire the stream quietly: a receive stream dropped before its end sends
+/// the peer a STOP_SENDING frame, two wasted frames per call.
+async fn read_end(recv: &mut RecvStream, kind: Kind) -> Result<()> {
+    match recv.read_chunk(1, true).await.map_err(read_failed)? {
+        None => Ok(()),
+        Some(_) => Err(Error::fatal(
+            kind,
+            "bytes after the payload: the frame is longer than its header says",
+        )),
+    }
+}

@@ -1,0 +1,71 @@
+//! The driver's side of a machine's life: an owned machine is booted and kept alive until it
+//! stops; a dialed one is watched with pings. Either way the machine ends Stopped with the
+//! reason.
+
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+
+use crate::boot::{boot, reach, BootPlan};
+use crate::error::Error;
+use crate::keepalive::{keep_alive, KeepaliveConfig};
+use crate::link::State;
+use crate::machine::Machine;
+
+/// Boots an owned machine and keeps it alive until it stops. `exited` completes when the system
+/// sees the machine die.
+pub(crate) async fn run_owned(
+    machine: Machine,
+    plan: Arc<BootPlan>,
+    keepalive: KeepaliveConfig,
+    exited: BoxFuture<'static, Error>,
+) {
+    machine.link().advance(State::Starting);
+    let life = async {
+        if let Err(e) = reach(&machine, keepalive).await {
+            return e;
+        }
+        // Keepalives start as soon as the machine answers and run beside the boot, which may
+        // take long (a binary upload, a service's init).
+        let booted = async {
+            match boot(&machine, &plan, keepalive).await {
+                Ok(()) => {
+                    machine.link().advance(State::Running);
+                    tracing::debug!(machine = %machine.addr(), "machine running");
+                    futures::future::pending().await
+                }
+                Err(e) => e,
+            }
+        };
+        tokio::select! {
+            e = booted => e,
+            e = keep_alive(&machine, keepalive, true) => e,
+        }
+    };
+    let err = tokio::select! {
+        biased;
+        _ = machine.canceled() => Error::canceled("machine canceled"),
+        e = exited => e,
+        e = life => e,
+    };
+    machine.link().stop(err);
+}
+
+/// Watches a machine this driver does not own: Running once it answers a ping, Stopped once it
+/// stops answering for the keepalive timeout.
+pub(crate) async fn run_dialed(machine: Machine, keepalive: KeepaliveConfig) {
+    machine.link().advance(State::Starting);
+    let life = async {
+        if let Err(e) = reach(&machine, keepalive).await {
+            return e;
+        }
+        machine.link().advance(State::Running);
+        keep_alive(&machine, keepalive, false).await
+    };
+    let err = tokio::select! {
+        biased;
+        _ = machine.canceled() => Error::canceled("machine canceled"),
+        e = life => e,
+    };
+    machine.link().stop(err);
+}

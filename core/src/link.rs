@@ -1,0 +1,147 @@
+//! [`Link`]: what calls need of a machine: its address, its connection pool, and its lifecycle
+//! (calls wait for [`State::Running`] and fail once the machine is [`State::Stopped`]).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+
+use bigmachine_quic::Pool;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Kind};
+
+/// The life of a machine. States only move forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum State {
+    /// Created, not yet booting.
+    Unstarted,
+    /// Booting: reaching the supervisor, installing services.
+    Starting,
+    /// Serving calls.
+    Running,
+    /// Gone; [`crate::Machine::err`] says why.
+    Stopped,
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Unstarted => "unstarted",
+            Self::Starting => "starting",
+            Self::Running => "running",
+            Self::Stopped => "stopped",
+        })
+    }
+}
+
+/// The transport side of one machine, shared by its handles and their calls.
+#[derive(Debug)]
+pub(crate) struct Link {
+    addr: SocketAddr,
+    pool: Pool,
+    max_reply: u64,
+    state: watch::Sender<State>,
+    err: Mutex<Option<Error>>,
+    stopped: CancellationToken,
+}
+
+impl Link {
+    pub(crate) fn new(addr: SocketAddr, pool: Pool, max_reply: u64) -> Self {
+        Self {
+            addr,
+            pool,
+            max_reply,
+            state: watch::Sender::new(State::Unstarted),
+            err: Mutex::new(None),
+            stopped: CancellationToken::new(),
+        }
+    }
+
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub(crate) fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// The largest reply accepted, in bytes.
+    pub(crate) fn max_reply(&self) -> u64 {
+        self.max_reply
+    }
+
+    pub(crate) fn state(&self) -> State {
+        *self.state.borrow()
+    }
+
+    /// Waits until the machine reaches `state` or a later one; returns the state reached.
+    pub(crate) async fn wait(&self, state: State) -> State {
+        let mut rx = self.state.subscribe();
+        let reached = rx.wait_for(|s| *s >= state).await.map(|s| *s);
+        reached.unwrap_or(State::Stopped)
+    }
+
+    /// Moves forward to `state` (never back).
+    pub(crate) fn advance(&self, state: State) {
+        self.state.send_if_modified(|s| {
+            let forward = *s < state;
+            if forward {
+                *s = state;
+            }
+            forward
+        });
+    }
+
+    pub(crate) fn err(&self) -> Option<Error> {
+        lock(&self.err).clone()
+    }
+
+    /// Records why the machine stops, unless a reason was recorded before.
+    pub(crate) fn record(&self, err: Error) {
+        let mut slot = lock(&self.err);
+        if slot.is_none() {
+            if err.kind() == Kind::Canceled {
+                tracing::debug!(machine = %self.addr, error = %err, "machine stopped");
+            } else {
+                tracing::warn!(machine = %self.addr, error = %err, "machine stopped");
+            }
+            *slot = Some(err);
+        }
+    }
+
+    /// Moves to Stopped with `err` (the first error recorded wins), fails pending calls and
+    /// closes the machine's connections.
+    pub(crate) fn stop(&self, err: Error) {
+        self.record(err);
+        self.state.send_replace(State::Stopped);
+        self.stopped.cancel();
+        self.pool.close("machine stopped");
+    }
+
+    /// Whether the machine is stopped.
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.stopped.is_cancelled()
+    }
+
+    /// Completes once the machine is stopped.
+    pub(crate) async fn stopped(&self) {
+        self.stopped.cancelled().await;
+    }
+
+    /// The error of a call to a stopped machine: [`Kind::Unavailable`], caused by why it stopped.
+    pub(crate) fn unavailable(&self) -> Error {
+        let e = Error::new(
+            Kind::Unavailable,
+            format!("machine {} is stopped", self.addr),
+        );
+        match self.err() {
+            Some(cause) => e.caused_by(cause),
+            None => e,
+        }
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -1,0 +1,159 @@
+//! New machines: [`B::start`] launches owned machines on the system and boots them;
+//! [`B::dial`] reaches someone else's machine by address. Each machine's life then runs in a
+//! task of its own ([`crate::life`]).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::b::B;
+use crate::binary;
+use crate::boot::BootPlan;
+use crate::error::{Error, Kind, Result};
+use crate::life::{run_dialed, run_owned};
+use crate::link::State;
+use crate::machine::Machine;
+use crate::provision::Binary;
+use crate::registry::check_registered;
+use crate::services::{ServiceSpec, Services};
+
+/// What new machines are given: services to install, and optionally environment variables,
+/// arguments and a binary other than the driver's own.
+///
+/// Machines normally run the driver's binary with the driver's arguments, so user code and flags
+/// reach them unchanged. Environment variables, other arguments or another binary make the
+/// machine re-execute itself before its services are installed (systems that run machines
+/// in-process, like the test system, cannot do that and fail such machines with
+/// [`Kind::NotSupported`]).
+#[derive(Debug, Default, Clone)]
+pub struct Params {
+    services: Services,
+    environ: Vec<String>,
+    args: Option<Vec<String>>,
+    binary: Option<PathBuf>,
+}
+
+impl Params {
+    /// No services, no overrides.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The services to install.
+    pub fn services(mut self, services: Services) -> Self {
+        self.services = services;
+        self
+    }
+
+    /// Adds `KEY=VALUE` environment variables to the machines' environment.
+    pub fn environ<I, S>(mut self, vars: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.environ.extend(vars.into_iter().map(Into::into));
+        self
+    }
+
+    /// Runs the machines with these arguments (after the program name) instead of the driver's.
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.args = Some(args.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Runs the machines on the binary at `path` instead of the driver's (it must be built for
+    /// the machines' platform and call `driver::start()` like the driver does).
+    pub fn binary(mut self, path: impl Into<PathBuf>) -> Self {
+        self.binary = Some(path.into());
+        self
+    }
+}
+
+impl From<Services> for Params {
+    fn from(services: Services) -> Self {
+        Self::new().services(services)
+    }
+}
+
+impl B {
+    /// Starts `n` machines with `params` (at least one service). Returns them as soon as they are
+    /// launched, usually Starting; [`Machine::wait`] for [`State::Running`]. They boot in the
+    /// background and are kept alive until [`B::shutdown`] or until this process exits.
+    ///
+    /// Fails at once, with a [`crate::Severity::Fatal`] error, if a service value did not
+    /// serialize or its type is not registered.
+    pub async fn start(&self, n: usize, params: impl Into<Params>) -> Result<Vec<Machine>> {
+        let params = params.into();
+        let services = params.services.check()?;
+        check_registered(services)?;
+        if services.is_empty() {
+            return Err(Error::fatal(
+                Kind::Invalid,
+                "machines need at least one service",
+            ));
+        }
+        let Some(authority) = self.authority() else {
+            return Err(Error::fatal(
+                Kind::NotSupported,
+                "only the driver starts machines",
+            ));
+        };
+        let plan = Arc::new(self.plan(&params, services).await?);
+        let keepalive = self.system().keepalive();
+        let launched = self.system().start(authority, n).await?;
+        let mut machines = Vec::with_capacity(launched.len());
+        for l in launched {
+            let m = self.new_machine(l.addr, true, l.maxprocs);
+            tokio::spawn(run_owned(m.clone(), plan.clone(), keepalive, l.exited));
+            machines.push(m);
+        }
+        self.add_machines(&machines);
+        Ok(machines)
+    }
+
+    async fn plan(&self, params: &Params, services: &[ServiceSpec]) -> Result<BootPlan> {
+        let (path, digest) = match &params.binary {
+            Some(path) => {
+                let hashed = path.clone();
+                let digest = tokio::task::spawn_blocking(move || binary::digest_file(&hashed))
+                    .await
+                    .map_err(|e| Error::new(Kind::Other, format!("digest task: {e}")))??;
+                (path.clone(), digest)
+            }
+            None => {
+                let exe = std::env::current_exe()
+                    .map_err(|e| Error::new(Kind::Other, format!("current executable: {e}")))?;
+                let digest = tokio::task::spawn_blocking(binary::current_digest)
+                    .await
+                    .map_err(|e| Error::new(Kind::Other, format!("digest task: {e}")))??;
+                (exe, digest.to_string())
+            }
+        };
+        Ok(BootPlan {
+            services: services.to_vec(),
+            environ: params.environ.clone(),
+            args: params.args.clone(),
+            binary: Binary { path, digest },
+            exec: !params.environ.is_empty() || params.args.is_some(),
+            b: self.clone(),
+        })
+    }
+
+    /// A machine reached by address: one that another driver or machine started. Not owned: it
+    /// is watched with pings, not kept alive. Dialing the same address again returns the same
+    /// machine (and connection pool) while it is not Stopped.
+    pub fn dial(&self, addr: SocketAddr) -> Machine {
+        let mut dialed = self.dialed();
+        if let Some(m) = dialed.get(&addr).filter(|m| m.state() != State::Stopped) {
+            return m.clone();
+        }
+        let m = self.new_machine(addr, false, 0);
+        tokio::spawn(run_dialed(m.clone(), self.system().keepalive()));
+        dialed.insert(addr, m.clone());
+        m
+    }
+}

@@ -1,0 +1,195 @@
+//! The Supervisor: the service every machine runs, through which its driver boots it, keeps it
+//! alive and asks about it. Declared here, once, as a trait: the driver calls it through the
+//! generated [`SupervisorClient`]; the `bigmachine-supervisor` crate implements it.
+
+use std::time::Duration;
+
+use crate::context::Context;
+use crate::error::{Error, Kind, Result};
+use crate::machine::Machine;
+use crate::services::ServiceSpec;
+use crate::stream::ByteStream;
+
+/// The name the Supervisor is installed under on every machine.
+pub const SUPERVISOR: &str = "Supervisor";
+
+/// The service every machine runs. Only its driver calls the control methods; peers fetch
+/// binaries ([`Supervisor::getbinary`]).
+#[bigmachine_macros::service(crate = crate)]
+pub trait Supervisor {
+    /// Answers `seq`.
+    async fn ping(&self, ctx: &Context, seq: u64) -> Result<u64>;
+
+    /// What the machine is.
+    async fn info(&self, ctx: &Context, arg: ()) -> Result<Info>;
+
+    /// The machine's process id.
+    async fn getpid(&self, ctx: &Context, arg: ()) -> Result<u32>;
+
+    /// Memory of the machine's host and process.
+    async fn mem_info(&self, ctx: &Context, arg: ()) -> Result<MemInfo>;
+
+    /// Space on the file system of the machine's temporary directory.
+    async fn disk_info(&self, ctx: &Context, arg: ()) -> Result<DiskInfo>;
+
+    /// Load averages of the machine's host.
+    async fn load_info(&self, ctx: &Context, arg: ()) -> Result<LoadInfo>;
+
+    /// Rebuilds the service `spec` describes, runs its `init`, and installs it.
+    async fn register(&self, ctx: &Context, spec: ServiceSpec) -> Result<()>;
+
+    /// Keeps the machine alive: it exits unless another keepalive arrives within `next_ms`.
+    async fn keepalive(&self, ctx: &Context, next_ms: u64) -> Result<KeepaliveReply>;
+
+    /// Exits the machine, once its reply is delivered and `delay_ms` more have passed.
+    async fn shutdown(&self, ctx: &Context, delay_ms: u64) -> Result<()>;
+
+    /// Adds `KEY=VALUE` variables to the environment of the next [`Supervisor::exec`].
+    async fn setenv(&self, ctx: &Context, vars: Vec<String>) -> Result<()>;
+
+    /// Sets the arguments (after the program name) of the next [`Supervisor::exec`].
+    async fn setargs(&self, ctx: &Context, args: Vec<String>) -> Result<()>;
+
+    /// Receives a binary into the machine's store, checked against `digest`, for the next
+    /// [`Supervisor::exec`].
+    async fn setbinary(&self, ctx: &Context, digest: String, body: ByteStream) -> Result<()>;
+
+    /// Uses the binary of `digest` from the machine's store for the next [`Supervisor::exec`],
+    /// if the store has it.
+    async fn usebinary(&self, ctx: &Context, digest: String) -> Result<bool>;
+
+    /// Fetches a binary from a peer ([`Supervisor::getbinary`]) into the store, for the next
+    /// [`Supervisor::exec`].
+    async fn fetchbinary(&self, ctx: &Context, fetch: FetchBinary) -> Result<()>;
+
+    /// The binary of `digest`: the running one, or one from the store.
+    async fn getbinary(&self, ctx: &Context, digest: String) -> Result<ByteStream>;
+
+    /// Replies, then replaces the machine's process with the binary, arguments and environment
+    /// set so far. The machine keeps its address.
+    async fn exec(&self, ctx: &Context, arg: ()) -> Result<()>;
+
+    /// A snapshot of the machine's counters.
+    async fn expvars(&self, ctx: &Context, arg: ()) -> Result<Vec<Expvar>>;
+}
+
+/// What a machine says about itself.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Info {
+    /// Operating system (`std::env::consts::OS`).
+    pub os: String,
+    /// Architecture (`std::env::consts::ARCH`).
+    pub arch: String,
+    /// Process id of the machine.
+    pub pid: u32,
+    /// Processors available to the machine.
+    pub maxprocs: u32,
+    /// Hex SHA-256 digest of the running binary.
+    pub digest: String,
+    /// Random number drawn when the machine's process started: it changes when the machine
+    /// re-executes itself.
+    pub incarnation: u64,
+}
+
+/// Memory of a machine's host and process, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct MemInfo {
+    /// Memory of the host.
+    pub total: u64,
+    /// Memory available for new allocations without swapping.
+    pub available: u64,
+    /// Resident memory of the machine's process.
+    pub process_rss: u64,
+}
+
+/// Space of the file system holding the machine's temporary directory, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct DiskInfo {
+    /// Size of the file system.
+    pub total: u64,
+    /// Space available.
+    pub available: u64,
+}
+
+/// Load averages of the machine's host.
+#[derive(Debug, Clone, Copy, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct LoadInfo {
+    /// Over one minute.
+    pub one: f64,
+    /// Over five minutes.
+    pub five: f64,
+    /// Over fifteen minutes.
+    pub fifteen: f64,
+}
+
+/// The argument of [`Supervisor::fetchbinary`].
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct FetchBinary {
+    /// Address of the machine to fetch from.
+    pub peer: String,
+    /// Hex SHA-256 digest of the binary.
+    pub digest: String,
+}
+
+/// A named counter of a machine.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Expvar {
+    /// The counter's name.
+    pub name: String,
+    /// Its value, as text.
+    pub value: String,
+}
+
+/// The reply to a keepalive: the interval the machine accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct KeepaliveReply {
+    /// Milliseconds until the machine exits unless kept alive again.
+    pub next_ms: u64,
+}
+
+/// What the driver asks of a machine's Supervisor on behalf of users.
+impl Machine {
+    /// The machine's Supervisor.
+    pub(crate) fn supervisor(&self) -> SupervisorClient {
+        SupervisorClient::new(self, SUPERVISOR)
+    }
+
+    /// The machine's description (OS, architecture, pid, processors, binary digest).
+    pub async fn info(&self) -> Result<Info> {
+        self.supervisor().info(&()).await
+    }
+
+    /// Memory of the machine's host and process.
+    pub async fn mem_info(&self) -> Result<MemInfo> {
+        self.supervisor().mem_info(&()).await
+    }
+
+    /// Space on the machine's temporary file system.
+    pub async fn disk_info(&self) -> Result<DiskInfo> {
+        self.supervisor().disk_info(&()).await
+    }
+
+    /// Load averages of the machine's host.
+    pub async fn load_info(&self) -> Result<LoadInfo> {
+        self.supervisor().load_info(&()).await
+    }
+
+    /// Asks the machine to exit and stops it. Pending calls fail.
+    pub async fn shutdown(&self) {
+        let reason = Error::new(Kind::Canceled, format!("machine {} shut down", self.addr()));
+        // Recorded first: the machine's exit may be noticed before the reply arrives.
+        self.link().record(reason.clone());
+        if self.state() < crate::State::Stopped && self.owned() {
+            let supervisor = self.supervisor();
+            let shutdown = supervisor
+                .shutdown(&0)
+                .internal()
+                .timeout(Duration::from_secs(2))
+                .await;
+            if let Err(e) = shutdown {
+                tracing::debug!(machine = %self.addr(), error = %e, "shutdown call failed");
+            }
+        }
+        self.link().stop(reason);
+    }
+}

@@ -1,0 +1,43 @@
+//! The wire format: every byte a call puts on a QUIC stream, as encoders and decoders over byte
+//! slices. Nothing here does I/O; [`crate::io`] moves these frames to and from quinn streams, so
+//! tests and fuzzers drive the decoders with bytes alone.
+//!
+//! Each call is one bidirectional QUIC stream:
+//!
+//! ```text
+//! request:  magic u16 | version u8 | flags u8 | method_len u16 | reserved u16
+//!           | timeout_us u64 | arg_type u64 | reply_type u64 | payload_len u64     (40 bytes, LE)
+//!           | method ("Service.method", method_len bytes) | payload (an rkyv archive)
+//!           [ | argument stream: raw bytes up to the end of the QUIC stream ]  (FLAG_STREAM_ARG)
+//! reply:    magic u16 | version u8 | status u8 | reserved u32 | payload_len u64  (16 bytes, LE)
+//!           | payload (the reply's archive, or an error's)
+//!           [ | reply stream frames ]                                          (Status::Stream)
+//! frames:   len u32 | len bytes ... closed by 0u32 (success)
+//!                                   or by u32::MAX | len u32 | error archive (failure)
+//! ```
+//!
+//! `timeout_us` is the time the caller still allows the call (0: none); the server enforces it
+//! from the moment the header arrives, so clocks need not agree. `arg_type` and `reply_type` are
+//! [`crate::codec::type_tag`]s. Errors travel as archives of their flattened cause chain
+//! ([`encode_error`], [`decode_error`]). A stream that cannot complete is reset with one of the
+//! [`Reset`] codes.
+//!
+//! Every field read from the network is checked: magic, version, flags, method length
+//! ([`MAX_METHOD_LEN`]) and form, payload length (the receiver's configured limit), frame and error
+//! lengths; nothing a peer sends can make a decoder panic or reserve memory it did not send.
+
+mod error;
+mod frame;
+mod header;
+mod reset;
+
+pub use error::{decode_error, encode_error, MAX_ERROR_DEPTH};
+pub use frame::{
+    data_header, end_err, end_ok, split_data, Frame, FrameDecoder, END_ERR, END_OK, MAX_ERROR,
+    MAX_FRAME,
+};
+pub use header::{
+    MethodName, ReplyHeader, RequestHeader, Status, FLAG_STREAM_ARG, MAGIC, MAX_METHOD_LEN,
+    REPLY_HEADER_LEN, REQUEST_HEADER_LEN, VERSION,
+};
+pub use reset::Reset;

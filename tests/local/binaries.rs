@@ -1,0 +1,115 @@
+//! Machines that must run another binary: uploaded from the driver, found in a store, or
+//! fetched from a peer.
+
+use bigmachine::binary::{current_digest, digest_bytes};
+use bigmachine::local::LocalSystem;
+use bigmachine::{Params, Result, Services, B};
+
+use crate::support::{check, running, short_keepalive, tests, Probe, Test};
+
+pub(crate) fn tests() -> Vec<(&'static str, Test)> {
+    tests![
+        other_binary_is_uploaded_and_executed,
+        binaries_come_from_the_store_or_a_peer,
+    ]
+}
+
+async fn other_binary_is_uploaded_and_executed() -> Result<()> {
+    // A copy of this binary with one more byte: another digest, same program.
+    let exe = std::env::current_exe()?;
+    let copy = std::env::temp_dir().join(format!("bigmachine-upload-test-{}", std::process::id()));
+    let mut bytes = std::fs::read(&exe)?;
+    bytes.push(0);
+    std::fs::write(&copy, &bytes)?;
+    let expected = digest_bytes(&bytes);
+    let result = async {
+        let b = B::new(LocalSystem::builder().keepalive(short_keepalive()).build())?;
+        let params = Params::new()
+            .services(Services::new().with("Probe", Probe))
+            .binary(&copy);
+        let machines = running(&b, 1, params).await?;
+        let info = machines[0].info().await?;
+        check(
+            info.digest == expected,
+            format!("machine runs {}, not the upload", info.digest),
+        )?;
+        check(
+            info.digest != current_digest()?,
+            "the upload has the driver's digest",
+        )?;
+        let reply: String = machines[0]
+            .call("Probe.echo", &"after exec".to_string())
+            .await?;
+        check(reply == "after exec", "echo after exec")?;
+        b.shutdown().await;
+        Ok(())
+    }
+    .await;
+    let _ = std::fs::remove_file(&copy);
+    result
+}
+
+async fn binaries_come_from_the_store_or_a_peer() -> Result<()> {
+    // A binary no machine has seen: this one with random bytes appended.
+    let mut bytes = std::fs::read(std::env::current_exe()?)?;
+    bytes.extend((0..16).map(|_| fastrand::u8(..)));
+    let digest = digest_bytes(&bytes);
+    let dir = std::env::temp_dir().join(format!("bigmachine-dist-test-{}", &digest[..16]));
+    std::fs::create_dir_all(&dir)?;
+    let copy = dir.join("binary");
+    std::fs::write(&copy, &bytes)?;
+    let size = bytes.len() as u64;
+    let params = || {
+        Params::new()
+            .services(Services::new().with("Probe", Probe))
+            .binary(&copy)
+    };
+    let result = async {
+        // One host, one store: the second machine finds the binary there.
+        let b = B::new(LocalSystem::builder().keepalive(short_keepalive()).build())?;
+        running(&b, 1, params()).await?;
+        check(
+            b.binary_bytes_uploaded() == size,
+            "first boot uploads the binary",
+        )?;
+        let second = running(&b, 1, params()).await?;
+        check(
+            second[0].info().await?.digest == digest,
+            "second machine runs the binary",
+        )?;
+        check(
+            b.binary_bytes_uploaded() == size,
+            format!(
+                "repeat boot uploaded {} bytes more",
+                b.binary_bytes_uploaded() - size
+            ),
+        )?;
+        b.shutdown().await;
+
+        // A store per machine, as on separate hosts: the second fetches from the first.
+        let system = LocalSystem::builder()
+            .keepalive(short_keepalive())
+            .isolated_stores(dir.join("stores"))
+            .build();
+        let b = B::new(system)?;
+        running(&b, 1, params()).await?;
+        check(
+            b.binary_bytes_uploaded() == size,
+            "first boot uploads the binary",
+        )?;
+        let second = running(&b, 1, params()).await?;
+        check(
+            second[0].info().await?.digest == digest,
+            "fetched binary runs",
+        )?;
+        check(
+            b.binary_bytes_uploaded() == size,
+            "the second machine took the binary from the driver, not its peer",
+        )?;
+        b.shutdown().await;
+        Ok(())
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}

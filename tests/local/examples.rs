@@ -1,0 +1,92 @@
+//! The examples, run as a user runs them.
+
+use bigmachine::{Error, Result};
+
+use crate::support::{check, fail, run_example, tests, Test};
+
+pub(crate) fn tests() -> Vec<(&'static str, Test)> {
+    tests![
+        bigpi_estimates_pi,
+        bigoom_reports_out_of_memory,
+        four_machines_shuffle_256_mib_to_each_other,
+        four_gib_stream_keeps_the_receiver_small,
+    ]
+}
+
+async fn bigpi_estimates_pi() -> Result<()> {
+    let args = [
+        "-n",
+        "20000000",
+        "--nmach",
+        "2",
+        "--bigm.keepalive-timeout=5s",
+    ];
+    let (stdout, stderr) = run_example("bigpi", &args).await?;
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("π = "))
+        .ok_or_else(|| fail(format!("no estimate in {stdout:?}")))?;
+    let (pi, sigma) = line
+        .split_once(" ± ")
+        .ok_or_else(|| fail(format!("unparsable estimate {line:?}")))?;
+    let pi: f64 = pi.parse().map_err(Error::other)?;
+    let sigma: f64 = sigma.parse().map_err(Error::other)?;
+    check(sigma > 0.0 && sigma < 1e-3, format!("σ = {sigma}"))?;
+    check(
+        (pi - std::f64::consts::PI).abs() < 6.0 * sigma + 1e-4,
+        format!("π estimated as {pi} ± {sigma}"),
+    )?;
+    check(
+        stderr.contains("samples/s"),
+        "bigpi did not report its rate",
+    )
+}
+
+async fn bigoom_reports_out_of_memory() -> Result<()> {
+    // The memory limit: bigoom's machine limits its address space to 600 MiB.
+    let (stdout, _) = run_example(
+        "bigoom",
+        &["--limit-mib", "600", "--bigm.keepalive-timeout=5s"],
+    )
+    .await?;
+    check(
+        stdout.contains("out of memory"),
+        format!("no OOM error in {stdout:?}"),
+    )
+}
+
+async fn four_machines_shuffle_256_mib_to_each_other() -> Result<()> {
+    let args = [
+        "--nmach",
+        "4",
+        "--mib",
+        "256",
+        "--bigm.keepalive-timeout=10s",
+    ];
+    let (stdout, _) = run_example("bigshuffle", &args).await?;
+    check(
+        stdout.contains("12 checksums verified, 0 mismatched"),
+        format!("checksums not all verified: {stdout}"),
+    )
+}
+
+async fn four_gib_stream_keeps_the_receiver_small() -> Result<()> {
+    // The receiver checksums 4 GiB as it arrives; flow control must keep it from buffering.
+    let args = [
+        "--nmach",
+        "2",
+        "--mib",
+        "4096",
+        "--one-way",
+        "--max-rss-mib",
+        "256",
+        "--bigm.keepalive-timeout=10s",
+    ];
+    let (stdout, _) = run_example("bigshuffle", &args).await?;
+    check(
+        stdout.contains("1 checksums verified, 0 mismatched"),
+        format!("4 GiB transfer not verified: {stdout}"),
+    )?;
+    println!("    {}", stdout.lines().collect::<Vec<_>>().join("\n    "));
+    Ok(())
+}

@@ -1,0 +1,150 @@
+//! How machines die, and what the driver says about it.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use bigmachine::local::LocalSystem;
+use bigmachine::{Error, Kind, Result, Services, State, B};
+
+use crate::common::eventually;
+use crate::support::{
+    check, fail, gone, running, short_keepalive, sigkill, sub_driver, tests, Probe, ProbeClient,
+    Test,
+};
+
+pub(crate) fn tests() -> Vec<(&'static str, Test)> {
+    tests![
+        machine_sigkill_fails_its_call_and_says_how_it_died,
+        driver_sigkill_takes_its_machines_down,
+        kernel_oom_kill_is_reported_as_oom,
+    ]
+}
+
+fn local() -> LocalSystem {
+    LocalSystem::builder().keepalive(short_keepalive()).build()
+}
+
+async fn machine_sigkill_fails_its_call_and_says_how_it_died() -> Result<()> {
+    let b = B::new(local())?;
+    let machines = running(&b, 1, Services::new().with("Probe", Probe)).await?;
+    let m = &machines[0];
+    let probe = ProbeClient::new(m, "Probe");
+    let pid = m.info().await?.pid;
+    let call = probe.hang(&());
+    let killer = async {
+        // Once the call is running on the machine.
+        while probe.hanging(&()).await? == 0 {
+            tokio::task::yield_now().await;
+        }
+        sigkill(pid);
+        Ok::<_, Error>(Instant::now())
+    };
+    let (result, killed_at) = tokio::join!(call, killer);
+    let latency = killed_at?.elapsed();
+    let kind = result.err().map(|e| e.kind());
+    check(
+        matches!(kind, Some(Kind::Unavailable | Kind::Net)),
+        format!("call ended with {kind:?}"),
+    )?;
+    check(
+        latency < Duration::from_secs(1),
+        format!("call failed {latency:?} after the kill"),
+    )?;
+    check(m.state() == State::Stopped, "machine not stopped")?;
+    let err = m.err().ok_or_else(|| fail("no machine error"))?;
+    check(
+        err.to_string().contains("SIGKILL"),
+        format!("error does not say how: {err}"),
+    )?;
+    b.shutdown().await;
+    Ok(())
+}
+
+async fn driver_sigkill_takes_its_machines_down() -> Result<()> {
+    let mut driver = sub_driver(
+        "hold",
+        &[
+            "--bigm.keepalive-period=200ms",
+            "--bigm.keepalive-timeout=2s",
+        ],
+    )?
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()?;
+    let stdout = driver.stdout.take().ok_or_else(|| fail("no stdout"))?;
+    let pids = tokio::task::spawn_blocking(move || -> Vec<u32> {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(std::result::Result::ok)
+            .filter_map(|l| l.strip_prefix("pid ").and_then(|p| p.parse().ok()))
+            .take(2)
+            .collect()
+    });
+    let pids = tokio::time::timeout(Duration::from_secs(60), pids)
+        .await
+        .map_err(|_| fail("sub-driver did not report its machines"))?
+        .map_err(Error::other)?;
+    check(pids.len() == 2, format!("machine pids: {pids:?}"))?;
+    check(pids.iter().all(|&p| !gone(p)), "machines not running")?;
+    sigkill(driver.id());
+    let _ = driver.wait();
+    let killed = Instant::now();
+    eventually(Duration::from_secs(10), || pids.iter().all(|&p| gone(p))).await;
+    let after = killed.elapsed();
+    for &p in &pids {
+        if !gone(p) {
+            sigkill(p);
+        }
+    }
+    // Keepalive timeout 2 s, plus scheduling slack.
+    check(
+        after < Duration::from_secs(4),
+        format!("machines outlived the driver by {after:?}"),
+    )?;
+    println!("    machines exited {after:.2?} after the driver was killed (keepalive timeout 2 s)");
+    Ok(())
+}
+
+async fn kernel_oom_kill_is_reported_as_oom() -> Result<()> {
+    // A cgroup-v1 memory controller caps the machine at 256 MiB; the kernel's OOM killer ends
+    // it, and the kernel log names its pid.
+    let cgroup = PathBuf::from(format!(
+        "/sys/fs/cgroup/memory/bigmachine-test-{}",
+        std::process::id()
+    ));
+    if std::fs::create_dir(&cgroup).is_err() {
+        println!("    skipped: no writable cgroup-v1 memory controller here");
+        return Ok(());
+    }
+    let result = async {
+        std::fs::write(
+            cgroup.join("memory.limit_in_bytes"),
+            (256u64 << 20).to_string(),
+        )?;
+        let b = B::new(local())?;
+        let machines = running(&b, 1, Services::new().with("Probe", Probe)).await?;
+        let m = &machines[0];
+        let pid = m.info().await?.pid;
+        std::fs::write(cgroup.join("cgroup.procs"), pid.to_string())?;
+        let call = m.call::<(), ()>("Probe.hog", &()).await;
+        check(call.is_err(), "the hog returned")?;
+        m.wait(State::Stopped).await;
+        let err = m.err().ok_or_else(|| fail("no machine error"))?;
+        check(err.is(Kind::Oom), format!("not an OOM error: {err}"))?;
+        check(
+            err.to_string().contains("out-of-memory killer"),
+            format!("{err}"),
+        )?;
+        b.shutdown().await;
+        Ok(())
+    }
+    .await;
+    // The cgroup can be removed once its machine is gone.
+    eventually(Duration::from_secs(5), || {
+        std::fs::remove_dir(&cgroup).is_ok()
+    })
+    .await;
+    result
+}

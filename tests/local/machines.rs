@@ -1,0 +1,106 @@
+//! A machine as a process: its output, environment, arguments and host.
+
+use std::time::Duration;
+
+use bigmachine::local::LocalSystem;
+use bigmachine::{Result, Services, B};
+
+use crate::support::{check, running, short_keepalive, sub_driver, tests, Probe, Test};
+
+pub(crate) fn tests() -> Vec<(&'static str, Test)> {
+    tests![
+        lines_printed_before_shutdown_all_arrive_in_order,
+        environ_and_user_flags_reach_the_machine,
+        machines_report_their_host,
+    ]
+}
+
+async fn lines_printed_before_shutdown_all_arrive_in_order() -> Result<()> {
+    let out = sub_driver("print", &["--bigm.keepalive-timeout=5s"])?
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .output()?;
+    check(
+        out.status.success(),
+        format!(
+            "sub-driver failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let addr = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let prefix = format!("{addr}: line ");
+    let numbers: Vec<u64> = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    check(
+        numbers.len() == 10_000,
+        format!("{} of 10000 lines arrived", numbers.len()),
+    )?;
+    check(
+        numbers.iter().copied().eq(0..10_000),
+        "lines arrived out of order",
+    )
+}
+
+async fn environ_and_user_flags_reach_the_machine() -> Result<()> {
+    let out = sub_driver(
+        "probe",
+        &["--user-flag=marmalade", "--bigm.keepalive-timeout=5s"],
+    )?
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    check(
+        out.status.success(),
+        format!(
+            "sub-driver failed: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )?;
+    check(
+        stdout.contains("env=jam"),
+        format!("environment not seen: {stdout}"),
+    )?;
+    check(
+        stdout.contains("--user-flag=marmalade"),
+        format!("user flag not seen: {stdout}"),
+    )
+}
+
+async fn machines_report_their_host() -> Result<()> {
+    let system = LocalSystem::builder()
+        .keepalive(short_keepalive())
+        .maxprocs(1)
+        .build();
+    let b = B::new(system)?;
+    let machines = running(&b, 1, Services::new().with("Probe", Probe)).await?;
+    let m = &machines[0];
+    check(m.maxprocs() == 1, format!("maxprocs {}", m.maxprocs()))?;
+    let mem = m.mem_info().await?;
+    check(mem.total > 0 && mem.process_rss > 0, format!("{mem:?}"))?;
+    let disk = m.disk_info().await?;
+    check(
+        disk.total >= disk.available && disk.total > 0,
+        format!("{disk:?}"),
+    )?;
+    m.load_info().await?;
+    let info = m.info().await?;
+    check(
+        info.pid != std::process::id() && info.os == std::env::consts::OS,
+        format!("{info:?}"),
+    )?;
+    let workers: Option<String> = m
+        .call("Probe.env", &"TOKIO_WORKER_THREADS".to_string())
+        .timeout(Duration::from_secs(10))
+        .await?;
+    check(
+        workers.as_deref() == Some("1"),
+        format!("worker threads {workers:?}"),
+    )?;
+    b.shutdown().await;
+    Ok(())
+}
