@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use bigmachine::testsystem::TestSystem;
 use bigmachine::{service, ByteStream, Context, Kind, Result, Services, Severity, State, B};
-use common::{echo_cluster, handler_dropped, handler_started, init_tracing, EchoClient};
+use common::{
+    echo_cluster, handler_dropped, handler_started, init_tracing, reply_fate, EchoClient,
+};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -119,6 +121,23 @@ async fn dropping_the_call_future_drops_the_handler() -> Result<()> {
         started = handler_started(1003, Duration::from_secs(5)) => assert!(started),
     }
     assert!(handler_dropped(1003, Duration::from_secs(2)).await);
+    b.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_method_learns_whether_its_reply_was_delivered() -> Result<()> {
+    let (b, machines) = echo_cluster(TestSystem::new(), 1).await?;
+    let echo = EchoClient::new(&machines[0], "Echo");
+    echo.deliver(&(4001, false)).await?;
+    assert_eq!(reply_fate(4001, Duration::from_secs(5)).await, Some(true));
+    // A caller that goes away before the reply: the method learns it was not delivered.
+    let call = echo.deliver(&(4002, true));
+    tokio::select! {
+        result = call => panic!("deliver returned {result:?}"),
+        started = handler_started(4002, Duration::from_secs(5)) => assert!(started),
+    }
+    assert_eq!(reply_fate(4002, Duration::from_secs(5)).await, Some(false));
     b.shutdown().await;
     Ok(())
 }

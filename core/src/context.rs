@@ -1,9 +1,10 @@
 //! The context a method runs in: its deadline, its cancellation, who called it, and when its
 //! reply was delivered.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +23,6 @@ pub struct Context {
     deadline: Option<Instant>,
     cancel: CancellationToken,
     peer: Option<SocketAddr>,
-    reply: Option<Arc<ReplyWatch>>,
 }
 
 impl Context {
@@ -32,20 +32,14 @@ impl Context {
             deadline: None,
             cancel: CancellationToken::new(),
             peer: None,
-            reply: None,
         }
     }
 
-    pub(crate) fn for_call(
-        deadline: Option<Instant>,
-        peer: SocketAddr,
-        reply: Arc<ReplyWatch>,
-    ) -> Self {
+    pub(crate) fn for_call(deadline: Option<Instant>, peer: SocketAddr) -> Self {
         Self {
             deadline,
             cancel: CancellationToken::new(),
             peer: Some(peer),
-            reply: Some(reply),
         }
     }
 
@@ -84,15 +78,18 @@ impl Context {
     /// acknowledged every byte), with `true`, or once it is known that it never will (the call
     /// failed to reply, the caller went away, the connection was lost), with `false`. For a
     /// method that must act after its caller has the reply, such as one that ends its own
-    /// process: ask before the method returns, then await the future in a task of its own.
+    /// process: ask in the method itself, before it returns (not in a task it spawned), then
+    /// await the future wherever suits.
     ///
-    /// A context that belongs to no call (see [`Context::background`]) completes at once with
-    /// `false`.
+    /// Asked anywhere else, or of a context that belongs to no call (see
+    /// [`Context::background`]), it completes at once with `false`.
     pub fn reply_delivered(&self) -> impl Future<Output = bool> + Send + 'static {
-        let watch = self.reply.clone();
-        if let Some(w) = &watch {
-            w.wanted.store(true, Ordering::Release);
-        }
+        let watch = match self.peer {
+            Some(_) => REPLY
+                .try_with(|slot| slot.borrow_mut().watch().clone())
+                .ok(),
+            None => None,
+        };
         async move {
             match watch {
                 Some(w) => w.settled().await,
@@ -108,26 +105,37 @@ impl Default for Context {
     }
 }
 
+tokio::task_local! {
+    /// The reply watch of the call whose handler is being polled: created only when the method
+    /// asks for it, so that calls that do not ask cost nothing.
+    static REPLY: RefCell<ReplySlot>;
+}
+
+/// Runs a call's handler where [`Context::reply_delivered`] can find the call; returns the
+/// handler's output and the call's [`ReplySlot`] (holding a watch if the method asked).
+pub(crate) async fn with_reply_slot<F: Future>(handler: F) -> (F::Output, ReplySlot) {
+    let mut scoped = std::pin::pin!(REPLY.scope(RefCell::new(ReplySlot(None)), handler));
+    let output = scoped.as_mut().await;
+    let slot = scoped
+        .as_mut()
+        .take_value()
+        .map_or(ReplySlot(None), RefCell::into_inner);
+    (output, slot)
+}
+
 const PENDING: u8 = 0;
 const DELIVERED: u8 = 1;
 const LOST: u8 = 2;
 
-/// Whether a call's reply was delivered, for [`Context::reply_delivered`]. The server settles it
-/// once (later settlements are ignored), and as lost if it is dropped unsettled.
+/// Whether a call's reply was delivered, for [`Context::reply_delivered`]. Settled once
+/// (later settlements are ignored).
 #[derive(Debug, Default)]
 pub(crate) struct ReplyWatch {
-    wanted: AtomicBool,
     outcome: AtomicU8,
     notify: Notify,
 }
 
 impl ReplyWatch {
-    /// Whether a method asked to know when its reply is delivered (the server then waits for the
-    /// caller's acknowledgement, which it otherwise does not).
-    pub(crate) fn wanted(&self) -> bool {
-        self.wanted.load(Ordering::Acquire)
-    }
-
     /// Records whether the reply was delivered and wakes the waiters.
     pub(crate) fn settle(&self, delivered: bool) {
         let outcome = if delivered { DELIVERED } else { LOST };
@@ -153,14 +161,28 @@ impl ReplyWatch {
     }
 }
 
-/// Settles a call's [`ReplyWatch`] as lost unless it was settled before, however the call's
-/// task ends (an aborted task included).
+/// A call's place for its [`ReplyWatch`]: empty unless the method asked. However the call
+/// ends, dropping the slot settles a watch nobody settled as lost, so no waiter waits for ever.
 #[derive(Debug)]
-pub(crate) struct SettleOnDrop(pub(crate) Arc<ReplyWatch>);
+pub(crate) struct ReplySlot(Option<Arc<ReplyWatch>>);
 
-impl Drop for SettleOnDrop {
+impl ReplySlot {
+    /// The watch, created on first use.
+    fn watch(&mut self) -> &Arc<ReplyWatch> {
+        self.0.get_or_insert_with(Default::default)
+    }
+
+    /// The watch, if the method asked for one.
+    pub(crate) fn asked(&self) -> Option<&ReplyWatch> {
+        self.0.as_deref()
+    }
+}
+
+impl Drop for ReplySlot {
     fn drop(&mut self) {
-        self.0.settle(false);
+        if let Some(watch) = &self.0 {
+            watch.settle(false);
+        }
     }
 }
 
@@ -168,27 +190,38 @@ impl Drop for SettleOnDrop {
 mod tests {
     use super::*;
 
+    fn call_context() -> Context {
+        Context::for_call(None, SocketAddr::from(([127, 0, 0, 1], 1)))
+    }
+
+    // The futures are awaited after their call's handler ended, as methods use them.
+    #[allow(clippy::async_yields_async)]
     #[tokio::test]
     async fn reply_delivered_resolves_once_settled() {
-        let watch = Arc::new(ReplyWatch::default());
-        let ctx = Context::for_call(None, SocketAddr::from(([127, 0, 0, 1], 1)), watch.clone());
-        let delivered = ctx.reply_delivered();
-        assert!(watch.wanted());
+        let ctx = call_context();
+        let (delivered, slot) = with_reply_slot(async { ctx.reply_delivered() }).await;
+        let watch = slot.asked().map(|w| w as *const ReplyWatch);
+        assert!(watch.is_some(), "asking creates the watch");
         let waiter = tokio::spawn(delivered);
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
-        watch.settle(true);
-        watch.settle(false); // ignored: settled once
+        if let Some(w) = slot.asked() {
+            w.settle(true);
+            w.settle(false); // ignored: settled once
+        }
         assert!(matches!(waiter.await, Ok(true)));
-        assert!(ctx.reply_delivered().await, "a later ask sees the outcome");
     }
 
+    #[allow(clippy::async_yields_async)]
     #[tokio::test]
-    async fn an_unsettled_watch_is_lost_when_dropped() {
-        let watch = Arc::new(ReplyWatch::default());
-        let ctx = Context::for_call(None, SocketAddr::from(([127, 0, 0, 1], 1)), watch.clone());
-        drop(SettleOnDrop(watch));
-        assert!(!ctx.reply_delivered().await);
+    async fn an_unsettled_watch_is_lost_when_its_call_ends() {
+        let ctx = call_context();
+        let (delivered, slot) = with_reply_slot(async { ctx.reply_delivered() }).await;
+        drop(slot);
+        assert!(!delivered.await);
+        let ((), slot) = with_reply_slot(async {}).await;
+        assert!(slot.asked().is_none(), "no watch unless asked");
+        assert!(!ctx.reply_delivered().await, "asked outside its call");
         assert!(!Context::background().reply_delivered().await);
     }
 }

@@ -36,7 +36,7 @@ pub(crate) async fn read_request(
     let header = RequestHeader::decode(&hb, max_payload)?;
     let mut name = vec![0u8; usize::from(header.method_len)];
     read_exact(recv, &mut name, Kind::Invalid).await?;
-    let method = MethodName::parse(&name)?;
+    let method = MethodName::parse(name)?;
     let arg = read_payload(recv, header.payload_len, Kind::Invalid).await?;
     if !header.has_stream() {
         read_end(recv, Kind::Invalid).await?;

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::buffers::Payload;
-use crate::context::{Context, ReplyWatch, SettleOnDrop};
+use crate::context::{with_reply_slot, Context};
 use crate::error::{Error, Kind};
 use crate::fault::{ReplyFault, ReplyFaults};
 use crate::io;
@@ -137,9 +137,7 @@ async fn call(
     };
     let timeout = request.header.timeout();
     let deadline = timeout.map(|t| arrived + t);
-    let watch = Arc::new(ReplyWatch::default());
-    let _settle = SettleOnDrop(watch.clone());
-    let ctx = Context::for_call(deadline, peer, watch.clone());
+    let ctx = Context::for_call(deadline, peer);
     let token = ctx.token().clone();
     let body = request
         .header
@@ -162,7 +160,15 @@ async fn call(
     let gone = async {
         let _ = send.stopped().await;
     };
-    let Some(outcome) = run_handler(handler, method.as_str(), deadline, timeout, gone).await else {
+    let (outcome, reply_slot) = with_reply_slot(run_handler(
+        handler,
+        method.as_str(),
+        deadline,
+        timeout,
+        gone,
+    ))
+    .await;
+    let Some(outcome) = outcome else {
         // The caller went away: the handler future was dropped, which cancels it.
         token.cancel();
         tracing::trace!(%peer, %method, "caller went away; call canceled");
@@ -188,9 +194,9 @@ async fn call(
         Ok(Outcome::Archive(payload)) => reply(&mut send, Ok(payload), faults).await,
         Err(failure) => reply(&mut send, Err(failure), faults).await,
     };
-    if replied && watch.wanted() {
+    if let Some(watch) = reply_slot.asked() {
         // Every byte of the reply acknowledged by the caller: the stream is done, not stopped.
-        let delivered = matches!(send.stopped().await, Ok(None));
+        let delivered = replied && matches!(send.stopped().await, Ok(None));
         watch.settle(delivered);
     }
 }

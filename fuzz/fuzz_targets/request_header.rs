@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(again.ok(), Some(header));
         }
     }
-    if let Ok(method) = MethodName::parse(name) {
+    if let Ok(method) = MethodName::parse(name.to_vec()) {
         assert_eq!(method.as_str().as_bytes(), name);
         assert_eq!(
             format!("{}.{}", method.service(), method.method()),

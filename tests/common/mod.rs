@@ -16,11 +16,13 @@ pub struct Echo {
     pub greeting: String,
 }
 
-/// Ids of `hang` calls that started, and of those whose handler future was dropped.
+/// Ids of `hang` calls that started, and of those whose handler future was dropped; what
+/// `deliver` calls learnt of their replies.
 #[derive(Debug, Default)]
 pub struct Hangs {
     pub started: HashSet<u64>,
     pub dropped: HashSet<u64>,
+    pub delivered: std::collections::HashMap<u64, bool>,
 }
 
 /// The `hang` calls of this process, watched.
@@ -66,6 +68,16 @@ pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool
     }
 }
 
+/// Waits (at most `limit`) for `deliver(id)` to learn the fate of its reply; returns it.
+pub async fn reply_fate(id: u64, limit: Duration) -> Option<bool> {
+    let mut rx = hangs().subscribe();
+    let seen = tokio::time::timeout(limit, rx.wait_for(|h| h.delivered.contains_key(&id))).await;
+    match seen {
+        Ok(Ok(h)) => h.delivered.get(&id).copied(),
+        _ => None,
+    }
+}
+
 /// Waits (at most `limit`) for the handler of `hang(id)` to be dropped.
 pub async fn handler_dropped(id: u64, limit: Duration) -> bool {
     hang_reaches(limit, |h| h.dropped.contains(&id)).await
@@ -95,6 +107,25 @@ impl Echo {
             h.started.insert(id);
         });
         futures::future::pending::<()>().await;
+        Ok(())
+    }
+
+    /// Asks to learn whether its reply reaches the caller, and records it under `id`; hangs
+    /// first when `hang` is set (so the caller can go away before any reply).
+    async fn deliver(&self, ctx: &Context, (id, hang): (u64, bool)) -> Result<()> {
+        let delivered = ctx.reply_delivered();
+        tokio::spawn(async move {
+            let fate = delivered.await;
+            hangs().send_modify(|h| {
+                h.delivered.insert(id, fate);
+            });
+        });
+        if hang {
+            hangs().send_modify(|h| {
+                h.started.insert(id);
+            });
+            futures::future::pending::<()>().await;
+        }
         Ok(())
     }
 

@@ -132,14 +132,15 @@ impl MethodName {
         Ok(())
     }
 
-    /// Parses and checks a method name received from the network.
-    pub fn parse(bytes: &[u8]) -> Result<Self> {
+    /// Parses and checks a method name received from the network (taking its buffer, not
+    /// copying it).
+    pub fn parse(bytes: Vec<u8>) -> Result<Self> {
         let full =
-            std::str::from_utf8(bytes).map_err(|_| invalid("method name is not UTF-8".into()))?;
+            String::from_utf8(bytes).map_err(|_| invalid("method name is not UTF-8".into()))?;
         match full.split_once('.') {
             Some((service, method)) if !service.is_empty() && !method.is_empty() => Ok(Self {
                 dot: service.len(),
-                full: full.to_string(),
+                full,
             }),
             _ => Err(invalid(format!(
                 "method {full:?} is not of the form Service.method"
@@ -279,7 +280,7 @@ mod tests {
         assert_eq!(back, RequestHeader { method_len: 9, ..h });
         assert_eq!(back.timeout(), Some(Duration::from_secs(2)));
         assert!(back.has_stream());
-        let name = MethodName::parse(&head[REQUEST_HEADER_LEN..])?;
+        let name = MethodName::parse(head[REQUEST_HEADER_LEN..].to_vec())?;
         assert_eq!((name.service(), name.method()), ("Echo", "echo"));
         Ok(())
     }
@@ -338,12 +339,13 @@ mod tests {
         assert!(MethodName::check("Svc", "m").is_ok());
         for bad in [&b"nodot"[..], b".m", b"S.", b"\xc3\x28.x", b""] {
             assert_eq!(
-                MethodName::parse(bad).err().map(|e| e.kind()),
+                MethodName::parse(bad.to_vec()).err().map(|e| e.kind()),
                 Some(Kind::Invalid),
                 "{bad:?}"
             );
         }
-        let ok = MethodName::parse(b"Svc.a.b").map(|m| (m.service().to_string(), m.to_string()));
+        let ok = MethodName::parse(b"Svc.a.b".to_vec())
+            .map(|m| (m.service().to_string(), m.to_string()));
         assert_eq!(ok.ok(), Some(("Svc".to_string(), "Svc.a.b".to_string())));
     }
 
