@@ -61,6 +61,7 @@ fn respond(b: &B, request: &tiny_http::Request) -> Response {
 fn machine(m: &Machine) -> Value {
     json!({
         "addr": m.addr().to_string(),
+        "name": m.name(),
         "state": m.state().to_string(),
         "owned": m.owned(),
         "maxprocs": m.maxprocs(),
@@ -103,8 +104,9 @@ fn html(status: &Value) -> String {
             .map(|us| format!("{:.1} ms", us as f64 / 1000.0))
             .unwrap_or_default();
         rows.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{latest}</td><td>{}</td></tr>\n",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{latest}</td><td>{}</td></tr>\n",
             text(&m["addr"]),
+            text(&m["name"]),
             text(&m["state"]),
             text(&m["maxprocs"]),
             text(&m["error"]),
@@ -114,7 +116,7 @@ fn html(status: &Value) -> String {
         "<!doctype html><html><head><title>bigmachine status</title>\
          <style>body{{font-family:sans-serif}}td,th{{padding:2px 12px;text-align:left}}</style>\
          </head><body><h1>bigmachine</h1><p>system {}, driver at {}</p>\
-         <table><tr><th>machine</th><th>state</th><th>cores</th><th>last keepalive</th>\
+         <table><tr><th>machine</th><th>name</th><th>state</th><th>cores</th><th>last keepalive</th>\
          <th>error</th></tr>\n{rows}</table></body></html>\n",
         text(&status["system"]),
         text(&status["driver"]),

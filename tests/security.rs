@@ -11,7 +11,7 @@ use bigmachine::{Authority, Credentials, Error, Kind, Result, State, TransportCo
 use bigmachine_core::__internal::io::read_reply;
 use bigmachine_core::__internal::wire::{self, RequestHeader, Status};
 use bigmachine_core::__internal::{decode, encode, type_tag};
-use bigmachine_quic::Endpoint;
+use bigmachine_quic::{Endpoint, SERVER_NAME};
 use bigmachine_supervisor::MachineOptions;
 use common::echo_cluster;
 
@@ -46,7 +46,7 @@ async fn client_with_a_certificate_of_another_ca_is_refused() -> Result<()> {
     let impostor = forged(&Authority::new()?, cluster_ca)?;
     let endpoint = Endpoint::bind(loopback(), &impostor, TransportConfig::default())?;
     let attempt = async {
-        let conn = endpoint.connect(machines[0].addr()).await?;
+        let conn = endpoint.connect(machines[0].addr(), SERVER_NAME).await?;
         let frame = ping_frame();
         raw_exchange(&conn, &frame).await
     };
@@ -120,7 +120,7 @@ async fn garbage_on_a_call_stream_gets_an_error_reply() -> Result<()> {
         &authority.issue("raw client")?,
         TransportConfig::default(),
     )?;
-    let conn = endpoint.connect(machines[0].addr()).await?;
+    let conn = endpoint.connect(machines[0].addr(), SERVER_NAME).await?;
 
     // A well-formed ping first: the raw path works.
     let (status, reply) = raw_exchange(&conn, &ping_frame()).await?;

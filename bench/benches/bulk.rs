@@ -16,7 +16,7 @@ use bigmachine::local::LocalSystem;
 use bigmachine::{
     service, Archived, ByteStream, Context, Error, Machine, Result, Services, State, B,
 };
-use bigmachine_quic::{Authority, Credentials, Endpoint, TransportConfig};
+use bigmachine_quic::{Authority, Credentials, Endpoint, TransportConfig, SERVER_NAME};
 use bytes::Bytes;
 use criterion::Throughput;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -167,7 +167,10 @@ async fn quinn_bulk(n: u64) -> Duration {
         TransportConfig::default(),
     )
     .unwrap_or_else(|e| panic!("{e}"));
-    let conn = ep.connect(addr).await.unwrap_or_else(|e| panic!("{e}"));
+    let conn = ep
+        .connect(addr, SERVER_NAME)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let started = Instant::now();
     let (mut send, mut recv) = conn.open_bi().await.unwrap_or_else(|e| panic!("{e}"));
     let chunk = Bytes::from(vec![0x5au8; CHUNK]);

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use bigmachine::driver;
 use bigmachine::local::LocalSystem;
 use bigmachine::{Services, State, B};
-use bigmachine_quic::{Authority, Credentials, Endpoint, TransportConfig};
+use bigmachine_quic::{Authority, Credentials, Endpoint, TransportConfig, SERVER_NAME};
 
 #[path = "../../examples/common/pi.rs"]
 mod pi;
@@ -57,7 +57,7 @@ async fn bare_processes(n: usize) -> Duration {
         async move {
             let (addr, child) = support::spawn_self(&[(BARE, creds.to_pem())]).await;
             let conn = ep
-                .connect(addr)
+                .connect(addr, SERVER_NAME)
                 .await
                 .unwrap_or_else(|e| panic!("handshake: {e}"));
             (child, conn)

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bigmachine::testsystem::TestSystem;
 use bigmachine::{service, Context, Machine, Result, Services, State, B};
-use bigmachine_quic::{Authority, Endpoint, TransportConfig};
+use bigmachine_quic::{Authority, Endpoint, TransportConfig, SERVER_NAME};
 use criterion::{criterion_group, Criterion, Throughput};
 use hdrhistogram::Histogram;
 
@@ -108,7 +108,7 @@ impl RawClient {
         });
         let addr = server.local_addr().unwrap_or_else(|e| panic!("addr: {e}"));
         let conn = client
-            .connect(addr)
+            .connect(addr, SERVER_NAME)
             .await
             .unwrap_or_else(|e| panic!("connect: {e}"));
         Self {

@@ -8,7 +8,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use bigmachine_quic::{Authority, Endpoint, Pool, TransportConfig};
+use bigmachine_quic::{Authority, Endpoint, Pool, TransportConfig, SERVER_NAME};
 
 use crate::error::Result;
 use crate::link::{lock, State};
@@ -157,13 +157,22 @@ impl B {
         self.inner.max_payload
     }
 
-    /// A handle on the machine at `addr`, with a connection pool of this instance's endpoint.
-    pub(crate) fn new_machine(&self, addr: SocketAddr, owned: bool, maxprocs: usize) -> Machine {
+    /// A handle on the machine at `addr` (named `name`, when known), with a connection pool of
+    /// this instance's endpoint that accepts only the machine of that name.
+    pub(crate) fn new_machine(
+        &self,
+        addr: SocketAddr,
+        name: Option<String>,
+        owned: bool,
+        maxprocs: usize,
+    ) -> Machine {
+        let server_name = name.clone().unwrap_or_else(|| SERVER_NAME.to_string());
         Machine::new(
             addr,
+            name,
             owned,
             maxprocs,
-            Pool::new(self.inner.endpoint.clone(), addr),
+            Pool::new(self.inner.endpoint.clone(), addr, server_name),
             self.inner.max_payload,
         )
     }

@@ -1,6 +1,7 @@
 //! Booting an owned machine, the driver's side: reach its Supervisor, give it the binary and
 //! environment it must run (re-executing it when needed), and install its services.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -27,8 +28,13 @@ pub(crate) struct BootPlan {
     pub(crate) b: B,
 }
 
-/// Pings `machine` until it answers, for up to the keepalive timeout.
-pub(crate) async fn reach(machine: &Machine, keepalive: KeepaliveConfig) -> Result<()> {
+/// Pings `machine` until it answers, for up to the keepalive timeout; tells `failed` of every
+/// ping that fails.
+pub(crate) async fn reach(
+    machine: &Machine,
+    keepalive: KeepaliveConfig,
+    failed: &(dyn Fn(SocketAddr) + Sync),
+) -> Result<()> {
     let supervisor = machine.supervisor();
     let give_up = Instant::now() + keepalive.timeout;
     let mut wait = Duration::from_millis(5);
@@ -49,6 +55,7 @@ pub(crate) async fn reach(machine: &Machine, keepalive: KeepaliveConfig) -> Resu
                 ))
             }
             Err(e) if e.is_temporary() && Instant::now() + wait < give_up => {
+                failed(machine.addr());
                 tracing::debug!(machine = %machine.addr(), error = %e, "machine not reachable yet");
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(1));

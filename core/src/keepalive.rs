@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -84,9 +85,15 @@ impl Tracker {
     }
 }
 
-/// Keeps `machine` alive: keepalives (an owned machine) or pings (a dialed one) every period.
-/// Returns the error that ends the machine once it has been silent for the timeout.
-pub(crate) async fn keep_alive(machine: &Machine, cfg: KeepaliveConfig, owned: bool) -> Error {
+/// Keeps `machine` alive: keepalives (an owned machine) or pings (a dialed one) every period;
+/// tells `failed` of every one that fails. Returns the error that ends the machine once it has
+/// been silent for the timeout.
+pub(crate) async fn keep_alive(
+    machine: &Machine,
+    cfg: KeepaliveConfig,
+    owned: bool,
+    failed: &(dyn Fn(SocketAddr) + Sync),
+) -> Error {
     let supervisor = machine.supervisor();
     let next_ms = u64::try_from(cfg.timeout.as_millis()).unwrap_or(u64::MAX);
     let send = || async {
@@ -102,7 +109,13 @@ pub(crate) async fn keep_alive(machine: &Machine, cfg: KeepaliveConfig, owned: b
         cfg,
         &machine.addr().to_string(),
         send,
-        |times, next| machine.kept_alive(times, next),
+        |times, next| match times {
+            Some(_) => machine.kept_alive(times, next),
+            None => {
+                failed(machine.addr());
+                machine.kept_alive(None, next);
+            }
+        },
         || machine.link().is_stopped(),
     )
     .await

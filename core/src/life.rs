@@ -2,6 +2,7 @@
 //! stops; a dialed one is watched with pings. Either way the machine ends Stopped with the
 //! reason.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
@@ -13,16 +14,17 @@ use crate::link::State;
 use crate::machine::Machine;
 
 /// Boots an owned machine and keeps it alive until it stops. `exited` completes when the system
-/// sees the machine die.
+/// sees the machine die; `failed` hears of every ping or keepalive that failed.
 pub(crate) async fn run_owned(
     machine: Machine,
     plan: Arc<BootPlan>,
     keepalive: KeepaliveConfig,
     exited: BoxFuture<'static, Error>,
+    failed: impl Fn(SocketAddr) + Sync,
 ) {
     machine.link().advance(State::Starting);
     let life = async {
-        if let Err(e) = reach(&machine, keepalive).await {
+        if let Err(e) = reach(&machine, keepalive, &failed).await {
             return e;
         }
         // Keepalives start as soon as the machine answers and run beside the boot, which may
@@ -39,7 +41,7 @@ pub(crate) async fn run_owned(
         };
         tokio::select! {
             e = booted => e,
-            e = keep_alive(&machine, keepalive, true) => e,
+            e = keep_alive(&machine, keepalive, true, &failed) => e,
         }
     };
     let err = tokio::select! {
@@ -56,11 +58,11 @@ pub(crate) async fn run_owned(
 pub(crate) async fn run_dialed(machine: Machine, keepalive: KeepaliveConfig) {
     machine.link().advance(State::Starting);
     let life = async {
-        if let Err(e) = reach(&machine, keepalive).await {
+        if let Err(e) = reach(&machine, keepalive, &|_| {}).await {
             return e;
         }
         machine.link().advance(State::Running);
-        keep_alive(&machine, keepalive, false).await
+        keep_alive(&machine, keepalive, false, &|_| {}).await
     };
     let err = tokio::select! {
         biased;

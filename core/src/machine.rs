@@ -16,6 +16,7 @@ use crate::link::{lock, Link, State};
 
 struct Inner {
     link: Link,
+    name: Option<String>,
     owned: bool,
     maxprocs: AtomicUsize,
     cancel: CancellationToken,
@@ -38,6 +39,7 @@ impl fmt::Debug for Machine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Machine")
             .field("addr", &self.addr())
+            .field("name", &self.inner.name)
             .field("state", &self.state())
             .field("owned", &self.inner.owned)
             .finish()
@@ -47,6 +49,7 @@ impl fmt::Debug for Machine {
 impl Machine {
     pub(crate) fn new(
         addr: SocketAddr,
+        name: Option<String>,
         owned: bool,
         maxprocs: usize,
         pool: Pool,
@@ -55,6 +58,7 @@ impl Machine {
         Self {
             inner: Arc::new(Inner {
                 link: Link::new(addr, pool, max_reply),
+                name,
                 owned,
                 maxprocs: AtomicUsize::new(maxprocs),
                 cancel: CancellationToken::new(),
@@ -72,6 +76,13 @@ impl Machine {
     /// The address of the machine; other machines reach it with [`crate::B::dial`].
     pub fn addr(&self) -> SocketAddr {
         self.inner.link.addr()
+    }
+
+    /// The machine's name, given by its system (`local-3`, an EC2 instance id): only the machine
+    /// of that name is accepted at [`Machine::addr`]. `None` for a machine reached by address
+    /// ([`crate::B::dial`]).
+    pub fn name(&self) -> Option<&str> {
+        self.inner.name.as_deref()
     }
 
     /// Whether this driver started the machine (and keeps it alive).

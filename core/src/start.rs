@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use bigmachine_quic::is_dns_name;
+
 use crate::b::B;
 use crate::binary;
 use crate::boot::BootPlan;
@@ -105,10 +107,28 @@ impl B {
         let plan = Arc::new(self.plan(&params, services).await?);
         let keepalive = self.system().keepalive();
         let launched = self.system().start(authority, n).await?;
+        if let Some(l) = launched.iter().find(|l| !is_dns_name(&l.name)) {
+            return Err(Error::fatal(
+                Kind::Precondition,
+                format!(
+                    "system {} named a machine {:?}: machine names must be DNS names",
+                    self.system().name(),
+                    l.name
+                ),
+            ));
+        }
         let mut machines = Vec::with_capacity(launched.len());
         for l in launched {
-            let m = self.new_machine(l.addr, true, l.maxprocs);
-            tokio::spawn(run_owned(m.clone(), plan.clone(), keepalive, l.exited));
+            let m = self.new_machine(l.addr, Some(l.name), true, l.maxprocs);
+            let system = self.system().clone();
+            let failed = move |addr| system.keepalive_failed(addr);
+            tokio::spawn(run_owned(
+                m.clone(),
+                plan.clone(),
+                keepalive,
+                l.exited,
+                failed,
+            ));
             machines.push(m);
         }
         self.add_machines(&machines);
@@ -151,7 +171,7 @@ impl B {
         if let Some(m) = dialed.get(&addr).filter(|m| m.state() != State::Stopped) {
             return m.clone();
         }
-        let m = self.new_machine(addr, false, 0);
+        let m = self.new_machine(addr, None, false, 0);
         tokio::spawn(run_dialed(m.clone(), self.system().keepalive()));
         dialed.insert(addr, m.clone());
         m

@@ -14,6 +14,11 @@ use crate::keepalive::KeepaliveConfig;
 pub struct Launched {
     /// The address of the machine's endpoint.
     pub addr: SocketAddr,
+    /// The machine's name: a DNS name (`local-3`, `i-0abc123`) unique among the system's
+    /// machines, for which its certificate was issued ([`Authority::issue`]). The driver accepts
+    /// at `addr` only the machine of that name, so a new machine at an old address is never
+    /// taken for the old one.
+    pub name: String,
     /// Processors available to the machine (0 if unknown until it reports).
     pub maxprocs: usize,
     /// Completes, with the reason, when the machine is gone (process exited, instance died,
@@ -25,6 +30,7 @@ impl fmt::Debug for Launched {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Launched")
             .field("addr", &self.addr)
+            .field("name", &self.name)
             .field("maxprocs", &self.maxprocs)
             .finish_non_exhaustive()
     }
@@ -52,6 +58,13 @@ pub trait System: Send + Sync + fmt::Debug + 'static {
         authority: &'a Authority,
         n: usize,
     ) -> BoxFuture<'a, Result<Vec<Launched>>>;
+
+    /// Told when a keepalive (or a boot's ping) to the machine at `addr` failed, so that a system
+    /// that can ask its provider about its machines (a cloud's API) learns early of one that is
+    /// gone, long before the keepalive timeout. Must return at once.
+    fn keepalive_failed(&self, addr: SocketAddr) {
+        let _ = addr;
+    }
 
     /// Tears down what the system holds, once the driver shuts down.
     fn shutdown(&self) -> BoxFuture<'_, ()> {

@@ -55,10 +55,16 @@ impl Authority {
         &self.cert
     }
 
-    /// Issues credentials for one endpoint. `name` becomes the certificate's common name (it is
-    /// informational: trust comes from the chain to the CA).
+    /// Issues credentials for one endpoint named `name`. The certificate is valid for the
+    /// cluster's [`SERVER_NAME`] and, when `name` is a DNS name (`i-0abc123`, `local-3`), for
+    /// `name` too: a client that connects to a machine by that name accepts no other machine's
+    /// certificate, even at the same address. Trust itself comes from the chain to the CA.
     pub fn issue(&self, name: &str) -> Result<Credentials> {
-        let mut params = CertificateParams::new(vec![SERVER_NAME.to_string()])?;
+        let mut names = vec![SERVER_NAME.to_string()];
+        if is_dns_name(name) && name != SERVER_NAME {
+            names.push(name.to_string());
+        }
+        let mut params = CertificateParams::new(names)?;
         params.distinguished_name.push(DnType::CommonName, name);
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![
@@ -73,6 +79,23 @@ impl Authority {
             ca: self.cert.clone(),
         })
     }
+}
+
+/// Whether `name` can name an endpoint in its certificate and be verified as a server name: a
+/// DNS name of letters, digits, `-` and `.`, not an IP address.
+pub fn is_dns_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.parse::<std::net::IpAddr>().is_err()
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
 }
 
 /// What one endpoint needs to take part in the cluster: its own certificate and private key, and
@@ -151,6 +174,16 @@ mod tests {
         assert_eq!(back.ca, creds.ca);
         assert_eq!(back.key.secret_der(), creds.key.secret_der());
         Ok(())
+    }
+
+    #[test]
+    fn machine_names_that_are_dns_names() {
+        for good in ["i-0abc123", "local-3", "bigmachine", "a.b-c"] {
+            assert!(is_dns_name(good), "{good}");
+        }
+        for bad in ["", "local machine 0", "-a", "a-", "127.0.0.1", "a..b", "ü"] {
+            assert!(!is_dns_name(bad), "{bad}");
+        }
     }
 
     #[test]

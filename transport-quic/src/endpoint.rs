@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 
-use crate::authority::{Credentials, SERVER_NAME};
+use crate::authority::Credentials;
 use crate::error::{Error, Result};
 use crate::tls;
 
@@ -152,9 +152,11 @@ impl Endpoint {
         &self.config
     }
 
-    /// Opens a new connection to `addr`, verifying that its certificate chains to the cluster CA.
-    pub async fn connect(&self, addr: SocketAddr) -> Result<quinn::Connection> {
-        let connecting = self.inner.connect(addr, SERVER_NAME)?;
+    /// Opens a new connection to `addr`, verifying that its certificate chains to the cluster CA
+    /// and is valid for `server_name` ([`crate::SERVER_NAME`], which every certificate of the cluster
+    /// carries, or the name of one machine).
+    pub async fn connect(&self, addr: SocketAddr, server_name: &str) -> Result<quinn::Connection> {
+        let connecting = self.inner.connect(addr, server_name)?;
         match tokio::time::timeout(self.config.connect_timeout, connecting).await {
             Ok(conn) => Ok(conn?),
             Err(_) => Err(Error::ConnectTimeout(addr)),

@@ -30,7 +30,7 @@ mod error;
 mod pool;
 mod tls;
 
-pub use authority::{Authority, Credentials, SERVER_NAME};
+pub use authority::{is_dns_name, Authority, Credentials, SERVER_NAME};
 pub use endpoint::{Endpoint, TransportConfig};
 pub use error::{is_handshake_refusal, Error, Result};
 pub use pool::Pool;

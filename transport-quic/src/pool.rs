@@ -30,18 +30,21 @@ impl Slot {
 pub struct Pool {
     endpoint: Endpoint,
     addr: SocketAddr,
+    server_name: String,
     slots: Box<[Slot]>,
     next: AtomicUsize,
 }
 
 impl Pool {
     /// A pool of [`crate::TransportConfig::pool_size`] lazily opened connections from `endpoint`
-    /// to `addr`.
-    pub fn new(endpoint: Endpoint, addr: SocketAddr) -> Self {
+    /// to the endpoint at `addr` whose certificate is valid for `server_name` (see
+    /// [`Endpoint::connect`]).
+    pub fn new(endpoint: Endpoint, addr: SocketAddr, server_name: impl Into<String>) -> Self {
         let size = endpoint.config().pool_size.max(1);
         Self {
             endpoint,
             addr,
+            server_name: server_name.into(),
             slots: (0..size).map(|_| Slot::default()).collect(),
             next: AtomicUsize::new(0),
         }
@@ -62,7 +65,7 @@ impl Pool {
         if let Some(conn) = slot.live() {
             return Ok(conn);
         }
-        let conn = self.endpoint.connect(self.addr).await?;
+        let conn = self.endpoint.connect(self.addr, &self.server_name).await?;
         *slot.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
         Ok(conn)
     }

@@ -3,7 +3,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use bigmachine_quic::{Authority, Endpoint, Pool, Result, TransportConfig};
+use bigmachine_quic::{Authority, Endpoint, Pool, Result, TransportConfig, SERVER_NAME};
 
 fn loopback() -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, 0))
@@ -46,7 +46,7 @@ async fn pool_spreads_over_its_connections_and_reconnects_after_loss() -> Result
     let mut config = TransportConfig::default();
     config.pool_size = 3;
     let client = Endpoint::bind(loopback(), &ca.issue("client")?, config)?;
-    let pool = Pool::new(client.clone(), addr);
+    let pool = Pool::new(client.clone(), addr, SERVER_NAME);
     assert_eq!(pool.open_connections(), 0, "connections open lazily");
 
     let mut ids = std::collections::HashSet::new();
@@ -94,7 +94,7 @@ async fn strangers_cannot_connect_either_way() -> Result<()> {
         &theirs.issue("stranger")?,
         TransportConfig::default(),
     )?;
-    let err = stranger.connect(addr).await.err();
+    let err = stranger.connect(addr, SERVER_NAME).await.err();
     assert!(
         err.as_ref().is_some_and(|e| e.is_permanent()),
         "stranger connected: {err:?}"
@@ -106,7 +106,27 @@ async fn strangers_cannot_connect_either_way() -> Result<()> {
         &ours.issue("member")?,
         TransportConfig::default(),
     )?;
-    let conn = member.connect(addr).await?;
+    let conn = member.connect(addr, SERVER_NAME).await?;
     assert_eq!(echo(&conn, b"ok").await.as_deref(), Some(&b"ok"[..]));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_machine_is_known_by_its_name_not_only_its_address() -> Result<()> {
+    let ca = Authority::new()?;
+    // The machine at this address now is i-b; the client expects i-a, which used to be there.
+    let server = Endpoint::bind(loopback(), &ca.issue("i-b")?, TransportConfig::default())?;
+    let addr = server.local_addr()?;
+    echo_server(server);
+    let client = Endpoint::bind(loopback(), &ca.issue("driver")?, TransportConfig::default())?;
+    let err = client.connect(addr, "i-a").await.err();
+    assert!(
+        err.as_ref().is_some_and(|e| e.is_permanent()),
+        "took i-b for i-a: {err:?}"
+    );
+    let conn = client.connect(addr, "i-b").await?;
+    assert_eq!(echo(&conn, b"b").await.as_deref(), Some(&b"b"[..]));
+    let conn = client.connect(addr, SERVER_NAME).await?;
+    assert_eq!(echo(&conn, b"any").await.as_deref(), Some(&b"any"[..]));
     Ok(())
 }

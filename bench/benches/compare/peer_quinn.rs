@@ -66,7 +66,10 @@ impl Ep {
 
     async fn connect(&self, addr: SocketAddr) -> quinn::Connection {
         match self {
-            Self::Tuned(ep) => ep.connect(addr).await.unwrap_or_else(|e| panic!("{e}")),
+            Self::Tuned(ep) => ep
+                .connect(addr, SERVER_NAME)
+                .await
+                .unwrap_or_else(|e| panic!("{e}")),
             Self::Naive(ep) => ep
                 .connect(addr, SERVER_NAME)
                 .unwrap_or_else(|e| panic!("connect: {e}"))

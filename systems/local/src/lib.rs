@@ -52,6 +52,8 @@ struct Running {
 struct Inner {
     settings: LocalSystemBuilder,
     running: Mutex<Vec<Running>>,
+    /// Numbers machines, each once, however many `start`s run at once.
+    next: std::sync::atomic::AtomicUsize,
 }
 
 /// Machines as local processes. Cheap to clone; clones share the machines.
@@ -103,6 +105,7 @@ impl LocalSystemBuilder {
             inner: Arc::new(Inner {
                 settings: self,
                 running: Mutex::new(Vec::new()),
+                next: std::sync::atomic::AtomicUsize::new(0),
             }),
         }
     }
@@ -138,7 +141,8 @@ impl LocalSystem {
 
     async fn launch(&self, authority: &Authority, index: usize) -> Result<Launched> {
         let settings = &self.inner.settings;
-        let creds = write_private(&authority.issue(&format!("local machine {index}"))?.to_pem())?;
+        let name = format!("local-{index}");
+        let creds = write_private(&authority.issue(&name)?.to_pem())?;
         let exe = std::env::current_exe()?;
         let mut command = Command::new(&exe);
         if let Some(stores) = &settings.stores {
@@ -210,6 +214,7 @@ impl LocalSystem {
         tracing::debug!(%addr, pid, "machine process started");
         Ok(Launched {
             addr,
+            name,
             maxprocs: settings.maxprocs,
             exited: Box::pin(exited(exit_rx)),
         })
@@ -395,7 +400,10 @@ impl System for LocalSystem {
         n: usize,
     ) -> BoxFuture<'a, Result<Vec<Launched>>> {
         Box::pin(async move {
-            let base = self.lock().len();
+            let base = self
+                .inner
+                .next
+                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
             let launches = (0..n).map(|i| self.launch(authority, base + i));
             futures::future::join_all(launches)
                 .await

@@ -20,6 +20,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -34,6 +35,8 @@ use futures::future::BoxFuture;
 struct Inner {
     settings: TestSystemBuilder,
     machines: Mutex<HashMap<SocketAddr, MachineHandle>>,
+    /// Numbers machines, each once.
+    next: AtomicUsize,
 }
 
 /// A system of in-process machines. Cheap to clone: clones share the machines, so a test keeps
@@ -99,6 +102,7 @@ impl TestSystemBuilder {
             inner: Arc::new(Inner {
                 settings: self,
                 machines: Mutex::new(HashMap::new()),
+                next: AtomicUsize::new(0),
             }),
         }
     }
@@ -174,8 +178,9 @@ impl System for TestSystem {
             let settings = &self.inner.settings;
             let mut launched = Vec::with_capacity(n);
             for _ in 0..n {
-                let index = self.lock().len();
-                let creds = authority.issue(&format!("test machine {index}"))?;
+                let index = self.inner.next.fetch_add(1, Ordering::Relaxed);
+                let name = format!("test-{index}");
+                let creds = authority.issue(&name)?;
                 let mut options = MachineOptions::new(creds, Arc::new(self.clone()));
                 options.transport = settings.transport.clone();
                 options.server.max_payload = settings.max_payload;
@@ -186,6 +191,7 @@ impl System for TestSystem {
                 self.lock().insert(handle.addr(), handle.clone());
                 launched.push(Launched {
                     addr: handle.addr(),
+                    name,
                     maxprocs: settings.maxprocs,
                     exited: Box::pin(handle.exited()),
                 });
