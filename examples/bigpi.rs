@@ -45,6 +45,7 @@ async fn main() -> anyhow::Result<()> {
         }
         None => {
             tracing::info!("starting {} machines", args.nmach);
+            let booting = Instant::now();
             let machines = b
                 .start(args.nmach, Services::new().with("PI", CirclePi))
                 .await?;
@@ -60,6 +61,11 @@ async fn main() -> anyhow::Result<()> {
                     m.maxprocs()
                 );
             }
+            tracing::info!(
+                "{} machines running in {:.2?}",
+                machines.len(),
+                booting.elapsed()
+            );
             let cores: usize = machines.iter().map(|m| m.maxprocs().max(1)).sum();
             tracing::info!(
                 "distributing {} samples over {cores} cores on {} machines",

@@ -33,6 +33,8 @@
 //! Every flag has an environment equivalent (`--bigm.system` and `BIGM_SYSTEM`, ...); a flag on
 //! the command line wins over the environment.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,7 +50,7 @@ pub enum SystemKind {
     Local,
     /// In-process machines (tests).
     Test,
-    /// EC2 instances (not available yet in this build).
+    /// EC2 instances (with bigmachine's `ec2` cargo feature).
     Ec2,
 }
 
@@ -83,6 +85,10 @@ pub struct Flags {
     /// Log filter for the driver and its machines (`info`, `bigmachine_core=debug`, ...).
     #[arg(long = "bigm.log", env = "BIGM_LOG", default_value = "info")]
     pub log: String,
+    /// How to launch EC2 machines.
+    #[cfg(feature = "ec2")]
+    #[command(flatten)]
+    pub ec2: crate::ec2_flags::Ec2Flags,
 }
 
 impl Flags {
@@ -95,13 +101,20 @@ impl Flags {
             #[command(flatten)]
             flags: Flags,
         }
+        use clap::CommandFactory;
+        // The flags that take a value (not the switches), by name.
+        let valued: Vec<String> = Only::command()
+            .get_arguments()
+            .filter(|a| a.get_action().takes_values())
+            .filter_map(|a| a.get_long().map(|l| format!("--{l}")))
+            .collect();
         let mut ours = Vec::new();
         let mut args = std::env::args().skip(1).peekable();
         while let Some(arg) = args.next() {
             if !arg.starts_with("--bigm.") {
                 continue;
             }
-            let takes_value = !arg.contains('=');
+            let takes_value = !arg.contains('=') && valued.contains(&arg);
             ours.push(arg);
             if takes_value {
                 if let Some(value) = args.next_if(|v| !v.starts_with("--")) {
@@ -122,7 +135,7 @@ impl Flags {
         keepalive
     }
 
-    fn system(&self) -> Result<Arc<dyn System>> {
+    async fn system(&self) -> Result<Arc<dyn System>> {
         Ok(match self.system {
             SystemKind::Local => {
                 let defaults = LocalSystem::new().keepalive();
@@ -140,10 +153,16 @@ impl Flags {
                 }
                 Arc::new(test.build())
             }
+            #[cfg(feature = "ec2")]
+            SystemKind::Ec2 => {
+                Arc::new(self.ec2.system(|defaults| self.keepalive(defaults)).await?)
+            }
+            #[cfg(not(feature = "ec2"))]
             SystemKind::Ec2 => {
                 return Err(Error::fatal(
                     Kind::NotSupported,
-                    "the ec2 system is not part of this build yet",
+                    "--bigm.system=ec2 needs bigmachine's `ec2` cargo feature: build with \
+                     `--features ec2` (or `bigmachine = { features = [\"ec2\"] }`)",
                 ))
             }
         })
@@ -164,18 +183,52 @@ pub async fn start_with(flags: &Flags) -> Result<B> {
         let system: Arc<dyn System> =
             match std::env::var(bigmachine_supervisor::ENV_SYSTEM).as_deref() {
                 Ok("local") | Err(_) => Arc::new(LocalSystem::new()),
+                Ok("ec2") => Arc::new(RemoteMachine {
+                    name: "ec2".to_string(),
+                }),
                 Ok(other) => {
-                    eprintln!("bigmachine: unknown system {other:?} for a machine");
-                    std::process::exit(2)
+                    return Err(Error::fatal(
+                        Kind::Invalid,
+                        format!(
+                            "this machine's system ({}={other:?}) is not one bigmachine knows",
+                            bigmachine_supervisor::ENV_SYSTEM
+                        ),
+                    ))
                 }
             };
         bigmachine_supervisor::run(system).await
     }
-    let b = B::builder_arc(flags.system()?).driver()?;
+    let b = B::builder_arc(flags.system().await?).driver()?;
     if let Some(addr) = flags.debug_addr {
         crate::debug::serve(b.clone(), addr)?;
     }
     Ok(b)
+}
+
+/// The system a machine of a remote system (EC2) belongs to, as seen from the machine: its
+/// services reach peers with it; starting machines is the driver's alone.
+#[derive(Debug)]
+struct RemoteMachine {
+    name: String,
+}
+
+impl System for RemoteMachine {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn start<'a>(
+        &'a self,
+        _authority: &'a bigmachine_core::Authority,
+        _n: usize,
+    ) -> Pin<Box<dyn Future<Output = Result<Vec<bigmachine_core::Launched>>> + Send + 'a>> {
+        Box::pin(async {
+            Err(Error::fatal(
+                Kind::NotSupported,
+                "only the driver starts machines",
+            ))
+        })
+    }
 }
 
 /// Standard error for logs, ignoring write errors: a machine whose driver died has nowhere to

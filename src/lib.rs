@@ -77,6 +77,18 @@ pub use bigmachine_macros::service;
 
 pub mod debug;
 pub mod driver;
+#[cfg(feature = "ec2")]
+mod ec2_flags;
+
+/// Machines as EC2 instances (cargo feature `ec2`); see the README, "Running on EC2".
+#[cfg(feature = "ec2")]
+pub mod ec2 {
+    pub use crate::ec2_flags::Ec2Flags;
+    pub use bigmachine_ec2::{Ec2Config, Ec2System, LaunchData, AMAZON_OWNER, DEFAULT_AMI_NAME};
+
+    #[doc(hidden)]
+    pub use bigmachine_ec2::testing;
+}
 
 /// Machines as processes of this binary on this host.
 pub mod local {

@@ -80,7 +80,8 @@ pub(crate) async fn boot(
 ) -> Result<()> {
     let supervisor = machine.supervisor();
     let rpc = keepalive.rpc_timeout;
-    let mut info = supervisor.info(&()).internal().timeout(rpc).await?;
+    // The machine answered a ping; a busy one may still miss one call's deadline.
+    let mut info = answer(machine, &supervisor, keepalive, |_| true, "did not answer").await?;
     let upload = info.digest != plan.binary.digest;
     if upload || plan.exec {
         if upload {
@@ -107,7 +108,15 @@ pub(crate) async fn boot(
             Err(e) => return Err(e),
         }
         tracing::debug!(machine = %machine.addr(), "machine re-executing");
-        info = reexecuted(machine, &supervisor, info.incarnation, keepalive).await?;
+        let old = info.incarnation;
+        info = answer(
+            machine,
+            &supervisor,
+            keepalive,
+            |i| i.incarnation != old,
+            "did not come back after exec",
+        )
+        .await?;
         if info.digest != plan.binary.digest {
             return Err(Error::fatal(
                 Kind::Precondition,
@@ -137,12 +146,14 @@ pub(crate) async fn boot(
     Ok(())
 }
 
-/// Waits until the machine answers as a new incarnation (its process re-executed).
-async fn reexecuted(
+/// Asks the machine for its [`Info`] until it gives one that `wanted` accepts, through temporary
+/// failures, for up to the keepalive timeout; then fails with "machine ADDR `failure`".
+async fn answer(
     machine: &Machine,
     supervisor: &SupervisorClient,
-    old: u64,
     keepalive: KeepaliveConfig,
+    wanted: impl Fn(&Info) -> bool,
+    failure: &str,
 ) -> Result<Info> {
     let give_up = Instant::now() + keepalive.timeout;
     let mut wait = Duration::from_millis(5);
@@ -154,7 +165,7 @@ async fn reexecuted(
             .timeout(keepalive.rpc_timeout)
             .await;
         match info {
-            Ok(info) if info.incarnation != old => return Ok(info),
+            Ok(info) if wanted(&info) => return Ok(info),
             Ok(_) => {}
             Err(e) if e.is_temporary() && Instant::now() + wait < give_up => last = Some(e),
             Err(e) => return Err(e),
@@ -162,7 +173,7 @@ async fn reexecuted(
         if Instant::now() + wait >= give_up {
             return Err(Error::new(
                 Kind::Unavailable,
-                format!("machine {} did not come back after exec", machine.addr()),
+                format!("machine {} {failure}", machine.addr()),
             )
             .caused_by(last.unwrap_or_else(|| {
                 Error::new(Kind::Unavailable, "it kept answering as its old process")

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::error::{Error, Kind, Result};
+use crate::link::State;
 use crate::machine::Machine;
 
 /// How the driver keeps a machine alive, and how soon it gives up on one.
@@ -109,9 +110,19 @@ pub(crate) async fn keep_alive(
         cfg,
         &machine.addr().to_string(),
         send,
-        |times, next| match times {
-            Some(_) => machine.kept_alive(times, next),
-            None => {
+        |reply, next| match reply {
+            Ok(times) => machine.kept_alive(Some(times), next),
+            Err(e) => {
+                // A booting machine refuses connections while it re-executes: expected, so
+                // heard of only at debug level.
+                if machine.link().state() == State::Running {
+                    tracing::warn!(machine = %machine.addr(), error = %e, "keepalive failed");
+                } else {
+                    tracing::debug!(
+                        machine = %machine.addr(), error = %e,
+                        "keepalive failed while booting"
+                    );
+                }
                 failed(machine.addr());
                 machine.kept_alive(None, next);
             }
@@ -122,13 +133,13 @@ pub(crate) async fn keep_alive(
 }
 
 /// The keepalive loop: `send` every period, `report` after each try (the reply times when it
-/// succeeded, and when the next is due), until the machine has not answered for the timeout or
-/// `stopped` says it was stopped meanwhile.
+/// succeeded, its error when it failed, and when the next is due), until the machine has not
+/// answered for the timeout or `stopped` says it was stopped meanwhile.
 async fn run<S, Fut>(
     cfg: KeepaliveConfig,
     name: &str,
     mut send: S,
-    mut report: impl FnMut(Option<Vec<Duration>>, Instant),
+    mut report: impl FnMut(std::result::Result<Vec<Duration>, &Error>, Instant),
     stopped: impl Fn() -> bool,
 ) -> Error
 where
@@ -144,7 +155,7 @@ where
         match reply {
             Ok(()) => {
                 tracker.on_reply(sent, now);
-                report(Some(tracker.reply_times()), next);
+                report(Ok(tracker.reply_times()), next);
             }
             // Stopped meanwhile (shut down, or lost): its reason is recorded; nothing to report.
             Err(e) if stopped() => return e,
@@ -156,10 +167,7 @@ where
                     )
                     .caused_by(e)
                 }
-                None => {
-                    tracing::warn!(machine = %name, error = %e, "keepalive failed");
-                    report(None, next);
-                }
+                None => report(Err(&e), next),
             },
         }
         tokio::time::sleep_until(next).await;
