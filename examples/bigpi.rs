@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use bigmachine::driver::{self, Flags};
 use bigmachine::{Services, State};
+use clap::builder::RangedU64ValueParser;
 use clap::Parser;
 
 #[path = "common/pi.rs"]
@@ -16,14 +17,14 @@ use pi::{sample, shares, CirclePi};
 #[derive(Parser)]
 struct Args {
     /// Number of samples to make.
-    #[arg(short = 'n', default_value_t = 1_000_000_000)]
+    #[arg(short = 'n', default_value_t = 1_000_000_000, value_parser = RangedU64ValueParser::<u64>::new().range(1..))]
     n: u64,
     /// Number of machines to provision for the task.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 2, value_parser = RangedU64ValueParser::<usize>::new().range(1..=100_000))]
     nmach: usize,
     /// Instead of machines, run the same sampling on as many threads of this process (the
     /// baseline that shows the cost of distribution).
-    #[arg(long)]
+    #[arg(long, value_parser = RangedU64ValueParser::<usize>::new().range(1..=4096))]
     in_process: Option<usize>,
     #[command(flatten)]
     bigm: Flags,

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use bigmachine::testsystem::{ReplyFaults, TestSystem};
 use bigmachine::{
-    service, Context, Error, KeepaliveConfig, Kind, Payload, Result, ServiceValue, Services,
-    Severity, State, B,
+    service, BootTimeouts, Context, Error, KeepaliveConfig, Kind, Payload, Result, ServiceValue,
+    Services, Severity, State, B,
 };
 use common::{echo_cluster, eventually, handler_started, Echo};
 use tokio::time::Instant;
@@ -38,6 +38,21 @@ struct InitPanics;
 impl InitPanics {
     async fn init(&mut self, _b: &B) -> Result<()> {
         panic!("init exploded")
+    }
+
+    async fn noop(&self, _ctx: &Context, _arg: ()) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// A service whose `init` never ends.
+#[derive(Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct InitHangs;
+
+#[service]
+impl InitHangs {
+    async fn init(&mut self, _b: &B) -> Result<()> {
+        futures::future::pending().await
     }
 
     async fn noop(&self, _ctx: &Context, _arg: ()) -> Result<()> {
@@ -112,6 +127,29 @@ async fn boot_outcome(b: &B, services: Services) -> Result<bigmachine::Machine> 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_of_zero_machines_is_a_precondition_error() -> Result<()> {
+    let system = TestSystem::new();
+    let b = B::new(system.clone())?;
+    let err = b
+        .start(
+            0,
+            Services::new().with(
+                "Echo",
+                Echo {
+                    greeting: "hi ".into(),
+                },
+            ),
+        )
+        .await
+        .err()
+        .ok_or_else(|| Error::other("start(0) succeeded with an empty cluster"))?;
+    assert_eq!(err.kind(), Kind::Precondition, "{err}");
+    assert_eq!(system.live(), 0);
+    b.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unregistered_or_unserializable_services_fail_start_fast() -> Result<()> {
     let b = B::new(TestSystem::new())?;
     for services in [
@@ -165,6 +203,26 @@ async fn panicking_init_fails_fast() -> Result<()> {
     let err = m.err().ok_or_else(|| Error::other("no error"))?;
     assert!(err.is_fatal(), "{err}");
     assert!(err.to_string().contains("init exploded"), "{err}");
+    b.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_init_stops_its_machine_at_the_install_bound() -> Result<()> {
+    let mut timeouts = BootTimeouts::default();
+    timeouts.install = Duration::from_millis(500);
+    let b = B::builder(TestSystem::new())
+        .boot_timeouts(timeouts)
+        .driver()?;
+    let m = boot_outcome(&b, Services::new().with("H", InitHangs)).await?;
+    assert_eq!(
+        m.state(),
+        State::Stopped,
+        "a hung init left the machine Starting"
+    );
+    let err = m.err().ok_or_else(|| Error::other("no error"))?;
+    assert!(err.is(Kind::DeadlineExceeded), "{err}");
+    assert!(err.to_string().contains("installing service H"), "{err}");
     b.shutdown().await;
     Ok(())
 }
@@ -227,6 +285,14 @@ async fn killed_machine_is_stopped_and_fails_calls() -> Result<()> {
     assert!(victim
         .err()
         .is_some_and(|e| e.to_string().contains("killed")));
+    // A dead machine is not retried: the error is final at the first try.
+    let retried = victim
+        .retry_call::<String, String>("Echo.echo", &"x".into())
+        .await
+        .err()
+        .ok_or_else(|| Error::other("a call to a stopped machine succeeded"))?;
+    assert_eq!(retried.kind(), Kind::Unavailable);
+    assert!(retried.is_fatal(), "{retried:?}");
 
     let reply: String = survivor.call("Echo.echo", &"y".to_string()).await?;
     assert_eq!(reply, "hello, y");

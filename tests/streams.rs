@@ -69,6 +69,7 @@ impl Streams {
                 }
                 sent += len as u64;
             }
+            sink.finish();
         });
         Ok(stream)
     }
@@ -307,6 +308,42 @@ async fn a_canceled_call_does_not_pass_for_a_complete_stream() -> Result<()> {
         outcome,
         Some(Err(Kind::Net)),
         "a cut stream read as complete"
+    );
+    b.shutdown().await;
+    Ok(())
+}
+
+/// The original's TestReaderFuncArgError: an argument stream whose source fails ends the call
+/// with the source's error and kind, and a retrying call does not loop on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_argument_streams_source_error_reaches_the_caller_with_its_kind() -> Result<()> {
+    let (b, m) = cluster(TestSystem::new()).await?;
+    let made = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let result: Result<u64> = m
+        .call("S.count", &())
+        .body({
+            let made = made.clone();
+            move || {
+                made.fetch_add(1, Ordering::SeqCst);
+                let chunks = [
+                    Ok(pattern(0, 4096)),
+                    Err(Error::fatal(Kind::Precondition, "the source file vanished")),
+                ];
+                ByteStream::from_stream(futures::stream::iter(chunks))
+            }
+        })
+        .retry()
+        .timeout(Duration::from_secs(10))
+        .await;
+    let err = result
+        .err()
+        .ok_or_else(|| Error::other("a broken argument stream was counted"))?;
+    assert_eq!(err.kind(), Kind::Precondition, "{err}");
+    assert!(err.to_string().contains("vanished"), "{err}");
+    assert_eq!(
+        made.load(Ordering::SeqCst),
+        1,
+        "a fatal source error was retried"
     );
     b.shutdown().await;
     Ok(())

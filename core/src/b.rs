@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bigmachine_quic::{Authority, Endpoint, Pool, TransportConfig, SERVER_NAME};
 
+use crate::boot::BootTimeouts;
 use crate::error::Result;
 use crate::link::{lock, State};
 use crate::machine::Machine;
@@ -20,6 +21,7 @@ struct Inner {
     endpoint: Endpoint,
     authority: Option<Authority>,
     max_payload: u64,
+    boot_timeouts: BootTimeouts,
     machines: Mutex<Vec<Machine>>,
     dialed: Mutex<HashMap<SocketAddr, Machine>>,
     uploaded: AtomicU64,
@@ -49,6 +51,7 @@ pub struct Builder {
     bind: SocketAddr,
     transport: TransportConfig,
     max_payload: u64,
+    boot_timeouts: BootTimeouts,
 }
 
 impl Builder {
@@ -71,6 +74,12 @@ impl Builder {
         self
     }
 
+    /// How long each step of a machine's boot may take. Default: [`BootTimeouts::default`].
+    pub fn boot_timeouts(mut self, timeouts: BootTimeouts) -> Self {
+        self.boot_timeouts = timeouts;
+        self
+    }
+
     /// Builds a driver: a new certificate authority, the driver's own certificate and endpoint.
     /// Must be called within a tokio runtime.
     pub fn driver(self) -> Result<B> {
@@ -82,6 +91,7 @@ impl Builder {
             endpoint,
             Some(authority),
             self.max_payload,
+            self.boot_timeouts,
         ))
     }
 }
@@ -89,7 +99,8 @@ impl Builder {
 /// The handle of a machine of `system` whose endpoint (bound with the credentials the driver
 /// issued to it) is `endpoint`: what the machine's services use to reach their peers.
 pub fn machine_b(system: Arc<dyn System>, endpoint: Endpoint, max_payload: u64) -> B {
-    B::with(system, endpoint, None, max_payload)
+    // A machine boots no machines: its boot settings are never used.
+    B::with(system, endpoint, None, max_payload, BootTimeouts::default())
 }
 
 impl B {
@@ -105,6 +116,7 @@ impl B {
             bind: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             transport: TransportConfig::default(),
             max_payload: crate::DEFAULT_MAX_PAYLOAD,
+            boot_timeouts: BootTimeouts::default(),
         }
     }
 
@@ -118,6 +130,7 @@ impl B {
         endpoint: Endpoint,
         authority: Option<Authority>,
         max_payload: u64,
+        boot_timeouts: BootTimeouts,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -125,6 +138,7 @@ impl B {
                 endpoint,
                 authority,
                 max_payload,
+                boot_timeouts,
                 machines: Mutex::new(Vec::new()),
                 dialed: Mutex::new(HashMap::new()),
                 uploaded: AtomicU64::new(0),
@@ -140,6 +154,11 @@ impl B {
     /// The system machines run on.
     pub fn system(&self) -> &Arc<dyn System> {
         &self.inner.system
+    }
+
+    /// How long each step of a machine's boot may take.
+    pub(crate) fn boot_timeouts(&self) -> BootTimeouts {
+        self.inner.boot_timeouts
     }
 
     /// The cluster's authority; only the driver has one.

@@ -28,6 +28,40 @@ pub(crate) struct BootPlan {
     pub(crate) b: B,
 }
 
+/// How long each step of a machine's boot may take; a step that takes longer stops the machine
+/// with a [`Kind::DeadlineExceeded`] error naming the step. Set with
+/// [`crate::Builder::boot_timeouts`].
+///
+/// ```
+/// # use std::time::Duration;
+/// let mut timeouts = bigmachine_core::BootTimeouts::default();
+/// timeouts.install = Duration::from_secs(30);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BootTimeouts {
+    /// Getting the driver's binary onto the machine: from the machine's store, from a peer, or
+    /// by the driver's upload. Default: 15 minutes.
+    pub binary: Duration,
+    /// Installing each service, its `init` included. Default: 10 minutes.
+    pub install: Duration,
+}
+
+impl Default for BootTimeouts {
+    fn default() -> Self {
+        Self {
+            binary: Duration::from_secs(15 * 60),
+            install: Duration::from_secs(10 * 60),
+        }
+    }
+}
+
+/// Whether a boot step's question is worth asking again: a temporary failure, or one question's
+/// deadline (each has its own; the boot's bound is the keepalive timeout).
+fn worth_asking_again(e: &Error) -> bool {
+    e.is_temporary() || e.kind() == Kind::DeadlineExceeded
+}
+
 /// Pings `machine` until it answers, for up to the keepalive timeout; tells `failed` of every
 /// ping that fails.
 pub(crate) async fn reach(
@@ -36,7 +70,7 @@ pub(crate) async fn reach(
     failed: &(dyn Fn(SocketAddr) + Sync),
 ) -> Result<()> {
     let supervisor = machine.supervisor();
-    let give_up = Instant::now() + keepalive.timeout;
+    let give_up = crate::deadline::from_now(keepalive.timeout);
     let mut wait = Duration::from_millis(5);
     let mut seq = 0u64;
     loop {
@@ -54,7 +88,7 @@ pub(crate) async fn reach(
                     format!("ping {seq} answered with {r}"),
                 ))
             }
-            Err(e) if e.is_temporary() && Instant::now() + wait < give_up => {
+            Err(e) if worth_asking_again(&e) && Instant::now() + wait < give_up => {
                 failed(machine.addr());
                 tracing::debug!(machine = %machine.addr(), error = %e, "machine not reachable yet");
                 tokio::time::sleep(wait).await;
@@ -85,7 +119,18 @@ pub(crate) async fn boot(
     let upload = info.digest != plan.binary.digest;
     if upload || plan.exec {
         if upload {
-            provide_binary(machine, &supervisor, &plan.binary, &plan.b, keepalive).await?;
+            let bound = plan.b.boot_timeouts().binary;
+            tokio::time::timeout(
+                bound,
+                provide_binary(machine, &supervisor, &plan.binary, &plan.b, keepalive),
+            )
+            .await
+            .map_err(|_| {
+                Error::deadline_exceeded(
+                    &format!("machine {}: getting the binary onto it", machine.addr()),
+                    Some(bound),
+                )
+            })??;
         }
         if !plan.environ.is_empty() {
             supervisor
@@ -130,8 +175,11 @@ pub(crate) async fn boot(
         }
     }
     machine.booted(info.maxprocs, info.digest);
+    let install = plan.b.boot_timeouts().install;
     for spec in &plan.services {
-        supervisor.register(spec).internal().await.map_err(|e| {
+        // The deadline travels to the machine, which gives up on the service's init too.
+        let call = supervisor.register(spec).internal().timeout(install);
+        call.await.map_err(|e| {
             Error::new(
                 Kind::Unavailable,
                 format!(
@@ -155,7 +203,7 @@ async fn answer(
     wanted: impl Fn(&Info) -> bool,
     failure: &str,
 ) -> Result<Info> {
-    let give_up = Instant::now() + keepalive.timeout;
+    let give_up = crate::deadline::from_now(keepalive.timeout);
     let mut wait = Duration::from_millis(5);
     let mut last = None;
     loop {
@@ -167,7 +215,7 @@ async fn answer(
         match info {
             Ok(info) if wanted(&info) => return Ok(info),
             Ok(_) => {}
-            Err(e) if e.is_temporary() && Instant::now() + wait < give_up => last = Some(e),
+            Err(e) if worth_asking_again(&e) && Instant::now() + wait < give_up => last = Some(e),
             Err(e) => return Err(e),
         }
         if Instant::now() + wait >= give_up {

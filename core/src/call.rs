@@ -12,6 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use quinn::RecvStream;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -25,7 +26,9 @@ use crate::stream::{AbortOnDrop, ByteStream};
 use crate::wire::{self, MethodName, RequestHeader, Status, FLAG_STREAM_ARG};
 
 /// How [`crate::Machine::retry_call`] retries calls that fail with a temporary error:
-/// exponential back-off, up to a number of tries (and never past the call's deadline).
+/// exponential back-off with jitter (each wait is drawn between half and all of the policy's),
+/// until the call's deadline or cancellation ends it, or, for a call with neither, up to a
+/// number of tries.
 ///
 /// ```
 /// # use std::time::Duration;
@@ -36,7 +39,8 @@ use crate::wire::{self, MethodName, RequestHeader, Status, FLAG_STREAM_ARG};
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]
 pub struct RetryPolicy {
-    /// Tries in all, the first included. Default: 10.
+    /// Tries in all, the first included, of a call with neither a deadline nor a cancellation
+    /// token (one with either is tried until it ends). Default: 10.
     pub max_tries: u32,
     /// Wait before the second try. Default: 10 ms.
     pub initial: Duration,
@@ -58,7 +62,14 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// The wait after try number `try_number` (1 for the first) failed.
+    /// The wait after try number `try_number` (1 for the first) failed, jittered: between half
+    /// and all of [`RetryPolicy::wait`], so that callers that failed together do not retry
+    /// together.
+    fn jittered_wait(&self, try_number: u32) -> Duration {
+        self.wait(try_number).mul_f64(0.5 + fastrand::f64() * 0.5)
+    }
+
+    /// The longest wait after try number `try_number` (1 for the first) failed.
     fn wait(&self, try_number: u32) -> Duration {
         let factor = if self.factor.is_finite() {
             self.factor.max(1.0)
@@ -185,7 +196,7 @@ impl<'a, A, R> Call<'a, A, R> {
 
     /// Gives up (with [`Kind::DeadlineExceeded`]) after `timeout`; the machine gives up too.
     pub fn timeout(self, timeout: Duration) -> Self {
-        self.deadline(Instant::now() + timeout)
+        self.deadline(crate::deadline::from_now(timeout))
     }
 
     /// Gives up at `deadline` (or at the earlier deadline already set).
@@ -289,8 +300,9 @@ where
 }
 
 /// Runs `attempt` until it succeeds or fails for good: with a `retry` policy, temporary
-/// failures are tried again after the policy's wait. The whole ends at `deadline` with
-/// [`Kind::DeadlineExceeded`], or when `cancel` is canceled with [`Kind::Canceled`].
+/// failures are tried again after the policy's wait (until the call ends, or the policy's tries
+/// when nothing else ends it). The whole ends at `deadline` with [`Kind::DeadlineExceeded`], or
+/// when `cancel` is canceled with [`Kind::Canceled`]; either names the last failure retried.
 async fn drive<T, F, Fut>(
     what: &(dyn Fn() -> String + Sync),
     deadline: Option<Instant>,
@@ -302,15 +314,20 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T>>,
 {
+    let ends = deadline.is_some() || cancel.is_some();
+    let last: std::sync::Mutex<Option<Error>> = std::sync::Mutex::new(None);
     let attempts = async {
         let mut tries = 0;
         loop {
             tries += 1;
             match (attempt().await, retry) {
                 (Ok(reply), _) => return Ok(reply),
-                (Err(e), Some(policy)) if e.is_temporary() && tries < policy.max_tries => {
+                (Err(e), Some(policy))
+                    if e.is_temporary() && (ends || tries < policy.max_tries) =>
+                {
                     tracing::debug!(call = %what(), tries, error = %e, "retrying call");
-                    tokio::time::sleep(policy.wait(tries)).await;
+                    *crate::link::lock(&last) = Some(e);
+                    tokio::time::sleep(policy.jittered_wait(tries)).await;
                 }
                 (Err(e), _) => return Err(e),
             }
@@ -324,13 +341,20 @@ where
                 .unwrap_or_else(|_| Err(Error::deadline_exceeded(&what(), None))),
         }
     };
-    match cancel {
+    let result = match cancel {
         None => bounded.await,
         Some(token) => tokio::select! {
             biased;
             _ = token.cancelled() => Err(Error::canceled(what())),
             result = bounded => result,
         },
+    };
+    let last = crate::link::lock(&last).take();
+    match (result, last) {
+        (Err(e), Some(cause)) if matches!(e.kind(), Kind::DeadlineExceeded | Kind::Canceled) => {
+            Err(e.caused_by(cause))
+        }
+        (result, _) => result,
     }
 }
 
@@ -381,16 +405,41 @@ async fn exchange(request: Request<'_>, body: Option<ByteStream>) -> Result<Resp
     let conn = link.pool().get().await?;
     let (mut send, mut recv) = conn.open_bi().await?;
     io::write_request(&mut send, head, arg).await?;
-    let writer = match body {
-        Some(body) => Some(AbortOnDrop(tokio::spawn(io::write_argument_stream(
-            send, body,
-        )))),
+    let (writer, source_failed) = match body {
+        Some(body) => {
+            let (failed, source_failed) = oneshot::channel();
+            let writer = tokio::spawn(async move {
+                if let Err(e) = io::write_argument_stream(send, body).await {
+                    let _ = failed.send(e);
+                }
+            });
+            (Some(AbortOnDrop(writer)), Some(source_failed))
+        }
         None => {
             send.finish()?;
-            None
+            (None, None)
         }
     };
-    let (status, payload) = io::read_reply(&mut recv, link.max_reply()).await?;
+    let read = io::read_reply(&mut recv, link.max_reply());
+    let (status, payload) = match source_failed {
+        None => read.await?,
+        Some(source_failed) => {
+            tokio::pin!(read);
+            tokio::select! {
+                biased;
+                // The argument's source failed: that error, with its kind, is the call's (the
+                // machine only sees the stream reset).
+                Ok(e) = source_failed => {
+                    return Err(Error::new(
+                        e.kind(),
+                        format!("{}.{} on {}: its argument stream failed", name.0, name.1, link.addr()),
+                    )
+                    .caused_by(e));
+                }
+                reply = &mut read => reply?,
+            }
+        }
+    };
     match status {
         Status::Ok | Status::Stream => Ok(Response {
             status,
@@ -453,8 +502,59 @@ mod tests {
         .await;
         assert_eq!(result.ok(), Some(7));
         assert_eq!(tries.load(Ordering::Relaxed), 4);
-        // Waits of 10, 20 and 40 ms (virtual time).
-        assert_eq!(started.elapsed(), Duration::from_millis(70));
+        // Waits of at most 10, 20 and 40 ms, each at least half that (virtual time).
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(35) && waited <= Duration::from_millis(70),
+            "{waited:?}"
+        );
+    }
+
+    #[test]
+    fn waits_are_jittered_between_half_and_all_of_the_backoff() {
+        let p = RetryPolicy::default();
+        let waits: Vec<Duration> = (0..200).map(|_| p.jittered_wait(3)).collect();
+        assert!(waits
+            .iter()
+            .all(|w| *w >= Duration::from_millis(20) && *w <= Duration::from_millis(40)));
+        let distinct: std::collections::HashSet<_> = waits.iter().collect();
+        assert!(distinct.len() > 100, "waits are not jittered: {distinct:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_with_a_deadline_is_retried_until_the_deadline_not_a_count_of_tries() {
+        let tries = AtomicU32::new(0);
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(30);
+        let result: Result<()> = drive(
+            &name,
+            Some(deadline),
+            None,
+            Some(RetryPolicy::default()),
+            || {
+                tries.fetch_add(1, Ordering::Relaxed);
+                async { Err(Error::temporary(Kind::Net, "lost")) }
+            },
+        )
+        .await;
+        let err = result.expect_err("a call that never succeeds");
+        assert_eq!(err.kind(), Kind::DeadlineExceeded);
+        assert!(err.is(Kind::Net), "the last failure is not named: {err}");
+        assert_eq!(started.elapsed(), Duration::from_secs(30));
+        // The default 10 tries would have ended after ~4.5 s.
+        assert!(tries.load(Ordering::Relaxed) > 10);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deadline_exceeded_is_not_retried() {
+        let tries = AtomicU32::new(0);
+        let result: Result<()> = drive(&name, None, None, Some(RetryPolicy::default()), || {
+            tries.fetch_add(1, Ordering::Relaxed);
+            async { Err(Error::deadline_exceeded("Svc.m on the server", None)) }
+        })
+        .await;
+        assert_eq!(result.err().map(|e| e.kind()), Some(Kind::DeadlineExceeded));
+        assert_eq!(tries.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test(start_paused = true)]
@@ -507,8 +607,8 @@ mod tests {
         )
         .await;
         assert_eq!(result.err().map(|e| e.kind()), Some(Kind::DeadlineExceeded));
-        // Tries at 0 and 10 ms; the wait of 20 ms after the second passes the deadline.
-        assert_eq!(tries.load(Ordering::Relaxed), 2);
+        // Tries at 0 and at 5–10 ms; the waits after fit at most one more try before 25 ms.
+        assert!((2..=3).contains(&tries.load(Ordering::Relaxed)));
         assert_eq!(started.elapsed(), Duration::from_millis(25));
     }
 

@@ -154,13 +154,15 @@ impl Error {
         Self::fatal(Kind::Canceled, message)
     }
 
-    /// A [`Kind::DeadlineExceeded`] error for an operation that was allowed `after`.
+    /// A [`Kind::DeadlineExceeded`] error for an operation that was allowed `after`. Its
+    /// severity is [`Severity::Unknown`]: the time the caller gave is spent, so retrying the
+    /// call is not for [`crate::Call::retry`] to decide.
     pub fn deadline_exceeded(what: &str, after: Option<Duration>) -> Self {
         let message = match after {
             Some(d) => format!("{what}: no reply within {d:?}"),
             None => what.to_string(),
         };
-        Self::new(Kind::DeadlineExceeded, message).with_severity(Severity::Temporary)
+        Self::new(Kind::DeadlineExceeded, message)
     }
 
     /// Sets the severity.

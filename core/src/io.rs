@@ -224,24 +224,30 @@ impl Drop for Unfinished {
 
 /// Writes an argument stream (raw, up to the end of the QUIC stream). A failing source, or a
 /// writer dropped midway (the call was canceled), resets the stream, which the machine sees as
-/// a broken argument rather than a short one.
-pub(crate) async fn write_argument_stream(send: SendStream, mut stream: ByteStream) {
+/// a broken argument rather than a short one. Returns the source's error, for the caller.
+pub(crate) async fn write_argument_stream(
+    send: SendStream,
+    mut stream: ByteStream,
+) -> Result<(), Error> {
     let mut send = Unfinished(Some(send));
     while let Some(item) = stream.next_chunk().await {
         match item {
             Ok(chunk) => {
-                let Some(out) = send.get() else { return };
+                let Some(out) = send.get() else {
+                    return Ok(());
+                };
                 if out.write_chunk(chunk).await.is_err() {
-                    return; // the machine stopped reading
+                    return Ok(()); // the machine stopped reading: its reply says why
                 }
             }
             Err(e) => {
                 tracing::debug!(error = %e, "argument stream failed; resetting the call");
-                return; // dropping `send` resets it
+                return Err(e); // dropping `send` resets it
             }
         }
     }
     send.finish();
+    Ok(())
 }
 
 /// Resets `send` with `why`.

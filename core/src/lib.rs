@@ -26,6 +26,7 @@
 //!   figures machines report ([`Info`], [`MemInfo`], [`DiskInfo`], [`LoadInfo`]).
 //! - `boot` and `provision`: booting an owned machine, and getting its binary onto it.
 //! - `keepalive`: [`KeepaliveConfig`], and the loop that keeps machines alive.
+//! - `deadline`: instants after durations of any length, without overflow.
 //! - `life`: the task that follows a machine from boot to Stopped.
 //! - `b`: [`B`] and its [`Builder`]; `start`: [`B::start`], [`B::dial`] and [`Params`].
 //! - `system`: the [`System`] trait and [`Launched`].
@@ -48,6 +49,7 @@ mod buffers;
 mod call;
 mod codec;
 mod context;
+mod deadline;
 mod error;
 mod fault;
 mod io;
@@ -69,6 +71,7 @@ mod wire;
 pub use b::{Builder, B};
 pub use bigmachine_quic::{Authority, Credentials, TransportConfig};
 pub use binary::{current_digest, digest_bytes, digest_file};
+pub use boot::BootTimeouts;
 pub use buffers::{pool_limit, pooled_bytes, set_pool_limit, Payload, DEFAULT_POOL_LIMIT};
 pub use call::{Call, Reply, RetryPolicy};
 pub use codec::{bytes_copied, Archived, Decode, Encode, FromPayload};
@@ -96,6 +99,7 @@ pub mod __internal {
     pub use crate::buffers::PayloadWriter;
     pub use crate::call::Response;
     pub use crate::codec::{decode, encode, type_tag};
+    pub use crate::deadline::{from_now, saturating_after};
     pub use crate::registry::{install, MakeService, Registration};
     pub use crate::server::{serve, ServerConfig};
     pub use crate::service::{Failure, Handler, Outcome, Request, ServiceTable};

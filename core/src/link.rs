@@ -129,9 +129,10 @@ impl Link {
         self.stopped.cancelled().await;
     }
 
-    /// The error of a call to a stopped machine: [`Kind::Unavailable`], caused by why it stopped.
+    /// The error of a call to a stopped machine: [`Kind::Unavailable`], caused by why it stopped,
+    /// and fatal whatever the cause (a stopped machine never comes back: retrying cannot help).
     pub(crate) fn unavailable(&self) -> Error {
-        let e = Error::new(
+        let e = Error::fatal(
             Kind::Unavailable,
             format!("machine {} is stopped", self.addr),
         );
@@ -144,4 +145,36 @@ impl Link {
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bigmachine_quic::{Authority, Endpoint, TransportConfig};
+
+    #[tokio::test]
+    async fn a_stopped_machine_fails_calls_for_good_whatever_stopped_it() -> crate::Result<()> {
+        let authority = Authority::new()?;
+        let creds = authority.issue("driver")?;
+        let endpoint = Endpoint::bind(
+            "127.0.0.1:0".parse().map_err(|_| Error::other("addr"))?,
+            &creds,
+            TransportConfig::default(),
+        )?;
+        let addr: SocketAddr = "127.0.0.1:9".parse().map_err(|_| Error::other("addr"))?;
+        let link = Link::new(addr, Pool::new(endpoint, addr, "m"), 1 << 20);
+        // Stopped by lost keepalives: a temporary network failure underneath.
+        link.stop(
+            Error::new(Kind::Unavailable, "machine failed keepalives for 3s")
+                .caused_by(Error::temporary(Kind::Net, "timed out")),
+        );
+        let err = link.unavailable();
+        assert_eq!(err.kind(), Kind::Unavailable);
+        assert!(
+            err.is_fatal() && !err.is_temporary(),
+            "retry_call would retry a dead machine: {err:?}"
+        );
+        assert!(err.to_string().contains("keepalives"), "{err}");
+        Ok(())
+    }
 }

@@ -136,7 +136,8 @@ async fn call(
         return;
     };
     let timeout = request.header.timeout();
-    let deadline = timeout.map(|t| arrived + t);
+    // The timeout comes from the wire: any length is taken without overflow.
+    let deadline = timeout.map(|t| crate::deadline::saturating_after(arrived, t));
     let ctx = Context::for_call(deadline, peer);
     let token = ctx.token().clone();
     let body = request
@@ -166,11 +167,10 @@ async fn call(
         deadline,
         timeout,
         gone,
+        &token,
     ))
     .await;
     let Some(outcome) = outcome else {
-        // The caller went away: the handler future was dropped, which cancels it.
-        token.cancel();
         tracing::trace!(%peer, %method, "caller went away; call canceled");
         return;
     };
@@ -185,7 +185,8 @@ async fn call(
             };
             if let Err(e) = &streamed {
                 // The reader went away or the deadline passed; dropping the stream tells its
-                // producer.
+                // producer, and the context's cancellation whatever else the method started.
+                token.cancel();
                 tracing::debug!(%peer, %method, error = %e, "reply stream ended early");
                 io::reset(&mut send, Reset::ReplyAborted);
             }
@@ -203,13 +204,15 @@ async fn call(
 
 /// Runs a call's handler until it finishes (its outcome, a panic becoming a fatal method error),
 /// its deadline passes (a [`Kind::DeadlineExceeded`] server error), or `gone` completes (the
-/// caller went away: `None`). The handler future is dropped in the last two cases.
+/// caller went away: `None`). In the last two cases the handler future is dropped and `cancel`
+/// (the method's context) is canceled, so work the method spawned stops too.
 async fn run_handler(
     handler: Handler,
     method: &str,
     deadline: Option<Instant>,
     timeout: Option<Duration>,
     gone: impl Future<Output = ()>,
+    cancel: &CancellationToken,
 ) -> Option<Result<Outcome, Failure>> {
     let handler = AssertUnwindSafe(handler).catch_unwind().map(|r| {
         r.unwrap_or_else(|panic| Err(Failure::Method(Error::from_panic(method, &*panic))))
@@ -222,11 +225,17 @@ async fn run_handler(
     };
     tokio::select! {
         outcome = handler => Some(outcome),
-        _ = expired => Some(Err(Failure::Server(Error::deadline_exceeded(
-            &format!("{method} on the server"),
-            timeout,
-        )))),
-        _ = gone => None,
+        _ = expired => {
+            cancel.cancel();
+            Some(Err(Failure::Server(Error::deadline_exceeded(
+                &format!("{method} on the server"),
+                timeout,
+            ))))
+        }
+        _ = gone => {
+            cancel.cancel();
+            None
+        }
     }
 }
 
@@ -311,12 +320,14 @@ mod tests {
         let dropped = Arc::new(AtomicBool::new(false));
         let started = Instant::now();
         let timeout = Duration::from_secs(2);
+        let ctx = CancellationToken::new();
         let outcome = run_handler(
             sleeper(Duration::from_secs(3600), &dropped),
             "Svc.m",
             Some(started + timeout),
             Some(timeout),
             futures::future::pending(),
+            &ctx,
         )
         .await;
         let Some(Err(Failure::Server(e))) = outcome else {
@@ -327,6 +338,10 @@ mod tests {
         assert!(
             dropped.load(Ordering::Relaxed),
             "the handler was not dropped"
+        );
+        assert!(
+            ctx.is_cancelled(),
+            "the method's context was not canceled at its deadline"
         );
     }
 
@@ -340,6 +355,7 @@ mod tests {
             Some(started + Duration::from_secs(2)),
             Some(Duration::from_secs(2)),
             futures::future::pending(),
+            &CancellationToken::new(),
         )
         .await;
         assert!(matches!(outcome, Some(Ok(Outcome::Archive(_)))));
@@ -351,15 +367,21 @@ mod tests {
     async fn a_caller_going_away_drops_the_handler() {
         let dropped = Arc::new(AtomicBool::new(false));
         let started = Instant::now();
+        let ctx = CancellationToken::new();
         let outcome = run_handler(
             sleeper(Duration::from_secs(3600), &dropped),
             "Svc.m",
             None,
             None,
             tokio::time::sleep(Duration::from_millis(300)),
+            &ctx,
         )
         .await;
         assert!(outcome.is_none());
+        assert!(
+            ctx.is_cancelled(),
+            "a caller that went away cancels the context"
+        );
         assert_eq!(started.elapsed(), Duration::from_millis(300));
         assert!(dropped.load(Ordering::Relaxed));
     }
@@ -367,7 +389,16 @@ mod tests {
     #[tokio::test]
     async fn a_panicking_handler_is_a_fatal_method_error() {
         let handler: Handler = Box::pin(async { panic!("kaboom") });
-        let outcome = run_handler(handler, "Svc.m", None, None, futures::future::pending()).await;
+        let ctx = CancellationToken::new();
+        let outcome = run_handler(
+            handler,
+            "Svc.m",
+            None,
+            None,
+            futures::future::pending(),
+            &ctx,
+        )
+        .await;
         let Some(Err(Failure::Method(e))) = outcome else {
             panic!("expected a method error");
         };

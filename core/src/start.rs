@@ -86,9 +86,16 @@ impl B {
     /// launched, usually Starting; [`Machine::wait`] for [`State::Running`]. They boot in the
     /// background and are kept alive until [`B::shutdown`] or until this process exits.
     ///
-    /// Fails at once, with a [`crate::Severity::Fatal`] error, if a service value did not
-    /// serialize or its type is not registered.
+    /// Fails at once, with a [`crate::Severity::Fatal`] error, if `n` is 0 (a
+    /// [`Kind::Precondition`] error), or a service value did not serialize or its type is not
+    /// registered.
     pub async fn start(&self, n: usize, params: impl Into<Params>) -> Result<Vec<Machine>> {
+        if n == 0 {
+            return Err(Error::fatal(
+                Kind::Precondition,
+                "start(0): a cluster needs at least one machine",
+            ));
+        }
         let params = params.into();
         let services = params.services.check()?;
         check_registered(services)?;

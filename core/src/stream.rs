@@ -6,13 +6,16 @@
 //! stream is copied by this crate (the framing is in [`crate::wire`]).
 //!
 //! Back-pressure: a reader pulls chunks as it goes, and QUIC flow control stops the writer when
-//! the reader falls behind; a [`ByteSink`] waits when its channel is full. When a reader drops its
-//! stream, the writer's next write fails, and a producer feeding a [`ByteSink`] sees
-//! [`ByteSink::send`] fail with [`Kind::Canceled`].
+//! the reader falls behind; a [`ByteSink`] waits when its channel is full. When a reader drops
+//! its stream, the writer's next write fails, and a producer feeding a [`ByteSink`] sees
+//! [`ByteSink::send`] fail with [`Kind::Canceled`]. A stream fed by a [`ByteSink`] ends well only
+//! when its producer says so ([`ByteSink::finish`]).
 
 use std::fmt;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
 use bytes::Bytes;
@@ -70,12 +73,40 @@ impl ByteStream {
     }
 
     /// A stream fed through a [`ByteSink`] that holds up to `capacity` chunks before its sender
-    /// waits. The stream ends successfully when the sink is dropped, or with the error given to
-    /// [`ByteSink::fail`].
+    /// waits. The stream ends successfully once [`ByteSink::finish`] was called and every clone
+    /// of the sink is gone, or with the error given to [`ByteSink::fail`]. Sinks dropped without
+    /// either (a producer that panicked, or returned early through `?`) end the stream with a
+    /// [`Kind::Unavailable`] error: a reader never takes a truncated stream for a whole one.
     pub fn channel(capacity: usize) -> (ByteSink, Self) {
         let (tx, mut rx) = mpsc::channel(capacity.max(1));
-        let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
-        (ByteSink { tx }, Self::from_stream(stream))
+        let finished = Arc::new(AtomicBool::new(false));
+        let done = finished.clone();
+        let mut ended = false;
+        let stream = futures::stream::poll_fn(move |cx| {
+            if ended {
+                return Poll::Ready(None);
+            }
+            match rx.poll_recv(cx) {
+                Poll::Ready(None) => {
+                    ended = true;
+                    if done.load(Ordering::Acquire) {
+                        Poll::Ready(None)
+                    } else {
+                        Poll::Ready(Some(Err(Error::new(
+                            Kind::Unavailable,
+                            "the stream's producer stopped without finishing it (its ByteSink \
+                             was dropped): the stream is incomplete",
+                        ))))
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    ended = true;
+                    Poll::Ready(Some(Err(e)))
+                }
+                other => other,
+            }
+        });
+        (ByteSink { tx, finished }, Self::from_stream(stream))
     }
 
     /// The file at `path` as a stream of 1 MiB chunks, opened when first read. An error opening
@@ -160,10 +191,13 @@ impl From<Vec<u8>> for ByteStream {
     }
 }
 
-/// The sending half of [`ByteStream::channel`].
+/// The sending half of [`ByteStream::channel`]: [`send`](Self::send) chunks, then
+/// [`finish`](Self::finish) (or [`fail`](Self::fail)). A sink dropped without either ends its
+/// stream with an error.
 #[derive(Debug, Clone)]
 pub struct ByteSink {
     tx: mpsc::Sender<Result<Bytes>>,
+    finished: Arc<AtomicBool>,
 }
 
 impl ByteSink {
@@ -176,6 +210,11 @@ impl ByteSink {
             .map_err(|_| Error::canceled("the stream's reader went away"))
     }
 
+    /// Ends the stream successfully once this sink and its clones are gone.
+    pub fn finish(self) {
+        self.finished.store(true, Ordering::Release);
+    }
+
     /// Ends the stream with `err`.
     pub async fn fail(self, err: Error) {
         let _ = self.tx.send(Err(err)).await;
@@ -184,5 +223,61 @@ impl ByteSink {
     /// Completes when the reader has gone away.
     pub async fn closed(&self) {
         self.tx.closed().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn drain(mut s: ByteStream) -> (usize, Option<Error>) {
+        let mut n = 0;
+        while let Some(chunk) = s.next_chunk().await {
+            match chunk {
+                Ok(c) => n += c.len(),
+                Err(e) => return (n, Some(e)),
+            }
+        }
+        (n, None)
+    }
+
+    #[tokio::test]
+    async fn a_finished_sink_ends_the_stream_well() {
+        let (sink, stream) = ByteStream::channel(4);
+        let clone = sink.clone();
+        sink.send(vec![1u8; 3]).await.expect("reader alive");
+        clone.send(vec![2u8; 4]).await.expect("reader alive");
+        drop(clone);
+        sink.finish();
+        let (n, err) = drain(stream).await;
+        assert_eq!(n, 7);
+        assert!(err.is_none(), "a finished stream ended with {err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_sink_dropped_unfinished_ends_the_stream_with_an_error() {
+        let (sink, stream) = ByteStream::channel(4);
+        let producer = tokio::spawn(async move {
+            sink.send(vec![0u8; 5]).await?;
+            // A producer that gives up early, through `?`, without finishing.
+            Err::<(), Error>(Error::other("the producer's own failure"))
+        });
+        let _ = producer.await;
+        let (n, err) = drain(stream).await;
+        assert_eq!(n, 5);
+        let err = err.expect("a truncated stream must not end well");
+        assert_eq!(err.kind(), Kind::Unavailable);
+        assert!(err.to_string().contains("incomplete"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_producer_does_not_end_the_stream_well() {
+        let (sink, stream) = ByteStream::channel(4);
+        let producer = tokio::spawn(async move {
+            let _ = sink.send(vec![0u8; 2]).await;
+            panic!("producer bug");
+        });
+        assert!(producer.await.is_err());
+        assert!(drain(stream).await.1.is_some());
     }
 }

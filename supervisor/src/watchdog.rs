@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bigmachine_core::__internal::from_now;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
@@ -17,13 +18,14 @@ impl Watchdog {
     /// A watchdog that expires `grace` from now unless kept alive.
     pub(crate) fn new(grace: Duration) -> Self {
         Self {
-            deadline: Arc::new(watch::Sender::new(Instant::now() + grace)),
+            deadline: Arc::new(watch::Sender::new(from_now(grace))),
         }
     }
 
     /// Extends the deadline to `next` from now.
     pub(crate) fn keepalive(&self, next: Duration) {
-        self.deadline.send_replace(Instant::now() + next);
+        // `next` comes from the wire: any length is taken without overflow.
+        self.deadline.send_replace(from_now(next));
     }
 
     /// The current deadline.

@@ -7,6 +7,7 @@ use crate::support::{check, fail, run_example, tests, Test};
 pub(crate) fn tests() -> Vec<(&'static str, Test)> {
     tests![
         bigpi_estimates_pi,
+        bigpi_refuses_zero_machines_and_zero_samples,
         bigoom_reports_out_of_memory,
         four_machines_shuffle_256_mib_to_each_other,
         four_gib_stream_keeps_the_receiver_small,
@@ -40,6 +41,27 @@ async fn bigpi_estimates_pi() -> Result<()> {
         stderr.contains("samples/s"),
         "bigpi did not report its rate",
     )
+}
+
+async fn bigpi_refuses_zero_machines_and_zero_samples() -> Result<()> {
+    for (args, flag) in [(["--nmach", "0"], "--nmach"), (["-n", "0"], "-n")] {
+        let out = tokio::process::Command::new(crate::support::example("bigpi")?)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        // clap's usage error: exit code 2, naming the flag; no panic, no NaN.
+        check(
+            out.status.code() == Some(2) && stderr.contains(flag) && !stderr.contains("panicked"),
+            format!(
+                "bigpi {args:?}: {}
+{stderr}",
+                out.status
+            ),
+        )?;
+    }
+    Ok(())
 }
 
 async fn bigoom_reports_out_of_memory() -> Result<()> {

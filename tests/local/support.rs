@@ -140,7 +140,7 @@ pub(crate) fn sub_driver(role: &str, args: &[&str]) -> Result<Command> {
     Ok(cmd)
 }
 
-fn example(name: &str) -> Result<PathBuf> {
+pub(crate) fn example(name: &str) -> Result<PathBuf> {
     // target/<profile>/deps/local-<hash> -> target/<profile>/examples/<name>
     let exe = std::env::current_exe()?;
     let dir = exe
