@@ -11,13 +11,14 @@ use std::time::Instant;
 use bigmachine::driver::{self, Flags};
 use bigmachine::{service, ByteStream, Context, Error, Result, Services, State, B};
 use bytes::Bytes;
+use clap::builder::RangedU64ValueParser;
 use clap::Parser;
 
 /// Shuffle generated data between machines.
 #[derive(Parser)]
 struct Args {
     /// Number of machines.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 4, value_parser = RangedU64ValueParser::<usize>::new().range(1..=100_000))]
     nmach: usize,
     /// MiB each machine sends to each other machine.
     #[arg(long, default_value_t = 256)]

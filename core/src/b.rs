@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bigmachine_quic::{Authority, Endpoint, Pool, TransportConfig, SERVER_NAME};
 
-use crate::boot::BootTimeouts;
+use crate::boot_timeouts::BootTimeouts;
 use crate::error::Result;
 use crate::link::{lock, State};
 use crate::machine::Machine;

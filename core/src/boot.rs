@@ -28,34 +28,6 @@ pub(crate) struct BootPlan {
     pub(crate) b: B,
 }
 
-/// How long each step of a machine's boot may take; a step that takes longer stops the machine
-/// with a [`Kind::DeadlineExceeded`] error naming the step. Set with
-/// [`crate::Builder::boot_timeouts`].
-///
-/// ```
-/// # use std::time::Duration;
-/// let mut timeouts = bigmachine_core::BootTimeouts::default();
-/// timeouts.install = Duration::from_secs(30);
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct BootTimeouts {
-    /// Getting the driver's binary onto the machine: from the machine's store, from a peer, or
-    /// by the driver's upload. Default: 15 minutes.
-    pub binary: Duration,
-    /// Installing each service, its `init` included. Default: 10 minutes.
-    pub install: Duration,
-}
-
-impl Default for BootTimeouts {
-    fn default() -> Self {
-        Self {
-            binary: Duration::from_secs(15 * 60),
-            install: Duration::from_secs(10 * 60),
-        }
-    }
-}
-
 /// Whether a boot step's question is worth asking again: a temporary failure, or one question's
 /// deadline (each has its own; the boot's bound is the keepalive timeout).
 fn worth_asking_again(e: &Error) -> bool {
@@ -122,7 +94,14 @@ pub(crate) async fn boot(
             let bound = plan.b.boot_timeouts().binary;
             tokio::time::timeout(
                 bound,
-                provide_binary(machine, &supervisor, &plan.binary, &plan.b, keepalive),
+                provide_binary(
+                    machine,
+                    &supervisor,
+                    &plan.binary,
+                    &plan.b,
+                    keepalive,
+                    bound,
+                ),
             )
             .await
             .map_err(|_| {
@@ -180,8 +159,13 @@ pub(crate) async fn boot(
         // The deadline travels to the machine, which gives up on the service's init too.
         let call = supervisor.register(spec).internal().timeout(install);
         call.await.map_err(|e| {
+            let kind = if e.is(Kind::DeadlineExceeded) {
+                Kind::DeadlineExceeded
+            } else {
+                Kind::Unavailable
+            };
             Error::new(
-                Kind::Unavailable,
+                kind,
                 format!(
                     "machine {}: installing service {}",
                     machine.addr(),

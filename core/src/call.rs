@@ -27,8 +27,8 @@ use crate::wire::{self, MethodName, RequestHeader, Status, FLAG_STREAM_ARG};
 
 /// How [`crate::Machine::retry_call`] retries calls that fail with a temporary error:
 /// exponential back-off with jitter (each wait is drawn between half and all of the policy's),
-/// until the call's deadline or cancellation ends it, or, for a call with neither, up to a
-/// number of tries.
+/// until the call's deadline, or, for a call without one, up to a number of tries; canceling
+/// the call ends it at once either way.
 ///
 /// ```
 /// # use std::time::Duration;
@@ -39,8 +39,8 @@ use crate::wire::{self, MethodName, RequestHeader, Status, FLAG_STREAM_ARG};
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]
 pub struct RetryPolicy {
-    /// Tries in all, the first included, of a call with neither a deadline nor a cancellation
-    /// token (one with either is tried until it ends). Default: 10.
+    /// Tries in all, the first included, of a call without a deadline (one with a deadline is
+    /// tried until the deadline). Default: 10.
     pub max_tries: u32,
     /// Wait before the second try. Default: 10 ms.
     pub initial: Duration,
@@ -300,8 +300,8 @@ where
 }
 
 /// Runs `attempt` until it succeeds or fails for good: with a `retry` policy, temporary
-/// failures are tried again after the policy's wait (until the call ends, or the policy's tries
-/// when nothing else ends it). The whole ends at `deadline` with [`Kind::DeadlineExceeded`], or
+/// failures are tried again after the policy's wait (until the deadline, or the policy's tries
+/// without one). The whole ends at `deadline` with [`Kind::DeadlineExceeded`], or
 /// when `cancel` is canceled with [`Kind::Canceled`]; either names the last failure retried.
 async fn drive<T, F, Fut>(
     what: &(dyn Fn() -> String + Sync),
@@ -314,7 +314,9 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T>>,
 {
-    let ends = deadline.is_some() || cancel.is_some();
+    // A cancellation token alone does not bound retries: a method's context token, say, is
+    // canceled only when its own caller goes away.
+    let ends = deadline.is_some();
     let last: std::sync::Mutex<Option<Error>> = std::sync::Mutex::new(None);
     let attempts = async {
         let mut tries = 0;
@@ -352,7 +354,9 @@ where
     let last = crate::link::lock(&last).take();
     match (result, last) {
         (Err(e), Some(cause)) if matches!(e.kind(), Kind::DeadlineExceeded | Kind::Canceled) => {
-            Err(e.caused_by(cause))
+            // Named, but its severity not taken: the time is spent whatever the cause was.
+            let severity = e.severity();
+            Err(e.caused_by(cause).with_severity(severity))
         }
         (result, _) => result,
     }
@@ -540,6 +544,10 @@ mod tests {
         let err = result.expect_err("a call that never succeeds");
         assert_eq!(err.kind(), Kind::DeadlineExceeded);
         assert!(err.is(Kind::Net), "the last failure is not named: {err}");
+        assert!(
+            !err.is_temporary(),
+            "a spent deadline passes for temporary: {err:?}"
+        );
         assert_eq!(started.elapsed(), Duration::from_secs(30));
         // The default 10 tries would have ended after ~4.5 s.
         assert!(tries.load(Ordering::Relaxed) > 10);

@@ -151,7 +151,7 @@ where
         let sent = Instant::now();
         let reply = send().await;
         let now = Instant::now();
-        let next = sent + cfg.period;
+        let next = crate::deadline::saturating_after(sent, cfg.period);
         match reply {
             Ok(()) => {
                 tracker.on_reply(sent, now);

@@ -24,7 +24,8 @@
 //! - `machine`: the [`Machine`] handle.
 //! - `supervisor`: the Supervisor service every machine runs, declared as a trait, with the
 //!   figures machines report ([`Info`], [`MemInfo`], [`DiskInfo`], [`LoadInfo`]).
-//! - `boot` and `provision`: booting an owned machine, and getting its binary onto it.
+//! - `boot` and `provision`: booting an owned machine, and getting its binary onto it;
+//!   `boot_timeouts`: [`BootTimeouts`], the bounds of its steps.
 //! - `keepalive`: [`KeepaliveConfig`], and the loop that keeps machines alive.
 //! - `deadline`: instants after durations of any length, without overflow.
 //! - `life`: the task that follows a machine from boot to Stopped.
@@ -45,6 +46,7 @@
 mod b;
 mod binary;
 mod boot;
+mod boot_timeouts;
 mod buffers;
 mod call;
 mod codec;
@@ -71,7 +73,7 @@ mod wire;
 pub use b::{Builder, B};
 pub use bigmachine_quic::{Authority, Credentials, TransportConfig};
 pub use binary::{current_digest, digest_bytes, digest_file};
-pub use boot::BootTimeouts;
+pub use boot_timeouts::BootTimeouts;
 pub use buffers::{pool_limit, pooled_bytes, set_pool_limit, Payload, DEFAULT_POOL_LIMIT};
 pub use call::{Call, Reply, RetryPolicy};
 pub use codec::{bytes_copied, Archived, Decode, Encode, FromPayload};

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -28,6 +29,7 @@ pub(crate) async fn provide_binary(
     binary: &Binary,
     b: &B,
     keepalive: KeepaliveConfig,
+    bound: Duration,
 ) -> Result<()> {
     let stored = supervisor
         .usebinary(&binary.digest)
@@ -39,7 +41,8 @@ pub(crate) async fn provide_binary(
         return Ok(());
     }
     if let Some(peer) = b.peer_running(&binary.digest, machine.addr()) {
-        match fetch_from(supervisor, peer, &binary.digest).await {
+        // A peer that hangs leaves half the bound for the upload.
+        match fetch_from(supervisor, peer, &binary.digest, bound / 2).await {
             Ok(()) => {
                 tracing::info!(machine = %machine.addr(), %peer, "binary fetched from a peer");
                 return Ok(());
@@ -53,12 +56,21 @@ pub(crate) async fn provide_binary(
     upload(machine, supervisor, binary, b).await
 }
 
-async fn fetch_from(supervisor: &SupervisorClient, peer: SocketAddr, digest: &str) -> Result<()> {
+async fn fetch_from(
+    supervisor: &SupervisorClient,
+    peer: SocketAddr,
+    digest: &str,
+    bound: Duration,
+) -> Result<()> {
     let fetch = FetchBinary {
         peer: peer.to_string(),
         digest: digest.to_string(),
     };
-    supervisor.fetchbinary(&fetch).internal().await
+    supervisor
+        .fetchbinary(&fetch)
+        .internal()
+        .timeout(bound)
+        .await
 }
 
 /// Streams the binary from the driver to the machine.

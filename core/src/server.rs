@@ -3,8 +3,8 @@
 //!
 //! Each call runs in its own task. The task ends with a reply, or early when the caller goes away
 //! (it reset or stopped the stream: the method's future is dropped and its context canceled) or
-//! when the deadline the caller sent passes (the method's future is dropped and the reply is
-//! [`Kind::DeadlineExceeded`]). A panicking method becomes a [`Severity::Fatal`] method error; the
+//! when the deadline the caller sent passes (the method's future is dropped, its context
+//! canceled, and the reply is [`Kind::DeadlineExceeded`]). A panicking method becomes a [`Severity::Fatal`] method error; the
 //! server lives on. Malformed requests get an error reply, never a crash.
 //!
 //! [`Severity::Fatal`]: crate::Severity::Fatal

@@ -14,7 +14,7 @@
 use std::fmt;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
@@ -73,14 +73,14 @@ impl ByteStream {
     }
 
     /// A stream fed through a [`ByteSink`] that holds up to `capacity` chunks before its sender
-    /// waits. The stream ends successfully once [`ByteSink::finish`] was called and every clone
-    /// of the sink is gone, or with the error given to [`ByteSink::fail`]. Sinks dropped without
+    /// waits. The stream ends successfully once the sink and every clone of it called
+    /// [`ByteSink::finish`], or with the error given to [`ByteSink::fail`]. A sink dropped without
     /// either (a producer that panicked, or returned early through `?`) end the stream with a
     /// [`Kind::Unavailable`] error: a reader never takes a truncated stream for a whole one.
     pub fn channel(capacity: usize) -> (ByteSink, Self) {
         let (tx, mut rx) = mpsc::channel(capacity.max(1));
-        let finished = Arc::new(AtomicBool::new(false));
-        let done = finished.clone();
+        let unfinished = Arc::new(AtomicUsize::new(1));
+        let done = unfinished.clone();
         let mut ended = false;
         let stream = futures::stream::poll_fn(move |cx| {
             if ended {
@@ -89,7 +89,7 @@ impl ByteStream {
             match rx.poll_recv(cx) {
                 Poll::Ready(None) => {
                     ended = true;
-                    if done.load(Ordering::Acquire) {
+                    if done.load(Ordering::Acquire) == 0 {
                         Poll::Ready(None)
                     } else {
                         Poll::Ready(Some(Err(Error::new(
@@ -106,7 +106,7 @@ impl ByteStream {
                 other => other,
             }
         });
-        (ByteSink { tx, finished }, Self::from_stream(stream))
+        (ByteSink { tx, unfinished }, Self::from_stream(stream))
     }
 
     /// The file at `path` as a stream of 1 MiB chunks, opened when first read. An error opening
@@ -194,10 +194,22 @@ impl From<Vec<u8>> for ByteStream {
 /// The sending half of [`ByteStream::channel`]: [`send`](Self::send) chunks, then
 /// [`finish`](Self::finish) (or [`fail`](Self::fail)). A sink dropped without either ends its
 /// stream with an error.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ByteSink {
     tx: mpsc::Sender<Result<Bytes>>,
-    finished: Arc<AtomicBool>,
+    /// Sinks of this stream not yet finished.
+    unfinished: Arc<AtomicUsize>,
+}
+
+/// A clone is one more producer: it too must finish for the stream to end well.
+impl Clone for ByteSink {
+    fn clone(&self) -> Self {
+        self.unfinished.fetch_add(1, Ordering::AcqRel);
+        Self {
+            tx: self.tx.clone(),
+            unfinished: self.unfinished.clone(),
+        }
+    }
 }
 
 impl ByteSink {
@@ -210,9 +222,10 @@ impl ByteSink {
             .map_err(|_| Error::canceled("the stream's reader went away"))
     }
 
-    /// Ends the stream successfully once this sink and its clones are gone.
+    /// This producer is done: the stream ends successfully once every clone of the sink has
+    /// finished too.
     pub fn finish(self) {
-        self.finished.store(true, Ordering::Release);
+        self.unfinished.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Ends the stream with `err`.
@@ -247,7 +260,7 @@ mod tests {
         let clone = sink.clone();
         sink.send(vec![1u8; 3]).await.expect("reader alive");
         clone.send(vec![2u8; 4]).await.expect("reader alive");
-        drop(clone);
+        clone.finish();
         sink.finish();
         let (n, err) = drain(stream).await;
         assert_eq!(n, 7);
@@ -268,6 +281,16 @@ mod tests {
         let err = err.expect("a truncated stream must not end well");
         assert_eq!(err.kind(), Kind::Unavailable);
         assert!(err.to_string().contains("incomplete"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn every_clone_must_finish_for_the_stream_to_end_well() {
+        let (sink, stream) = ByteStream::channel(4);
+        let clone = sink.clone();
+        sink.finish();
+        // The other producer gives up without finishing.
+        drop(clone);
+        assert!(drain(stream).await.1.is_some());
     }
 
     #[tokio::test]

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bigmachine_core::__internal::saturating_after;
 use bigmachine_core::{Error, Kind};
 use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
@@ -120,7 +121,7 @@ impl Monitor {
             .deferred
             .iter()
             .filter_map(|addr| state.asked.get(addr))
-            .map(|at| *at + self.min_interval)
+            .map(|at| saturating_after(*at, self.min_interval))
             .min()
     }
 
@@ -136,7 +137,7 @@ impl Monitor {
                 state
                     .asked
                     .get(*addr)
-                    .is_none_or(|at| now >= *at + self.min_interval)
+                    .is_none_or(|at| now >= saturating_after(*at, self.min_interval))
             })
             .copied()
             .collect();

@@ -372,7 +372,7 @@ impl Ec2System {
     /// Waits until the instances are running (or gone); returns them as EC2 then describes them.
     async fn running(&self, launched: &[(String, Instance)]) -> Result<Vec<Instance>> {
         let ids: Vec<String> = launched.iter().map(|(_, i)| i.id.clone()).collect();
-        let give_up = Instant::now() + self.inner.config.launch_timeout;
+        let give_up = bigmachine_core::__internal::from_now(self.inner.config.launch_timeout);
         let mut reported = std::collections::HashSet::new();
         loop {
             let now = self.inner.api.describe(&ids).await?;
