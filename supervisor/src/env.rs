@@ -17,6 +17,9 @@ pub const ENV_CREDENTIALS: &str = "BIGMACHINE_CREDENTIALS";
 pub(crate) const ENV_ADDR: &str = "BIGMACHINE_ADDR";
 /// Processors the machine reports.
 pub const ENV_MAXPROCS: &str = "BIGMACHINE_MAXPROCS";
+/// The pid of the driver whose child process the machine is (the local system): the machine
+/// exits as soon as that process does.
+pub const ENV_DRIVER_PID: &str = "BIGMACHINE_DRIVER_PID";
 /// Milliseconds the machine waits for its first keepalive before exiting.
 pub const ENV_KEEPALIVE_MS: &str = "BIGMACHINE_KEEPALIVE_MS";
 /// Starts the stdout line through which a machine tells the driver its address.

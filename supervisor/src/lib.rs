@@ -3,7 +3,8 @@
 //! A machine binds its endpoint with the credentials the driver issued it, serves calls, and runs
 //! the Supervisor service through which the driver boots it (installs services), keeps it
 //! alive, and shuts it down. A watchdog ends the machine when keepalives stop arriving, so no
-//! machine outlives its driver by more than the keepalive timeout.
+//! machine outlives its driver by more than the keepalive timeout; a machine that is its
+//! driver's own child process (the local system) ends as soon as the driver's process does.
 //!
 //! This crate is for systems: a [`System`](bigmachine_core::System) runs machines in-process
 //! with [`start`], or as processes of their own that call [`run`] (which `driver::start()` of
@@ -21,6 +22,7 @@
 //! - `store`: binaries kept by digest, for repeat boots and for peers to fetch.
 //! - `host`: memory, disk and load of the machine's host.
 //! - `watchdog`: the keepalive watchdog.
+//! - `parent`: the watch on a driver whose child process the machine is.
 #![deny(missing_docs)]
 
 mod env;
@@ -28,14 +30,15 @@ mod exec;
 mod handle;
 mod host;
 mod machine;
+mod parent;
 mod process;
 mod store;
 mod supervisor;
 mod watchdog;
 
 pub use env::{
-    is_machine, write_private, ADDR_MARKER, ENV_CREDENTIALS, ENV_KEEPALIVE_MS, ENV_MAXPROCS,
-    ENV_MODE, ENV_SYSTEM,
+    is_machine, write_private, ADDR_MARKER, ENV_CREDENTIALS, ENV_DRIVER_PID, ENV_KEEPALIVE_MS,
+    ENV_MAXPROCS, ENV_MODE, ENV_SYSTEM,
 };
 pub use handle::MachineHandle;
 pub use machine::{start, MachineOptions};

@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use bigmachine_core::{Credentials, Error, Kind, Result, System};
 
-use crate::env::{ADDR_MARKER, ENV_ADDR, ENV_CREDENTIALS, ENV_KEEPALIVE_MS, ENV_MAXPROCS};
+use crate::env::{
+    ADDR_MARKER, ENV_ADDR, ENV_CREDENTIALS, ENV_DRIVER_PID, ENV_KEEPALIVE_MS, ENV_MAXPROCS,
+};
 use crate::machine::{start, MachineOptions};
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> Result<T> {
@@ -77,5 +79,21 @@ async fn serve(system: Arc<dyn System>) -> Result<Error> {
     let _ = writeln!(stdout, "{ADDR_MARKER}{}", handle.addr());
     let _ = stdout.flush();
     drop(stdout);
-    Ok(handle.exited().await)
+    let driver_pid: Option<u32> = std::env::var(ENV_DRIVER_PID)
+        .ok()
+        .and_then(|p| p.parse().ok());
+    let driver = async move {
+        match driver_pid {
+            Some(pid) => crate::parent::driver_exited(pid).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        reason = handle.exited() => Ok(reason),
+        () = driver => {
+            let reason = Error::new(Kind::Unavailable, "the driver's process exited");
+            tracing::warn!(error = %reason, "machine exiting");
+            Ok(reason)
+        }
+    }
 }

@@ -212,3 +212,67 @@ pub fn init_tracing() {
         .with_test_writer()
         .try_init();
 }
+
+/// The environment variable that says the examples were built by the `cargo test` running
+/// these tests (`cargo test` without a target filter builds them; the test command does so).
+pub const EXAMPLES_BUILT: &str = "BIGMACHINE_EXAMPLES_BUILT";
+
+/// This build's profile directory (`target/debug` when the test binary is
+/// `target/debug/deps/<test>-<hash>`).
+pub fn profile_dir() -> Result<std::path::PathBuf> {
+    let exe = std::env::current_exe()?;
+    exe.parent()
+        .and_then(std::path::Path::parent)
+        .map(std::path::Path::to_path_buf)
+        .ok_or_else(|| Error::other("no target directory"))
+}
+
+/// The example `name` of this build.
+pub fn example_path(name: &str) -> Result<std::path::PathBuf> {
+    Ok(profile_dir()?.join("examples").join(name))
+}
+
+/// Builds the examples `names` with `features` in this build's profile and target directory
+/// (so that a test never runs a stale example, as `cargo test --test X` alone would), unless
+/// `BIGMACHINE_EXAMPLES_BUILT` says the running `cargo test` built them.
+pub fn build_examples(names: &[&str], features: &[&str]) -> Result<()> {
+    let profile = profile_dir()?;
+    if std::env::var_os(EXAMPLES_BUILT).is_some() {
+        return match names
+            .iter()
+            .find(|n| !profile.join("examples").join(n).exists())
+        {
+            Some(missing) => Err(Error::other(format!(
+                "{EXAMPLES_BUILT} is set, yet the {missing} example is not built"
+            ))),
+            None => Ok(()),
+        };
+    }
+    let target = profile
+        .parent()
+        .ok_or_else(|| Error::other("no target directory"))?;
+    let mut cargo = std::process::Command::new(env!("CARGO"));
+    cargo.args(["build", "--quiet"]);
+    if !features.is_empty() {
+        cargo.arg("--features").arg(features.join(","));
+    }
+    for name in names {
+        cargo.arg("--example").arg(name);
+    }
+    cargo
+        .arg("--manifest-path")
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(target);
+    if profile.file_name().is_some_and(|p| p == "release") {
+        cargo.arg("--release");
+    }
+    let status = cargo.status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(Error::other(format!(
+            "cargo build of the examples: {status}"
+        )))
+    }
+}

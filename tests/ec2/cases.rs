@@ -3,9 +3,8 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +13,7 @@ use bigmachine::ec2::testing::{EmulatedInstance, Emulator, APP};
 use bigmachine::ec2::{Ec2Config, Ec2System};
 use bigmachine::{Error, Kind, Machine, Result, Services, State, B};
 
-use crate::common::{eventually, Echo};
+use crate::common::{self, eventually, Echo};
 use crate::moto::Moto;
 use crate::pi::{shares, CirclePi, CirclePiClient};
 use crate::player::{cloud_config, Player};
@@ -58,59 +57,14 @@ fn check(cond: bool, message: impl Into<String>) -> Result<()> {
     }
 }
 
-/// This build's profile directory (`target/debug`) and the target directory above it.
-fn profile_dir() -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    exe.parent()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .ok_or_else(|| fail("no target directory"))
-}
-
-/// The environment variable that says the examples were built by the `cargo test` running
-/// these tests (`cargo test` without a target filter builds them; the test command does so).
-const EXAMPLES_BUILT: &str = "BIGMACHINE_EXAMPLES_BUILT";
-
-/// Builds the bootstrap (the `ec2boot` example) the instances fetch, in this build's profile
-/// and target directory and with its features (so that nothing else is rebuilt), unless
-/// `BIGMACHINE_EXAMPLES_BUILT` says the running `cargo test` built it.
+/// Builds the bootstrap (the `ec2boot` example) the instances fetch, with the `ec2` feature of
+/// this build (so that nothing else is rebuilt).
 pub(crate) fn build_examples() -> Result<()> {
-    let profile = profile_dir()?;
-    if std::env::var_os(EXAMPLES_BUILT).is_some() {
-        return check(
-            profile.join("examples").join("ec2boot").exists(),
-            format!("{EXAMPLES_BUILT} is set, yet the ec2boot example is not built"),
-        );
-    }
-    let target = profile
-        .parent()
-        .ok_or_else(|| fail("no target directory"))?;
-    let mut cargo = Command::new(env!("CARGO"));
-    cargo
-        .args([
-            "build",
-            "--quiet",
-            "--features",
-            "ec2",
-            "--example",
-            "ec2boot",
-        ])
-        .arg("--manifest-path")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(target);
-    if profile.file_name().is_some_and(|p| p == "release") {
-        cargo.arg("--release");
-    }
-    let status = cargo.status()?;
-    check(
-        status.success(),
-        format!("cargo build of the bootstrap: {status}"),
-    )
+    common::build_examples(&["ec2boot"], &["ec2"])
 }
 
 fn example(name: &str) -> Result<PathBuf> {
-    Ok(profile_dir()?.join("examples").join(name))
+    common::example_path(name)
 }
 
 /// One test's world: a fresh emulated account with a VPC on loopback, a bootstrap server, and a

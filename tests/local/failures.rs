@@ -17,7 +17,7 @@ use crate::support::{
 pub(crate) fn tests() -> Vec<(&'static str, Test)> {
     tests![
         machine_sigkill_fails_its_call_and_says_how_it_died,
-        driver_sigkill_takes_its_machines_down,
+        driver_sigkill_local_machines_gone_within_1s,
         kernel_oom_kill_is_reported_as_oom,
     ]
 }
@@ -62,12 +62,14 @@ async fn machine_sigkill_fails_its_call_and_says_how_it_died() -> Result<()> {
     Ok(())
 }
 
-async fn driver_sigkill_takes_its_machines_down() -> Result<()> {
+/// A local machine watches its driver's process: it goes as soon as the driver does, long before
+/// the keepalive timeout (30 s here) would end it.
+async fn driver_sigkill_local_machines_gone_within_1s() -> Result<()> {
     let mut driver = sub_driver(
         "hold",
         &[
             "--bigm.keepalive-period=200ms",
-            "--bigm.keepalive-timeout=2s",
+            "--bigm.keepalive-timeout=30s",
         ],
     )?
     .stdout(Stdio::piped())
@@ -91,19 +93,20 @@ async fn driver_sigkill_takes_its_machines_down() -> Result<()> {
     sigkill(driver.id());
     let _ = driver.wait();
     let killed = Instant::now();
-    eventually(Duration::from_secs(10), || pids.iter().all(|&p| gone(p))).await;
+    let all_gone = eventually(Duration::from_secs(1), || pids.iter().all(|&p| gone(p))).await;
     let after = killed.elapsed();
     for &p in &pids {
         if !gone(p) {
             sigkill(p);
         }
     }
-    // Keepalive timeout 2 s, plus scheduling slack.
     check(
-        after < Duration::from_secs(4),
-        format!("machines outlived the driver by {after:?}"),
+        all_gone,
+        format!("machines outlived their driver by more than 1 s ({after:?})"),
     )?;
-    println!("    machines exited {after:.2?} after the driver was killed (keepalive timeout 2 s)");
+    println!(
+        "    machines exited {after:.2?} after the driver was killed (keepalive timeout 30 s)"
+    );
     Ok(())
 }
 

@@ -73,6 +73,13 @@ fn main() -> std::process::ExitCode {
     }
     drop(rt);
     let mut args = Arguments::from_args();
+    // The examples the tests run, as this checkout has them.
+    if !args.list {
+        if let Err(e) = common::build_examples(&["bigpi", "bigoom", "bigshuffle"], &[]) {
+            eprintln!("building the examples: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    }
     args.test_threads.get_or_insert(1);
     let trials = tests()
         .into_iter()

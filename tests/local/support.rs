@@ -2,7 +2,7 @@
 //! roles of sub-drivers.
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -141,20 +141,8 @@ pub(crate) fn sub_driver(role: &str, args: &[&str]) -> Result<Command> {
 }
 
 pub(crate) fn example(name: &str) -> Result<PathBuf> {
-    // target/<profile>/deps/local-<hash> -> target/<profile>/examples/<name>
-    let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .ok_or_else(|| fail("no target directory"))?;
-    let path = dir.join("examples").join(name);
-    check(
-        path.exists(),
-        format!(
-            "{} is not built (cargo test builds examples)",
-            path.display()
-        ),
-    )?;
+    let path = crate::common::example_path(name)?;
+    check(path.exists(), format!("{} is not built", path.display()))?;
     Ok(path)
 }
 

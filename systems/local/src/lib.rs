@@ -28,13 +28,13 @@ use std::time::Duration;
 
 use bigmachine_core::{Authority, Error, KeepaliveConfig, Kind, Launched, Result, System};
 use bigmachine_supervisor::{
-    write_private, ADDR_MARKER, ENV_CREDENTIALS, ENV_KEEPALIVE_MS, ENV_MAXPROCS, ENV_MODE,
-    ENV_STORE, ENV_SYSTEM,
+    write_private, ADDR_MARKER, ENV_CREDENTIALS, ENV_DRIVER_PID, ENV_KEEPALIVE_MS, ENV_MAXPROCS,
+    ENV_MODE, ENV_STORE, ENV_SYSTEM,
 };
 use futures::future::BoxFuture;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStdout, Command};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 /// How long a new machine may take to report its address.
@@ -46,6 +46,17 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 struct Running {
     pid: u32,
     watcher: JoinHandle<()>,
+    /// Asks the watcher to kill the process through its handle (never by a pid that may have
+    /// been reused).
+    kill: oneshot::Sender<()>,
+}
+
+impl Running {
+    /// Kills the process (if it still runs) and waits for its watcher to finish.
+    async fn kill(self) {
+        let _ = self.kill.send(());
+        let _ = self.watcher.await;
+    }
 }
 
 #[derive(Debug)]
@@ -130,7 +141,7 @@ impl LocalSystem {
         }
     }
 
-    /// Process ids of the machines started so far.
+    /// Process ids of the machines started and not yet known to have ended.
     pub fn pids(&self) -> Vec<u32> {
         self.lock().iter().map(|r| r.pid).collect()
     }
@@ -139,7 +150,8 @@ impl LocalSystem {
         self.inner.running.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    async fn launch(&self, authority: &Authority, index: usize) -> Result<Launched> {
+    /// Starts machine `index`; returns it and its process id.
+    async fn launch(&self, authority: &Authority, index: usize) -> Result<(Launched, u32)> {
         let settings = &self.inner.settings;
         let name = format!("local-{index}");
         let creds = write_private(&authority.issue(&name)?.to_pem())?;
@@ -152,6 +164,8 @@ impl LocalSystem {
             .args(std::env::args_os().skip(1))
             .env(ENV_MODE, "machine")
             .env(ENV_SYSTEM, "local")
+            // The machine ends with this process, not a keepalive timeout later.
+            .env(ENV_DRIVER_PID, std::process::id().to_string())
             .env(ENV_CREDENTIALS, &creds)
             .env(ENV_MAXPROCS, settings.maxprocs.to_string())
             .env("TOKIO_WORKER_THREADS", settings.maxprocs.to_string())
@@ -175,6 +189,8 @@ impl LocalSystem {
             }
         };
         let pid = child.id().unwrap_or(0);
+        // A little before the spawn returned: the kernel log's clock and ours may differ a bit.
+        let started_us = oom::now_us().saturating_sub(1_000_000);
         let (stdout, stderr) = match (child.stdout.take(), child.stderr.take()) {
             (Some(o), Some(e)) => (BufReader::new(o), BufReader::new(e)),
             _ => return Err(Error::new(Kind::Other, "machine output is not piped")),
@@ -209,15 +225,30 @@ impl LocalSystem {
         }
         addr_tx.send_replace(Some(addr));
         let (exit_tx, exit_rx) = watch::channel(None::<Error>);
-        let watcher = tokio::spawn(watch_child(child, pid, addr_rx, stdout, stderr, exit_tx));
-        self.lock().push(Running { pid, watcher });
+        let (kill, killed) = oneshot::channel();
+        let watch = Watch {
+            pid,
+            started_us,
+            addr: addr_rx,
+            stdout,
+            stderr,
+            exit: exit_tx,
+            killed,
+        };
+        let watcher = tokio::spawn(watch_child(child, watch));
+        let mut running = self.lock();
+        // Machines that ended are forgotten.
+        running.retain(|r| !r.watcher.is_finished());
+        running.push(Running { pid, watcher, kill });
+        drop(running);
         tracing::debug!(%addr, pid, "machine process started");
-        Ok(Launched {
+        let launched = Launched {
             addr,
             name,
             maxprocs: settings.maxprocs,
             exited: Box::pin(exited(exit_rx)),
-        })
+        };
+        Ok((launched, pid))
     }
 }
 
@@ -292,14 +323,29 @@ async fn pump(
     }
 }
 
-async fn watch_child(
-    mut child: Child,
+/// What the watcher of a machine's process needs.
+struct Watch {
     pid: u32,
+    /// When the process was started, on the kernel log's clock.
+    started_us: u64,
     addr: watch::Receiver<Option<SocketAddr>>,
     stdout: BufReader<ChildStdout>,
-    err: JoinHandle<bool>,
+    stderr: JoinHandle<bool>,
     exit: watch::Sender<Option<Error>>,
-) {
+    /// Kill the process.
+    killed: oneshot::Receiver<()>,
+}
+
+async fn watch_child(mut child: Child, watch: Watch) {
+    let Watch {
+        pid,
+        started_us,
+        addr,
+        stdout,
+        stderr: err,
+        exit,
+        killed,
+    } = watch;
     let alloc_failed = Arc::new(AtomicBool::new(false));
     let out = tokio::spawn(pump(stdout, pid, addr.clone()));
     let flag = alloc_failed.clone();
@@ -308,7 +354,14 @@ async fn watch_child(
             flag.store(true, Ordering::Relaxed);
         }
     };
-    let status = child.wait().await;
+    let status = tokio::select! {
+        status = child.wait() => status,
+        Ok(()) = killed => {
+            // Not yet waited for, the child still holds its pid: the kill cannot hit another.
+            let _ = child.start_kill();
+            child.wait().await
+        }
+    };
     // The output ends when the process does (unless it left children holding the pipes).
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
         let _ = out.await;
@@ -317,8 +370,21 @@ async fn watch_child(
         forward::flush().await;
     })
     .await;
+    let oom_killed = match status {
+        Ok(status) if status.signal() == Some(libc::SIGKILL) => {
+            tokio::task::spawn_blocking(move || oom::killed_by_kernel(pid, started_us))
+                .await
+                .unwrap_or(false)
+        }
+        _ => false,
+    };
     let reason = match status {
-        Ok(status) => exit_error(pid, status, alloc_failed.load(Ordering::Relaxed)),
+        Ok(status) => exit_error(
+            pid,
+            status,
+            alloc_failed.load(Ordering::Relaxed),
+            oom_killed,
+        ),
         Err(e) => Error::new(
             Kind::Unavailable,
             format!("machine process {pid}: wait: {e}"),
@@ -338,9 +404,9 @@ async fn exited(mut rx: watch::Receiver<Option<Error>>) -> Error {
 }
 
 /// How a machine's process ended, as an error.
-fn exit_error(pid: u32, status: ExitStatus, alloc_failed: bool) -> Error {
+fn exit_error(pid: u32, status: ExitStatus, alloc_failed: bool, oom_killed: bool) -> Error {
     match status.signal() {
-        Some(libc::SIGKILL) if oom::killed_by_kernel(pid) => Error::fatal(
+        Some(libc::SIGKILL) if oom_killed => Error::fatal(
             Kind::Oom,
             format!("machine process {pid} was killed by the kernel's out-of-memory killer"),
         ),
@@ -405,10 +471,35 @@ impl System for LocalSystem {
                 .next
                 .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
             let launches = (0..n).map(|i| self.launch(authority, base + i));
-            futures::future::join_all(launches)
-                .await
+            let outcomes = futures::future::join_all(launches).await;
+            if outcomes.iter().all(Result::is_ok) {
+                return outcomes.into_iter().map(|o| o.map(|(l, _)| l)).collect();
+            }
+            // One failed: the start fails, and the machines it did launch go at once rather
+            // than at their keepalive timeout.
+            let pids: Vec<u32> = outcomes
+                .iter()
+                .filter_map(|o| o.as_ref().ok().map(|(_, pid)| *pid))
+                .collect();
+            let doomed: Vec<Running> = {
+                let mut running = self.lock();
+                let (doomed, kept) = std::mem::take(&mut *running)
+                    .into_iter()
+                    .partition(|r| pids.contains(&r.pid));
+                *running = kept;
+                doomed
+            };
+            futures::future::join_all(doomed.into_iter().map(Running::kill)).await;
+            let failed = outcomes.iter().filter(|o| o.is_err()).count();
+            let first = outcomes
                 .into_iter()
-                .collect()
+                .find_map(Result::err)
+                .unwrap_or_else(|| Error::new(Kind::Other, "a launch failed"));
+            Err(Error::new(
+                first.kind(),
+                format!("{failed} of {n} machines did not start (the others were stopped)"),
+            )
+            .caused_by(first))
         })
     }
 
@@ -418,16 +509,13 @@ impl System for LocalSystem {
         Box::pin(async move {
             let running: Vec<Running> = std::mem::take(&mut *self.lock());
             let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
-            for r in running {
-                let mut watcher = r.watcher;
-                if tokio::time::timeout_at(deadline, &mut watcher)
+            for mut r in running {
+                if tokio::time::timeout_at(deadline, &mut r.watcher)
                     .await
                     .is_err()
                 {
                     tracing::warn!(pid = r.pid, "machine still running at shutdown; killing it");
-                    // SAFETY: kill(2) has no memory-safety preconditions.
-                    unsafe { libc::kill(r.pid as libc::pid_t, libc::SIGKILL) };
-                    let _ = watcher.await;
+                    r.kill().await;
                 }
             }
         })
@@ -440,12 +528,12 @@ mod tests {
 
     #[test]
     fn exit_reasons_name_how_the_process_died() {
-        let killed = exit_error(42, ExitStatus::from_raw(libc::SIGKILL), false);
+        let killed = exit_error(42, ExitStatus::from_raw(libc::SIGKILL), false, false);
         assert_eq!(killed.kind(), Kind::Unavailable);
         assert!(killed.message().contains("SIGKILL"), "{killed}");
-        let aborted_oom = exit_error(42, ExitStatus::from_raw(libc::SIGABRT), true);
+        let aborted_oom = exit_error(42, ExitStatus::from_raw(libc::SIGABRT), true, false);
         assert_eq!(aborted_oom.kind(), Kind::Oom);
-        let code = exit_error(42, ExitStatus::from_raw(3 << 8), false);
+        let code = exit_error(42, ExitStatus::from_raw(3 << 8), false, false);
         assert!(code.message().contains("status 3"), "{code}");
     }
 }
