@@ -20,6 +20,9 @@ pub(crate) async fn driver_exited(pid: u32) {
     let Ok(pid) = libc::pid_t::try_from(pid) else {
         return std::future::pending().await;
     };
+    if pid <= 0 {
+        return std::future::pending().await;
+    }
     // SAFETY: getppid(2) has no preconditions and cannot fail.
     let parent = || unsafe { libc::getppid() };
     if parent() != pid {
@@ -32,7 +35,10 @@ pub(crate) async fn driver_exited(pid: u32) {
         Some(fd) if parent() == pid => match unsafe { AsyncFd::register(fd) } {
             // A pidfd turns readable when its process exits.
             Ok(fd) => {
-                let _ = fd.readable().await;
+                if fd.readable().await.is_err() {
+                    // The runtime is shutting down: nothing to tell.
+                    std::future::pending::<()>().await;
+                }
             }
             Err(_) => poll(pid, parent).await,
         },

@@ -264,8 +264,13 @@ pub fn build_examples(names: &[&str], features: &[&str]) -> Result<()> {
         .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
         .arg("--target-dir")
         .arg(target);
-    if profile.file_name().is_some_and(|p| p == "release") {
-        cargo.arg("--release");
+    // The profile this test was built with: `target/debug` is `dev`, any other directory is
+    // the profile of its name.
+    match profile.file_name().and_then(|p| p.to_str()) {
+        Some("debug") | None => {}
+        Some(name) => {
+            cargo.arg("--profile").arg(name);
+        }
     }
     let status = cargo.status()?;
     if status.success() {

@@ -75,7 +75,9 @@ fn main() -> std::process::ExitCode {
     let mut args = Arguments::from_args();
     // The examples the tests run, as this checkout has them.
     if !args.list {
-        if let Err(e) = common::build_examples(&["bigpi", "bigoom", "bigshuffle"], &[]) {
+        // With this build's features, so that nothing is built twice.
+        let features: &[&str] = if cfg!(feature = "ec2") { &["ec2"] } else { &[] };
+        if let Err(e) = common::build_examples(&["bigpi", "bigoom", "bigshuffle"], features) {
             eprintln!("building the examples: {e}");
             return std::process::ExitCode::FAILURE;
         }

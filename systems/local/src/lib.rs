@@ -141,9 +141,13 @@ impl LocalSystem {
         }
     }
 
-    /// Process ids of the machines started and not yet known to have ended.
+    /// Process ids of the machines started whose processes have not been seen to end.
     pub fn pids(&self) -> Vec<u32> {
-        self.lock().iter().map(|r| r.pid).collect()
+        self.lock()
+            .iter()
+            .filter(|r| !r.watcher.is_finished())
+            .map(|r| r.pid)
+            .collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Running>> {
@@ -189,8 +193,8 @@ impl LocalSystem {
             }
         };
         let pid = child.id().unwrap_or(0);
-        // A little before the spawn returned: the kernel log's clock and ours may differ a bit.
-        let started_us = oom::now_us().saturating_sub(1_000_000);
+        // What the kernel logs from now on, to tell an out-of-memory kill of this process.
+        let kernel_log = oom::KernelLog::from_now();
         let (stdout, stderr) = match (child.stdout.take(), child.stderr.take()) {
             (Some(o), Some(e)) => (BufReader::new(o), BufReader::new(e)),
             _ => return Err(Error::new(Kind::Other, "machine output is not piped")),
@@ -228,7 +232,7 @@ impl LocalSystem {
         let (kill, killed) = oneshot::channel();
         let watch = Watch {
             pid,
-            started_us,
+            kernel_log,
             addr: addr_rx,
             stdout,
             stderr,
@@ -326,8 +330,8 @@ async fn pump(
 /// What the watcher of a machine's process needs.
 struct Watch {
     pid: u32,
-    /// When the process was started, on the kernel log's clock.
-    started_us: u64,
+    /// The kernel log since the process started.
+    kernel_log: Option<oom::KernelLog>,
     addr: watch::Receiver<Option<SocketAddr>>,
     stdout: BufReader<ChildStdout>,
     stderr: JoinHandle<bool>,
@@ -339,7 +343,7 @@ struct Watch {
 async fn watch_child(mut child: Child, watch: Watch) {
     let Watch {
         pid,
-        started_us,
+        kernel_log,
         addr,
         stdout,
         stderr: err,
@@ -354,10 +358,12 @@ async fn watch_child(mut child: Child, watch: Watch) {
             flag.store(true, Ordering::Relaxed);
         }
     };
+    let mut ours = false;
     let status = tokio::select! {
         status = child.wait() => status,
         Ok(()) = killed => {
             // Not yet waited for, the child still holds its pid: the kill cannot hit another.
+            ours = true;
             let _ = child.start_kill();
             child.wait().await
         }
@@ -370,9 +376,9 @@ async fn watch_child(mut child: Child, watch: Watch) {
         forward::flush().await;
     })
     .await;
-    let oom_killed = match status {
-        Ok(status) if status.signal() == Some(libc::SIGKILL) => {
-            tokio::task::spawn_blocking(move || oom::killed_by_kernel(pid, started_us))
+    let oom_killed = match (&status, kernel_log) {
+        (Ok(status), Some(log)) if status.signal() == Some(libc::SIGKILL) && !ours => {
+            tokio::task::spawn_blocking(move || log.killed(pid))
                 .await
                 .unwrap_or(false)
         }
