@@ -317,7 +317,8 @@ where
     // A cancellation token alone does not bound retries: a method's context token, say, is
     // canceled only when its own caller goes away.
     let ends = deadline.is_some();
-    let last: std::sync::Mutex<Option<Error>> = std::sync::Mutex::new(None);
+    // The last failure retried, to name when the deadline or cancellation ends the retries.
+    let mut last: Option<Error> = None;
     let attempts = async {
         let mut tries = 0;
         loop {
@@ -328,7 +329,7 @@ where
                     if e.is_temporary() && (ends || tries < policy.max_tries) =>
                 {
                     tracing::debug!(call = %what(), tries, error = %e, "retrying call");
-                    *crate::link::lock(&last) = Some(e);
+                    last = Some(e);
                     tokio::time::sleep(policy.jittered_wait(tries)).await;
                 }
                 (Err(e), _) => return Err(e),
@@ -351,7 +352,6 @@ where
             result = bounded => result,
         },
     };
-    let last = crate::link::lock(&last).take();
     match (result, last) {
         (Err(e), Some(cause)) if matches!(e.kind(), Kind::DeadlineExceeded | Kind::Canceled) => {
             // Named, but its severity not taken: the time is spent whatever the cause was.
