@@ -8,6 +8,8 @@
 # compiles the AWS SDK: once, about 15 CPU-minutes and 10 GB of memory at its peak).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Incremental state is for edit-compile loops; a whole-suite run only pays its disk for it.
+export CARGO_INCREMENTAL=0
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -19,6 +21,8 @@ RUSTDOCFLAGS=-Dwarnings cargo doc --workspace --all-features --no-deps --quiet
 echo "== cargo test (the EC2 tests install and start the moto emulator themselves)"
 # This cargo test builds the examples; the EC2 tests use its ec2boot rather than build one.
 BIGMACHINE_EXAMPLES_BUILT=1 cargo test --workspace --all-features
+echo "== the #[service] compile-fail cases (without the ec2 feature: trybuild builds what the test has)"
+cargo test --test compile_fail
 echo "== cargo bench (quick mode: every bench, the comparison with its peers included)"
 BIGMACHINE_BENCH_QUICK=1 cargo bench
 echo "== fuzz (every target, ${BIGMACHINE_FUZZ_SECONDS:-10} s each)"

@@ -43,4 +43,4 @@ pub use env::{
 pub use handle::MachineHandle;
 pub use machine::{start, MachineOptions};
 pub use process::run;
-pub use store::ENV_STORE;
+pub use store::{ENV_STORE, ENV_STORE_BYTES};

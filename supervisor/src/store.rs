@@ -4,9 +4,16 @@
 //! The store is a directory (`BIGMACHINE_BINARY_STORE`, default `<tmp>/bigmachine-binaries-<uid>`)
 //! of files named by their hex SHA-256 digest, mode 0755. A binary enters it only after its
 //! digest was checked; a file whose digest no longer matches its name is ignored.
+//!
+//! The store is bounded: after each binary it receives, it removes the least recently used
+//! binaries until it holds at most `BIGMACHINE_BINARY_STORE_BYTES` bytes (default 4 GiB), never
+//! one used in the last ten minutes (the longest a boot waits between storing a binary and
+//! running it). A binary that is running or being read by a peer is unaffected by its removal
+//! (Linux keeps an open or mapped file until it is closed).
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use bigmachine_core::__internal::cached_digest;
 use bigmachine_core::{digest_file, ByteStream, Error, Kind, Result};
@@ -15,10 +22,20 @@ use tokio::io::AsyncWriteExt;
 /// The environment variable naming the store's directory.
 pub const ENV_STORE: &str = "BIGMACHINE_BINARY_STORE";
 
+/// The environment variable bounding the store's size, in bytes.
+pub const ENV_STORE_BYTES: &str = "BIGMACHINE_BINARY_STORE_BYTES";
+
+/// The store's bound when the environment sets none.
+const DEFAULT_LIMIT: u64 = 4 << 30;
+
+/// How recently a binary was used for it to be kept whatever the bound.
+const IN_USE: Duration = Duration::from_secs(10 * 60);
+
 /// A directory of binaries by digest.
 #[derive(Debug, Clone)]
 pub(crate) struct Store {
     dir: PathBuf,
+    limit: u64,
 }
 
 fn valid_digest(digest: &str) -> Result<()> {
@@ -42,13 +59,23 @@ impl Store {
                 let uid = unsafe { libc::getuid() };
                 std::env::temp_dir().join(format!("bigmachine-binaries-{uid}"))
             });
-        Self { dir }
+        let limit = match std::env::var(ENV_STORE_BYTES) {
+            Ok(v) => v.parse().unwrap_or_else(|_| {
+                tracing::warn!(value = %v, "{ENV_STORE_BYTES} is not a byte count; using the default");
+                DEFAULT_LIMIT
+            }),
+            Err(_) => DEFAULT_LIMIT,
+        };
+        Self { dir, limit }
     }
 
-    /// A store in `dir`.
+    /// A store in `dir` holding at most `limit` bytes.
     #[cfg(test)]
-    pub(crate) fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into() }
+    pub(crate) fn new(dir: impl Into<PathBuf>, limit: u64) -> Self {
+        Self {
+            dir: dir.into(),
+            limit,
+        }
     }
 
     /// The path of the binary of `digest`, if the store has it (and it still has that digest).
@@ -59,9 +86,16 @@ impl Store {
             return Ok(None);
         }
         let checked = path.clone();
-        let actual = tokio::task::spawn_blocking(move || cached_digest(&checked))
-            .await
-            .map_err(|e| Error::new(Kind::Other, format!("digest task: {e}")))??;
+        let actual = tokio::task::spawn_blocking(move || {
+            let digest = cached_digest(&checked)?;
+            // Marks the binary used, for the store's bound. Read-only: a running binary cannot
+            // be opened for writing, and futimens needs ownership, not a writable descriptor.
+            // Best effort: without it the binary is merely evicted sooner.
+            let _ = std::fs::File::open(&checked).and_then(|f| f.set_modified(SystemTime::now()));
+            Ok::<_, Error>(digest)
+        })
+        .await
+        .map_err(|e| Error::new(Kind::Other, format!("digest task: {e}")))??;
         Ok((actual == digest).then_some(path))
     }
 
@@ -113,8 +147,54 @@ impl Store {
             .await
             .map_err(|e| io(&path, e))?;
         tracing::info!(path = %path.display(), bytes = total, "binary stored");
+        let (dir, limit) = (self.dir.clone(), self.limit);
+        match tokio::task::spawn_blocking(move || evict(&dir, limit, SystemTime::now())).await {
+            Ok(Ok(removed)) if removed > 0 => {
+                tracing::info!(removed, limit, "least recently used binaries removed")
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "bounding the binary store"),
+            Err(e) => tracing::warn!(error = %e, "bounding the binary store"),
+        }
         Ok(path)
     }
+}
+
+/// Removes the least recently used binaries of `dir` (by modification time) until it holds at
+/// most `limit` bytes, keeping any used within [`IN_USE`] of `now`; returns how many it removed.
+/// Files not named by a digest (partial uploads among them) are neither counted nor removed.
+fn evict(dir: &Path, limit: u64, now: SystemTime) -> std::io::Result<usize> {
+    let mut binaries = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name.to_str().is_none_or(|n| valid_digest(n).is_err()) {
+            continue;
+        }
+        let meta = entry.metadata()?;
+        if meta.is_file() {
+            binaries.push((meta.modified()?, meta.len(), entry.path()));
+        }
+    }
+    let mut total: u64 = binaries.iter().map(|b| b.1).sum();
+    binaries.sort_by_key(|b| b.0);
+    let mut removed = 0;
+    for (used, len, path) in binaries {
+        if total <= limit {
+            break;
+        }
+        if now.duration_since(used).unwrap_or_default() < IN_USE {
+            // Sorted by use: every later binary was used more recently still.
+            break;
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => removed += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        total -= len;
+    }
+    Ok(removed)
 }
 
 /// Numbers the partial files of concurrent uploads.
@@ -142,7 +222,7 @@ mod tests {
     async fn stores_by_checked_digest() -> Result<()> {
         let dir =
             std::env::temp_dir().join(format!("bigmachine-store-test-{}", std::process::id()));
-        let store = Store::new(&dir);
+        let store = Store::new(&dir, DEFAULT_LIMIT);
         let data = vec![7u8; 3 << 20];
         let digest = bigmachine_core::digest_bytes(&data);
         assert_eq!(store.get(&digest).await?, None);
@@ -158,6 +238,64 @@ mod tests {
         let back = ByteStream::from_file(path).read_to_end(16 << 20).await?;
         assert_eq!(back, data);
         assert!(store.get("not-a-digest").await.is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn bounded_by_removing_the_least_recently_used() -> Result<()> {
+        let dir =
+            std::env::temp_dir().join(format!("bigmachine-store-evict-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mib = 1u64 << 20;
+        let store = Store::new(&dir, 2 * mib + mib / 2);
+        let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+        let mut stored = Vec::new();
+        for fill in 1..=3u8 {
+            let data = vec![fill; mib as usize];
+            let digest = bigmachine_core::digest_bytes(&data);
+            let path = store.put(&digest, ByteStream::from_bytes(data)).await?;
+            // Binaries 1 and 2 were last used an hour ago, 2 after 1.
+            let at = hour_ago + Duration::from_secs(u64::from(fill));
+            std::fs::File::open(&path)?.set_modified(at)?;
+            stored.push((digest, path));
+        }
+        // The third put went over the bound: the binary used longest ago left, the rest stay.
+        // (The third's own time was set after its put, so it counted as just used.)
+        assert!(!stored[0].1.exists(), "least recently used binary kept");
+        assert!(stored[1].1.exists() && stored[2].1.exists());
+        // Using binary 2 makes binary 3 the least recently used; a fourth put evicts it.
+        assert_eq!(store.get(&stored[1].0).await?, Some(stored[1].1.clone()));
+        let data = vec![4u8; mib as usize];
+        let digest = bigmachine_core::digest_bytes(&data);
+        let fourth = store.put(&digest, ByteStream::from_bytes(data)).await?;
+        assert!(
+            !stored[2].1.exists(),
+            "binary 3 was the least recently used"
+        );
+        assert!(stored[1].1.exists() && fourth.exists());
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    #[test]
+    fn recently_used_binaries_stay_over_the_bound() -> std::io::Result<()> {
+        let dir =
+            std::env::temp_dir().join(format!("bigmachine-store-recent-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let digest = bigmachine_core::digest_bytes(b"recent");
+        std::fs::write(dir.join(&digest), b"recent")?;
+        std::fs::write(dir.join(format!("{digest}.1.0.partial")), b"partial")?;
+        // A bound of 0 bytes, yet the binary was used a minute ago: it stays, as does the
+        // partial upload, which the store never counts.
+        let now = SystemTime::now() + Duration::from_secs(60);
+        assert_eq!(evict(&dir, 0, now)?, 0);
+        assert!(dir.join(&digest).exists());
+        // Eleven minutes on, it goes.
+        assert_eq!(evict(&dir, 0, now + Duration::from_secs(600))?, 1);
+        assert!(!dir.join(&digest).exists());
+        assert!(dir.join(format!("{digest}.1.0.partial")).exists());
         let _ = std::fs::remove_dir_all(&dir);
         Ok(())
     }
