@@ -70,8 +70,8 @@
 pub use bigmachine_core::{
     Archived, Authority, BootTimeouts, Builder, ByteSink, ByteStream, Call, Context, Credentials,
     Decode, DiskInfo, Encode, Error, FromPayload, Info, KeepaliveConfig, Kind, Launched, LoadInfo,
-    Machine, MemInfo, Params, Payload, Reply, Result, RetryPolicy, ServiceValue, Services,
-    Severity, State, System, TransportConfig, B, DEFAULT_MAX_PAYLOAD,
+    Machine, MemInfo, OutcomeLimits, Params, Payload, Reply, Result, RetryPolicy, ServiceValue,
+    Services, Severity, State, System, TransportConfig, B, DEFAULT_MAX_PAYLOAD,
 };
 pub use bigmachine_macros::service;
 
@@ -95,10 +95,13 @@ pub mod local {
     pub use bigmachine_local::{LocalSystem, LocalSystemBuilder};
 }
 
-/// In-process machines for tests: real QUIC on loopback, kills and injected reply faults.
+/// In-process machines for tests: real QUIC on loopback, kills, injected reply faults, and a
+/// bad network in front of any system's machines ([`Relayed`](testsystem::Relayed)).
 pub mod testsystem {
-    pub use bigmachine_core::{ReplyFault, ReplyFaults};
-    pub use bigmachine_testsystem::{TestSystem, TestSystemBuilder};
+    pub use bigmachine_core::{OutcomeLimits, ReplyFault, ReplyFaults};
+    pub use bigmachine_testsystem::{
+        LinkFaults, Relay, RelayStats, Relayed, TestSystem, TestSystemBuilder,
+    };
 }
 
 /// Digests of binaries: machines report the SHA-256 digest of the binary they run, and the

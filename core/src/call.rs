@@ -4,6 +4,10 @@
 //! A call is one QUIC stream. Its future can be dropped at any time: the stream is stopped and the
 //! machine drops the method's future. A deadline ([`Call::timeout`], [`Call::deadline`], or the
 //! one inherited with [`Call::context`]) travels with the request and is enforced on both sides.
+//!
+//! Every call carries an id, the same for each of its tries. A call marked
+//! [`Call::exactly_once`] is run by the machine at most once per id: a retry after a lost reply
+//! gets the outcome of the first run.
 
 use std::future::{Future, IntoFuture};
 use std::marker::PhantomData;
@@ -23,7 +27,7 @@ use crate::error::{Error, Kind, Result};
 use crate::io;
 use crate::link::{Link, State};
 use crate::stream::{AbortOnDrop, ByteStream};
-use crate::wire::{self, MethodName, RequestHeader, Status, FLAG_STREAM_ARG};
+use crate::wire::{self, MethodName, RequestHeader, Status, FLAG_EXACTLY_ONCE, FLAG_STREAM_ARG};
 
 /// How [`crate::Machine::retry_call`] retries calls that fail with a temporary error:
 /// exponential back-off with jitter (each wait is drawn between half and all of the policy's),
@@ -98,6 +102,7 @@ pub struct Call<'a, A, R> {
     cancel: Option<CancellationToken>,
     retry: Option<RetryPolicy>,
     internal: bool,
+    exactly_once: bool,
     body: Option<Body<'a>>,
     reply: PhantomData<fn() -> R>,
 }
@@ -113,6 +118,7 @@ impl<A, R> std::fmt::Debug for Call<'_, A, R> {
             .field("method", &self.method)
             .field("deadline", &self.deadline)
             .field("retry", &self.retry)
+            .field("exactly_once", &self.exactly_once)
             .field("body", &self.body.is_some())
             .finish_non_exhaustive()
     }
@@ -182,6 +188,7 @@ impl<'a, A, R> Call<'a, A, R> {
             cancel: None,
             retry: None,
             internal: false,
+            exactly_once: false,
             body: None,
             reply: PhantomData,
         }
@@ -242,6 +249,28 @@ impl<'a, A, R> Call<'a, A, R> {
     }
 }
 
+impl<A, R: FromPayload> Call<'_, A, R> {
+    /// Makes the call exactly-once: the machine runs the method at most once for this call,
+    /// however many times it is tried, and answers every further try with the outcome of the
+    /// first. With [`Call::retry`], a call whose reply was lost (a broken connection, a reset
+    /// stream) is retried without running the method twice.
+    ///
+    /// The first run goes on to its end (or its deadline) even if the caller goes away, so its
+    /// outcome is there for the next try. The machine keeps outcomes within its
+    /// [`OutcomeLimits`](crate::OutcomeLimits) (by default the last 100,000 calls, for 10
+    /// minutes): a try after its call's outcome was forgotten runs the method again. The reply
+    /// must be an archive (a [`ByteStream`] cannot be replayed), and the call cannot send a
+    /// [`Call::body`] (a [`Kind::Precondition`] error).
+    ///
+    /// ```ignore
+    /// let n: u64 = machine.call("Counter.add", &1u64).retry().exactly_once().await?;
+    /// ```
+    pub fn exactly_once(mut self) -> Self {
+        self.exactly_once = true;
+        self
+    }
+}
+
 impl<'a, A, R> Call<'a, A, R>
 where
     A: Encode + Sync,
@@ -249,17 +278,31 @@ where
 {
     async fn run(self) -> Result<R> {
         MethodName::check(self.service, self.method)?;
+        if self.exactly_once && self.body.is_some() {
+            return Err(Error::fatal(
+                Kind::Precondition,
+                format!(
+                    "{}: an exactly-once call cannot send a byte stream",
+                    self.describe()
+                ),
+            ));
+        }
         // Shared, not copied, by every try (and handed to quinn without a copy).
         let arg = Bytes::from_owner(Pooled(self.arg.encode()?));
+        let mut flags = 0;
+        if self.body.is_some() {
+            flags |= FLAG_STREAM_ARG;
+        }
+        if self.exactly_once {
+            flags |= FLAG_EXACTLY_ONCE;
+        }
         let header = RequestHeader {
-            flags: if self.body.is_some() {
-                FLAG_STREAM_ARG
-            } else {
-                0
-            },
+            flags,
             arg_type: type_tag::<A>(),
             reply_type: R::tag(),
             payload_len: arg.len() as u64,
+            // Random: ids of calls from different callers must not meet.
+            call_id: fastrand::u128(..),
             ..RequestHeader::default()
         };
         let what = || self.describe();

@@ -6,7 +6,7 @@
 use bytes::Bytes;
 use quinn::{RecvStream, SendStream};
 
-use crate::buffers::{Payload, Pooled};
+use crate::buffers::Payload;
 use crate::error::{Error, Kind, Result};
 use crate::stream::ByteStream;
 use crate::wire::{
@@ -88,19 +88,18 @@ pub async fn read_reply(recv: &mut RecvStream, max_payload: u64) -> Result<(Stat
 }
 
 /// Writes a reply (header then payload) and finishes the stream. The payload is handed to the
-/// transport without a copy and returns to the buffer pool once sent.
+/// transport without a copy (one made from a pooled buffer returns to the pool once sent).
 pub(crate) async fn write_reply(
     send: &mut SendStream,
     status: Status,
-    payload: Payload,
+    payload: Bytes,
 ) -> Result<()> {
     let header = ReplyHeader {
         status,
         payload_len: payload.len() as u64,
     };
     let header = Bytes::copy_from_slice(&header.encode());
-    send.write_all_chunks(&mut [header, Bytes::from_owner(Pooled(payload))])
-        .await?;
+    send.write_all_chunks(&mut [header, payload]).await?;
     send.finish()?;
     Ok(())
 }

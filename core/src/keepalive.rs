@@ -25,9 +25,10 @@ use crate::machine::Machine;
 pub struct KeepaliveConfig {
     /// Time between keepalive calls. Default: 10 s (each system sets its own).
     pub period: Duration,
-    /// A machine that has not answered a keepalive for this long is Stopped; a machine that has
-    /// not received one for this long exits (so it never outlives its driver by more).
-    /// Default: 60 s.
+    /// A machine that has not answered a keepalive for this long is Stopped. A machine that has
+    /// not received one for this long plus a `period` and an `rpc_timeout` exits (so it never
+    /// outlives its driver by more, and its driver, which gives up first, is the one that says
+    /// why). Default: 60 s.
     pub timeout: Duration,
     /// Time allowed to each keepalive call. Default: 10 s.
     pub rpc_timeout: Duration,
@@ -73,11 +74,9 @@ impl Tracker {
         self.replies.push_front(now.saturating_duration_since(sent));
     }
 
-    /// After a failed keepalive at `now`: how long the machine has been silent, if that is at
-    /// least the timeout (the machine is then lost).
-    fn expired(&self, now: Instant) -> Option<Duration> {
-        let silent = now.saturating_duration_since(self.last_ok);
-        (silent >= self.timeout).then_some(silent)
+    /// When the machine is lost if it has not answered by then.
+    fn deadline(&self) -> Instant {
+        crate::deadline::saturating_after(self.last_ok, self.timeout)
     }
 
     /// Recent reply latencies, most recent first.
@@ -96,7 +95,14 @@ pub(crate) async fn keep_alive(
     failed: &(dyn Fn(SocketAddr) + Sync),
 ) -> Error {
     let supervisor = machine.supervisor();
-    let next_ms = u64::try_from(cfg.timeout.as_millis()).unwrap_or(u64::MAX);
+    // The machine waits longer than the driver, so that the driver decides a machine is lost
+    // (and says so) before the machine gives up and exits, which its system would report as a
+    // mere exit.
+    let window = cfg
+        .timeout
+        .saturating_add(cfg.period)
+        .saturating_add(cfg.rpc_timeout);
+    let next_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
     let send = || async {
         if owned {
             let call = supervisor.keepalive(&next_ms).internal();
@@ -134,7 +140,8 @@ pub(crate) async fn keep_alive(
 
 /// The keepalive loop: `send` every period, `report` after each try (the reply times when it
 /// succeeded, its error when it failed, and when the next is due), until the machine has not
-/// answered for the timeout or `stopped` says it was stopped meanwhile.
+/// answered for the timeout (a try still waiting then is abandoned) or `stopped` says it was
+/// stopped meanwhile.
 async fn run<S, Fut>(
     cfg: KeepaliveConfig,
     name: &str,
@@ -147,28 +154,38 @@ where
     Fut: Future<Output = Result<()>>,
 {
     let mut tracker = Tracker::new(cfg.timeout, Instant::now());
+    // The last failure, to name as the cause when the machine is lost.
+    let mut last_failure: Option<Error> = None;
     loop {
         let sent = Instant::now();
-        let reply = send().await;
+        let reply = tokio::select! {
+            reply = send() => reply,
+            () = tokio::time::sleep_until(tracker.deadline()) => {
+                let silent = Instant::now().saturating_duration_since(tracker.last_ok);
+                let lost = Error::new(
+                    Kind::Unavailable,
+                    format!("machine {name} failed keepalives for {silent:?}"),
+                );
+                return match last_failure {
+                    Some(cause) => lost.caused_by(cause),
+                    None => lost,
+                };
+            }
+        };
         let now = Instant::now();
         let next = crate::deadline::saturating_after(sent, cfg.period);
         match reply {
             Ok(()) => {
                 tracker.on_reply(sent, now);
+                last_failure = None;
                 report(Ok(tracker.reply_times()), next);
             }
             // Stopped meanwhile (shut down, or lost): its reason is recorded; nothing to report.
             Err(e) if stopped() => return e,
-            Err(e) => match tracker.expired(now) {
-                Some(silent) => {
-                    return Error::new(
-                        Kind::Unavailable,
-                        format!("machine {name} failed keepalives for {silent:?}"),
-                    )
-                    .caused_by(e)
-                }
-                None => report(Err(&e), next),
-            },
+            Err(e) => {
+                report(Err(&e), next);
+                last_failure = Some(e);
+            }
         }
         tokio::time::sleep_until(next).await;
     }
@@ -180,14 +197,13 @@ mod tests {
     use std::sync::atomic::{AtomicU32, Ordering};
 
     #[test]
-    fn expires_only_after_the_timeout_of_silence() {
+    fn the_deadline_is_the_timeout_after_the_last_reply() {
         let t0 = Instant::now();
         let s = Duration::from_secs(1);
         let mut k = Tracker::new(10 * s, t0);
-        assert_eq!(k.expired(t0 + 9 * s), None);
+        assert_eq!(k.deadline(), t0 + 10 * s);
         k.on_reply(t0 + 8 * s, t0 + 9 * s);
-        assert_eq!(k.expired(t0 + 18 * s), None, "a reply resets the clock");
-        assert_eq!(k.expired(t0 + 19 * s), Some(10 * s));
+        assert_eq!(k.deadline(), t0 + 19 * s, "a reply resets the clock");
     }
 
     #[test]
@@ -240,11 +256,15 @@ mod tests {
         .await;
         assert_eq!(err.kind(), Kind::Unavailable);
         assert!(err.to_string().contains("failed keepalives"), "{err}");
-        // Last reply at t=2 s; failures end at 3.5, 4.5, ..., 7.5 s: the first at least 5 s
-        // after the last reply is the one that ends at 7.5 s.
-        assert_eq!(started.elapsed(), Duration::from_millis(7500));
+        assert!(
+            err.to_string().contains("no reply"),
+            "the last failure is not named: {err}"
+        );
+        // Last reply at t=2 s: lost at 7 s exactly, during the try sent at 7 s (the tries
+        // sent at 3, 4, 5 and 6 s failed, each reported).
+        assert_eq!(started.elapsed(), Duration::from_millis(7000));
         assert_eq!(sent.load(Ordering::Relaxed), 8);
-        assert_eq!(reports, 7, "every try but the last is reported");
+        assert_eq!(reports, 7, "every try but the abandoned one is reported");
     }
 
     #[tokio::test(start_paused = true)]

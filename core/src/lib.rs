@@ -39,6 +39,7 @@
 //!   dispatches from.
 //! - `context`: the [`Context`] of an incoming call.
 //! - `server`: accepting streams and running calls concurrently, with deadlines.
+//! - `outcomes`: the outcomes kept of exactly-once calls ([`OutcomeLimits`]).
 //! - `fault`: [`ReplyFaults`] a server injects, for tests.
 //! - `binary`: digests of binaries.
 #![deny(missing_docs)]
@@ -59,6 +60,7 @@ mod keepalive;
 mod life;
 mod link;
 mod machine;
+mod outcomes;
 mod provision;
 mod registry;
 mod server;
@@ -83,6 +85,7 @@ pub use fault::{ReplyFault, ReplyFaults};
 pub use keepalive::KeepaliveConfig;
 pub use link::State;
 pub use machine::Machine;
+pub use outcomes::OutcomeLimits;
 pub use services::{ServiceValue, Services};
 pub use start::Params;
 pub use stream::{ByteSink, ByteStream};

@@ -7,6 +7,11 @@
 //! canceled, and the reply is [`Kind::DeadlineExceeded`]). A panicking method becomes a [`Severity::Fatal`] method error; the
 //! server lives on. Malformed requests get an error reply, never a crash.
 //!
+//! An exactly-once call (the request's `FLAG_EXACTLY_ONCE`) runs its method at most once per
+//! call id: its first try runs to its end or its deadline even if the caller goes away, and its
+//! outcome is kept ([`crate::outcomes`]); a repeat of the id waits for that outcome or gets the
+//! kept one, and the method is not run again.
+//!
 //! [`Severity::Fatal`]: crate::Severity::Fatal
 
 use std::future::Future;
@@ -21,11 +26,14 @@ use quinn::{RecvStream, SendStream};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::buffers::Payload;
+use bytes::Bytes;
+
+use crate::buffers::{Payload, Pooled};
 use crate::context::{with_reply_slot, Context};
 use crate::error::{Error, Kind};
 use crate::fault::{ReplyFault, ReplyFaults};
 use crate::io;
+use crate::outcomes::{Begin, Kept, OutcomeLimits, Outcomes, Recorder};
 use crate::service::{Failure, Handler, Outcome, Request, ServiceTable};
 use crate::supervisor::SUPERVISOR;
 use crate::wire::{self, ReplyHeader, Reset, Status, REPLY_HEADER_LEN};
@@ -39,6 +47,9 @@ pub struct ServerConfig {
     pub max_payload: u64,
     /// Faults to inject into the replies of user services (tests only). Default: none.
     pub faults: Option<Arc<ReplyFaults>>,
+    /// How many outcomes of exactly-once calls are kept, and for how long. Default:
+    /// [`OutcomeLimits::default`].
+    pub exactly_once: OutcomeLimits,
 }
 
 impl Default for ServerConfig {
@@ -46,8 +57,17 @@ impl Default for ServerConfig {
         Self {
             max_payload: crate::DEFAULT_MAX_PAYLOAD,
             faults: None,
+            exactly_once: OutcomeLimits::default(),
         }
     }
+}
+
+/// What every call task of a server shares.
+#[derive(Debug)]
+struct Shared {
+    table: ServiceTable,
+    config: ServerConfig,
+    outcomes: Outcomes,
 }
 
 /// Serves calls arriving at `endpoint` from the services in `table` until `shutdown` is canceled
@@ -59,7 +79,11 @@ pub async fn serve(
     config: ServerConfig,
     shutdown: CancellationToken,
 ) {
-    let config = Arc::new(config);
+    let shared = Arc::new(Shared {
+        table,
+        outcomes: Outcomes::new(config.exactly_once),
+        config,
+    });
     loop {
         let incoming = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -68,21 +92,11 @@ pub async fn serve(
                 None => break,
             },
         };
-        tokio::spawn(connection(
-            incoming,
-            table.clone(),
-            config.clone(),
-            shutdown.clone(),
-        ));
+        tokio::spawn(connection(incoming, shared.clone(), shutdown.clone()));
     }
 }
 
-async fn connection(
-    incoming: quinn::Incoming,
-    table: ServiceTable,
-    config: Arc<ServerConfig>,
-    shutdown: CancellationToken,
-) {
+async fn connection(incoming: quinn::Incoming, shared: Arc<Shared>, shutdown: CancellationToken) {
     let conn = match incoming.await {
         Ok(conn) => conn,
         Err(e) => {
@@ -102,24 +116,19 @@ async fn connection(
                 }
             },
         };
-        tokio::spawn(call(send, recv, peer, table.clone(), config.clone()));
+        tokio::spawn(call(send, recv, peer, shared.clone()));
     }
 }
 
-async fn call(
-    mut send: SendStream,
-    mut recv: RecvStream,
-    peer: SocketAddr,
-    table: ServiceTable,
-    config: Arc<ServerConfig>,
-) {
+async fn call(mut send: SendStream, mut recv: RecvStream, peer: SocketAddr, shared: Arc<Shared>) {
     let arrived = Instant::now();
+    let config = &shared.config;
     let request = match io::read_request(&mut recv, config.max_payload).await {
         Ok(request) => request,
         Err(e) if e.kind() == Kind::Net => return, // the stream broke: nobody to answer
         Err(e) => {
             tracing::debug!(%peer, error = %e, "malformed request");
-            reply(&mut send, Err(Failure::Server(e)), None).await;
+            reply(&mut send, Err(Failure::Server(e)), None, None).await;
             return;
         }
     };
@@ -127,12 +136,12 @@ async fn call(
     let faults = (method.service() != SUPERVISOR)
         .then(|| config.faults.clone())
         .flatten();
-    let Some(service) = table.get(method.service()) else {
+    let Some(service) = shared.table.get(method.service()) else {
         let e = Error::fatal(
             Kind::NotSupported,
             format!("no service named {} on this machine", method.service()),
         );
-        reply(&mut send, Err(Failure::Server(e)), faults).await;
+        reply(&mut send, Err(Failure::Server(e)), None, faults).await;
         return;
     };
     let timeout = request.header.timeout();
@@ -154,11 +163,37 @@ async fn call(
     let handler = match service.dispatch(method.method(), dispatched) {
         Ok(handler) => handler,
         Err(e) => {
-            reply(&mut send, Err(Failure::Server(e)), faults).await;
+            reply(&mut send, Err(Failure::Server(e)), None, faults).await;
             return;
         }
     };
+    // An exactly-once call's repeat never runs the handler (a future not yet polled: dropping
+    // it runs nothing of the method).
+    let recorder = match request
+        .header
+        .exactly_once()
+        .then(|| shared.outcomes.begin(request.header.call_id))
+    {
+        None => None,
+        Some(Begin::First(recorder)) => Some(recorder),
+        Some(Begin::Done(kept)) => {
+            drop(handler);
+            send_reply(&mut send, kept, faults).await;
+            return;
+        }
+        Some(Begin::Running(first)) => {
+            drop(handler);
+            repeat_of_running(send, first, method.as_str(), deadline, timeout, faults).await;
+            return;
+        }
+    };
+    // An exactly-once call's method runs to its end (or deadline) even if the caller goes
+    // away: its outcome is kept for the caller's next try.
+    let once = recorder.is_some();
     let gone = async {
+        if once {
+            futures::future::pending::<()>().await;
+        }
         let _ = send.stopped().await;
     };
     let (outcome, reply_slot) = with_reply_slot(run_handler(
@@ -176,6 +211,16 @@ async fn call(
     };
     let replied = match outcome {
         Ok(Outcome::Stream(stream)) => {
+            if let Some(recorder) = recorder {
+                // Cannot be kept: a repeat gets an error, not a second run.
+                let e = Error::fatal(
+                    Kind::Invalid,
+                    format!("{method} replied with a byte stream, which an exactly-once call cannot repeat"),
+                );
+                if let Some(kept) = encode(Err(Failure::Server(e))) {
+                    recorder.record(kept);
+                }
+            }
             let streamed = io::write_reply_stream(&mut send, stream);
             let streamed = match deadline {
                 Some(d) => tokio::time::timeout_at(d, streamed)
@@ -192,13 +237,49 @@ async fn call(
             }
             streamed.is_ok()
         }
-        Ok(Outcome::Archive(payload)) => reply(&mut send, Ok(payload), faults).await,
-        Err(failure) => reply(&mut send, Err(failure), faults).await,
+        Ok(Outcome::Archive(payload)) => reply(&mut send, Ok(payload), recorder, faults).await,
+        Err(failure) => reply(&mut send, Err(failure), recorder, faults).await,
     };
     if let Some(watch) = reply_slot.asked() {
         // Every byte of the reply acknowledged by the caller: the stream is done, not stopped.
         let delivered = replied && matches!(send.stopped().await, Ok(None));
         watch.settle(delivered);
+    }
+}
+
+/// Answers a repeat of an exactly-once call whose first try is still running: with the first
+/// try's outcome once there is one; with [`Kind::DeadlineExceeded`] if this try's deadline comes
+/// first; with a temporary [`Kind::Unavailable`] if the first try ended without an outcome. A
+/// caller that goes away ends the wait.
+async fn repeat_of_running(
+    mut send: SendStream,
+    first: tokio::sync::watch::Receiver<Option<Kept>>,
+    method: &str,
+    deadline: Option<Instant>,
+    timeout: Option<Duration>,
+    faults: Option<Arc<ReplyFaults>>,
+) {
+    let expired = async {
+        match deadline {
+            Some(d) => tokio::time::sleep_until(d).await,
+            None => futures::future::pending().await,
+        }
+    };
+    let waited = tokio::select! {
+        kept = Begin::wait(first) => kept.ok_or_else(|| Error::new(
+            Kind::Unavailable,
+            format!("{method}: the first try of this exactly-once call ended without an outcome"),
+        )),
+        _ = expired => Err(Error::deadline_exceeded(&format!("{method} on the server"), timeout)),
+        _ = send.stopped() => return,
+    };
+    match waited {
+        Ok(kept) => {
+            send_reply(&mut send, kept, faults).await;
+        }
+        Err(e) => {
+            reply(&mut send, Err(Failure::Server(e)), None, faults).await;
+        }
     }
 }
 
@@ -239,26 +320,56 @@ async fn run_handler(
     }
 }
 
-/// Sends the outcome of a call, applying an injected fault if one is drawn. Returns whether the
-/// whole reply was handed to the transport.
-async fn reply(
-    send: &mut SendStream,
-    outcome: Result<Payload, Failure>,
-    faults: Option<Arc<ReplyFaults>>,
-) -> bool {
+/// A call's outcome as its reply carries it; `None` (after a warning) if an error cannot be
+/// encoded.
+fn encode(outcome: Result<Payload, Failure>) -> Option<Kept> {
     let (status, payload) = match outcome {
-        Ok(payload) => (Status::Ok, Ok(payload)),
+        // Without a copy: the pooled buffer returns to its pool when the last clone goes.
+        Ok(payload) => {
+            return Some(Kept {
+                status: Status::Ok,
+                payload: Bytes::from_owner(Pooled(payload)),
+            })
+        }
         Err(Failure::Method(e)) => (Status::MethodError, wire::encode_error(&e)),
         Err(Failure::Server(e)) => (Status::ServerError, wire::encode_error(&e)),
     };
-    let payload = match payload {
-        Ok(payload) => payload,
+    match payload {
+        Ok(payload) => Some(Kept {
+            status,
+            payload: Bytes::from_owner(Pooled(payload)),
+        }),
         Err(e) => {
             tracing::warn!(error = %e, "could not encode a reply");
-            io::reset(send, Reset::Unencodable);
-            return false;
+            None
         }
+    }
+}
+
+/// Sends the outcome of a call, first keeping it with `recorder` (an exactly-once call's first
+/// try), applying an injected fault if one is drawn. Returns whether the whole reply was handed
+/// to the transport.
+async fn reply(
+    send: &mut SendStream,
+    outcome: Result<Payload, Failure>,
+    recorder: Option<Recorder>,
+    faults: Option<Arc<ReplyFaults>>,
+) -> bool {
+    let Some(kept) = encode(outcome) else {
+        // Dropping the recorder lets a repeat try the call afresh.
+        io::reset(send, Reset::Unencodable);
+        return false;
     };
+    if let Some(recorder) = recorder {
+        recorder.record(kept.clone());
+    }
+    send_reply(send, kept, faults).await
+}
+
+/// Sends an encoded outcome, applying an injected fault if one is drawn. Returns whether the
+/// whole reply was handed to the transport.
+async fn send_reply(send: &mut SendStream, kept: Kept, faults: Option<Arc<ReplyFaults>>) -> bool {
+    let Kept { status, payload } = kept;
     let result = match faults.and_then(|f| f.draw()) {
         None => io::write_reply(send, status, payload).await.map(|()| true),
         Some(ReplyFault::Drop) => {

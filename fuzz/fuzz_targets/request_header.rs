@@ -1,4 +1,4 @@
-//! A request's head from the network: the 40-byte header, then the method name. Decoding never
+//! A request's head from the network: the fixed header, then the method name. Decoding never
 //! panics; what decodes re-encodes to what decodes the same.
 #![no_main]
 

@@ -22,6 +22,12 @@ pub const ENV_MAXPROCS: &str = "BIGMACHINE_MAXPROCS";
 pub const ENV_DRIVER_PID: &str = "BIGMACHINE_DRIVER_PID";
 /// Milliseconds the machine waits for its first keepalive before exiting.
 pub const ENV_KEEPALIVE_MS: &str = "BIGMACHINE_KEEPALIVE_MS";
+/// How many outcomes of exactly-once calls the machine keeps (default 100,000).
+pub const ENV_EXACTLY_ONCE_CALLS: &str = "BIGMACHINE_EXACTLY_ONCE_CALLS";
+/// Milliseconds the machine keeps an exactly-once call's outcome (default 600,000).
+pub const ENV_EXACTLY_ONCE_AGE_MS: &str = "BIGMACHINE_EXACTLY_ONCE_AGE_MS";
+/// Bytes of exactly-once outcomes the machine keeps at most (default 256 MiB).
+pub const ENV_EXACTLY_ONCE_BYTES: &str = "BIGMACHINE_EXACTLY_ONCE_BYTES";
 /// Starts the stdout line through which a machine tells the driver its address.
 pub const ADDR_MARKER: &str = "bigmachine-addr:";
 

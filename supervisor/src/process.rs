@@ -15,7 +15,8 @@ use std::time::Duration;
 use bigmachine_core::{Credentials, Error, Kind, Result, System};
 
 use crate::env::{
-    ADDR_MARKER, ENV_ADDR, ENV_CREDENTIALS, ENV_DRIVER_PID, ENV_KEEPALIVE_MS, ENV_MAXPROCS,
+    ADDR_MARKER, ENV_ADDR, ENV_CREDENTIALS, ENV_DRIVER_PID, ENV_EXACTLY_ONCE_AGE_MS,
+    ENV_EXACTLY_ONCE_BYTES, ENV_EXACTLY_ONCE_CALLS, ENV_KEEPALIVE_MS, ENV_MAXPROCS,
 };
 use crate::machine::{start, MachineOptions};
 
@@ -69,6 +70,13 @@ async fn serve(system: Arc<dyn System>) -> Result<Error> {
     )?;
     let keepalive = Duration::from_millis(env_or(ENV_KEEPALIVE_MS, 60_000u64)?);
     let mut options = MachineOptions::new(creds, system);
+    let once = &mut options.server.exactly_once;
+    once.max_calls = env_or(ENV_EXACTLY_ONCE_CALLS, once.max_calls)?;
+    once.max_age = Duration::from_millis(env_or(
+        ENV_EXACTLY_ONCE_AGE_MS,
+        once.max_age.as_millis() as u64,
+    )?);
+    once.max_bytes = env_or(ENV_EXACTLY_ONCE_BYTES, once.max_bytes)?;
     options.bind = bind;
     options.maxprocs = maxprocs;
     options.first_keepalive = keepalive;

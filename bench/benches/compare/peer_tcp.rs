@@ -1,4 +1,4 @@
-//! The kernel floor: TCP over loopback with bigmachine's framing sizes (a 40-byte request header
+//! The kernel floor: TCP over loopback with bigmachine's framing sizes (a 56-byte request header
 //! and a 16-byte reply header, each followed by its payload). Sequential calls are a plain
 //! ping-pong on one connection; calls in flight share a second connection through a writer task
 //! and a reader task matching replies to requests by id (what any multiplexing RPC over TCP does).
@@ -19,7 +19,7 @@ use crate::server;
 const ECHO: u8 = 0;
 const PUT: u8 = 1;
 const GET: u8 = 2;
-const REQ: usize = 40;
+const REQ: usize = 56;
 const REPLY: usize = 16;
 
 fn request_header(id: u64, op: u8, n: u64, len: u64) -> [u8; REQ] {

@@ -7,21 +7,24 @@ use crate::error::{Error, Kind, Result};
 /// Marks the start of every header.
 pub const MAGIC: u16 = 0xB16A;
 /// The version of this format.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Length of a request header.
-pub const REQUEST_HEADER_LEN: usize = 40;
+pub const REQUEST_HEADER_LEN: usize = 56;
 /// Length of a reply header.
 pub const REPLY_HEADER_LEN: usize = 16;
 /// The longest method name accepted.
 pub const MAX_METHOD_LEN: usize = 512;
 /// Request flag: a byte stream (the rest of the QUIC stream) follows the argument's archive.
 pub const FLAG_STREAM_ARG: u8 = 0x01;
-const KNOWN_FLAGS: u8 = FLAG_STREAM_ARG;
+/// Request flag: the call is exactly-once; the server runs its method at most once per
+/// `call_id` and answers repeats with the outcome it kept.
+pub const FLAG_EXACTLY_ONCE: u8 = 0x02;
+const KNOWN_FLAGS: u8 = FLAG_STREAM_ARG | FLAG_EXACTLY_ONCE;
 
 /// The fixed part of a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RequestHeader {
-    /// Flags ([`FLAG_STREAM_ARG`]); unknown flags are refused.
+    /// Flags ([`FLAG_STREAM_ARG`], [`FLAG_EXACTLY_ONCE`]); unknown flags are refused.
     pub flags: u8,
     /// Length of the method name that follows the header.
     pub method_len: u16,
@@ -33,6 +36,8 @@ pub struct RequestHeader {
     pub reply_type: u64,
     /// Length of the payload after the method name.
     pub payload_len: u64,
+    /// The logical call's id: the same for each of its tries.
+    pub call_id: u128,
 }
 
 impl RequestHeader {
@@ -46,6 +51,11 @@ impl RequestHeader {
         self.flags & FLAG_STREAM_ARG != 0
     }
 
+    /// Whether the call is exactly-once.
+    pub fn exactly_once(&self) -> bool {
+        self.flags & FLAG_EXACTLY_ONCE != 0
+    }
+
     /// The header's bytes.
     pub fn encode(&self) -> [u8; REQUEST_HEADER_LEN] {
         let mut b = [0u8; REQUEST_HEADER_LEN];
@@ -57,6 +67,7 @@ impl RequestHeader {
         b[16..24].copy_from_slice(&self.arg_type.to_le_bytes());
         b[24..32].copy_from_slice(&self.reply_type.to_le_bytes());
         b[32..40].copy_from_slice(&self.payload_len.to_le_bytes());
+        b[40..56].copy_from_slice(&self.call_id.to_le_bytes());
         b
     }
 
@@ -91,6 +102,7 @@ impl RequestHeader {
             arg_type: le_u64(&b[16..24]),
             reply_type: le_u64(&b[24..32]),
             payload_len: le_u64(&b[32..40]),
+            call_id: u128::from_le_bytes(b[40..56].try_into().unwrap_or_default()),
         };
         if h.flags & !KNOWN_FLAGS != 0 {
             return Err(invalid(format!("unknown request flags {:#x}", h.flags)));
@@ -264,11 +276,12 @@ mod tests {
     #[test]
     fn request_head_round_trip() -> Result<()> {
         let h = RequestHeader {
-            flags: FLAG_STREAM_ARG,
+            flags: FLAG_STREAM_ARG | FLAG_EXACTLY_ONCE,
             timeout_us: 2_000_000,
             arg_type: 1,
             reply_type: u64::MAX,
             payload_len: 4096,
+            call_id: u128::MAX - 7,
             ..Default::default()
         };
         let mut head = Vec::new();
@@ -279,7 +292,7 @@ mod tests {
         let back = RequestHeader::decode(&fixed, 1 << 20)?;
         assert_eq!(back, RequestHeader { method_len: 9, ..h });
         assert_eq!(back.timeout(), Some(Duration::from_secs(2)));
-        assert!(back.has_stream());
+        assert!(back.has_stream() && back.exactly_once());
         let name = MethodName::parse(head[REQUEST_HEADER_LEN..].to_vec())?;
         assert_eq!((name.service(), name.method()), ("Echo", "echo"));
         Ok(())

@@ -6,7 +6,8 @@
 //!
 //! ```text
 //! request:  magic u16 | version u8 | flags u8 | method_len u16 | reserved u16
-//!           | timeout_us u64 | arg_type u64 | reply_type u64 | payload_len u64     (40 bytes, LE)
+//!           | timeout_us u64 | arg_type u64 | reply_type u64 | payload_len u64
+//!           | call_id u128                                                       (56 bytes, LE)
 //!           | method ("Service.method", method_len bytes) | payload (an rkyv archive)
 //!           [ | argument stream: raw bytes up to the end of the QUIC stream ]  (FLAG_STREAM_ARG)
 //! reply:    magic u16 | version u8 | status u8 | reserved u32 | payload_len u64  (16 bytes, LE)
@@ -18,7 +19,8 @@
 //!
 //! `timeout_us` is the time the caller still allows the call (0: none); the server enforces it
 //! from the moment the header arrives, so clocks need not agree. `arg_type` and `reply_type` are
-//! [`crate::codec::type_tag`]s. Errors travel as archives of their flattened cause chain
+//! [`crate::codec::type_tag`]s. `call_id` names the logical call (every try of it carries the
+//! same); with `FLAG_EXACTLY_ONCE` the server runs the method at most once per id. Errors travel as archives of their flattened cause chain
 //! ([`encode_error`], [`decode_error`]). A stream that cannot complete is reset with one of the
 //! [`Reset`] codes.
 //!
@@ -37,7 +39,7 @@ pub use frame::{
     MAX_FRAME,
 };
 pub use header::{
-    MethodName, ReplyHeader, RequestHeader, Status, FLAG_STREAM_ARG, MAGIC, MAX_METHOD_LEN,
-    REPLY_HEADER_LEN, REQUEST_HEADER_LEN, VERSION,
+    MethodName, ReplyHeader, RequestHeader, Status, FLAG_EXACTLY_ONCE, FLAG_STREAM_ARG, MAGIC,
+    MAX_METHOD_LEN, REPLY_HEADER_LEN, REQUEST_HEADER_LEN, VERSION,
 };
 pub use reset::Reset;

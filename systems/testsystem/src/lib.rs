@@ -6,6 +6,10 @@
 //! ends a machine abruptly, short keepalives ([`TestSystemBuilder::keepalive`]) make failure
 //! detection fast, and reply faults ([`TestSystemBuilder::faults`]) break replies on purpose.
 //!
+//! A bad network is one wrapper away: [`Relayed`] puts each machine of any system (this one, or
+//! real processes of the local system) behind a seeded UDP [`Relay`] that loses, delays,
+//! reorders or partitions its traffic ([`LinkFaults`], changeable while the test runs).
+//!
 //! ```no_run
 //! # async fn demo() -> bigmachine_core::Result<()> {
 //! use bigmachine_core::B;
@@ -18,6 +22,12 @@
 //! ```
 #![deny(missing_docs)]
 
+mod relay;
+mod relayed;
+
+pub use relay::{LinkFaults, Relay, RelayStats};
+pub use relayed::Relayed;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,8 +35,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bigmachine_core::{
-    Authority, Error, KeepaliveConfig, Kind, Launched, Machine, ReplyFaults, Result, System,
-    TransportConfig,
+    Authority, Error, KeepaliveConfig, Kind, Launched, Machine, OutcomeLimits, ReplyFaults, Result,
+    System, TransportConfig,
 };
 use bigmachine_supervisor::{MachineHandle, MachineOptions};
 use futures::future::BoxFuture;
@@ -59,6 +69,7 @@ pub struct TestSystemBuilder {
     faults: Option<Arc<ReplyFaults>>,
     transport: TransportConfig,
     max_payload: u64,
+    exactly_once: OutcomeLimits,
     maxprocs: usize,
 }
 
@@ -86,6 +97,13 @@ impl TestSystemBuilder {
     /// [`bigmachine_core::DEFAULT_MAX_PAYLOAD`] (1 GiB).
     pub fn max_payload(mut self, bytes: u64) -> Self {
         self.max_payload = bytes;
+        self
+    }
+
+    /// How many outcomes of exactly-once calls the machines keep, and for how long. Default:
+    /// [`OutcomeLimits::default`].
+    pub fn exactly_once(mut self, limits: OutcomeLimits) -> Self {
+        self.exactly_once = limits;
         self
     }
 
@@ -125,6 +143,7 @@ impl TestSystem {
             faults: None,
             transport: TransportConfig::default(),
             max_payload: bigmachine_core::DEFAULT_MAX_PAYLOAD,
+            exactly_once: OutcomeLimits::default(),
             maxprocs: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
@@ -185,6 +204,7 @@ impl System for TestSystem {
                 options.transport = settings.transport.clone();
                 options.server.max_payload = settings.max_payload;
                 options.server.faults = settings.faults.clone();
+                options.server.exactly_once = settings.exactly_once;
                 options.maxprocs = settings.maxprocs;
                 options.first_keepalive = settings.keepalive.timeout;
                 let handle = bigmachine_supervisor::start(options)?;
