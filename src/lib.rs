@@ -68,10 +68,11 @@
 #![deny(missing_docs)]
 
 pub use bigmachine_core::{
-    Archived, Authority, BootTimeouts, Builder, ByteSink, ByteStream, Call, Context, Credentials,
-    Decode, DiskInfo, Encode, Error, FromPayload, Info, KeepaliveConfig, Kind, Launched, LoadInfo,
-    Machine, MemInfo, OutcomeLimits, Params, Payload, Reply, Result, RetryPolicy, ServiceValue,
-    Services, Severity, State, System, TransportConfig, B, DEFAULT_MAX_PAYLOAD,
+    Archived, Authority, BootTimeouts, Builder, ByteSink, ByteStream, Call, Congestion, Context,
+    Credentials, Decode, DiskInfo, Encode, Error, FromPayload, Info, KeepaliveConfig, Kind,
+    Launched, LoadInfo, Machine, MemInfo, OutcomeLimits, Params, Payload, Reply, Result,
+    RetryPolicy, ServiceValue, Services, Severity, State, System, TransportConfig, B,
+    DEFAULT_MAX_PAYLOAD,
 };
 pub use bigmachine_macros::service;
 

@@ -89,6 +89,7 @@ async fn exactly_once_under_reply_drops() -> Result<()> {
             .call("Counter.add", &"once".to_string())
             .retry_with(quick)
             .exactly_once()
+            .timeout(Duration::from_secs(30))
             .await?;
         replies.push(n);
     }
@@ -103,6 +104,7 @@ async fn exactly_once_under_reply_drops() -> Result<()> {
         let _: u64 = m
             .call("Counter.add", &"plain".to_string())
             .retry_with(quick)
+            .timeout(Duration::from_secs(30))
             .await?;
     }
     assert!(
@@ -118,6 +120,7 @@ async fn exactly_once_under_reply_drops() -> Result<()> {
             .call::<_, u64>("Counter.fail", &"fails".to_string())
             .retry_with(quick)
             .exactly_once()
+            .timeout(Duration::from_secs(30))
             .await
             .err()
             .ok_or_else(|| Error::new(Kind::Other, "a failing method succeeded"))?;

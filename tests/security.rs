@@ -103,6 +103,7 @@ fn frame(method: &[u8], payload: &[u8], arg_type: u64, reply_type: u64) -> Vec<u
         arg_type,
         reply_type,
         payload_len: payload.len() as u64,
+        call_id: 1,
     }
     .encode()
     .to_vec();
@@ -165,6 +166,46 @@ async fn garbage_on_a_call_stream_gets_an_error_reply() -> Result<()> {
     // Still serving.
     let reply: String = machines[0].call("Echo.echo", &"fine".to_string()).await?;
     assert_eq!(reply, "hello, fine");
+    b.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_stalls_is_answered_at_its_deadline() -> Result<()> {
+    let (b, machines) = echo_cluster(TestSystem::new(), 1).await?;
+    let authority = b.authority().ok_or_else(|| Error::other("no authority"))?;
+    let endpoint = Endpoint::bind(
+        loopback(),
+        &authority.issue("raw client")?,
+        TransportConfig::default(),
+    )?;
+    let conn = endpoint.connect(machines[0].addr(), SERVER_NAME).await?;
+    // A header allowing 300 ms that announces 1,000 bytes of argument; 10 are sent, and the
+    // stream stays open.
+    let method = b"Echo.echo";
+    let string_tag = type_tag::<String>();
+    let mut head = RequestHeader {
+        flags: 0,
+        method_len: method.len() as u16,
+        timeout_us: 300_000,
+        arg_type: string_tag,
+        reply_type: string_tag,
+        payload_len: 1000,
+        call_id: 7,
+    }
+    .encode()
+    .to_vec();
+    head.extend_from_slice(method);
+    head.extend_from_slice(&[0u8; 10]);
+    let (mut send, mut recv) = conn.open_bi().await?;
+    send.write_all(&head).await?;
+    let reply = tokio::time::timeout(Duration::from_secs(5), read_reply(&mut recv, 1 << 20))
+        .await
+        .map_err(|_| Error::other("the server still waits for the argument after 5 s"))??;
+    assert_eq!(reply.0, Status::ServerError);
+    let err = wire::decode_error(&reply.1);
+    assert_eq!(err.kind(), Kind::DeadlineExceeded, "{err}");
+    drop(send);
     b.shutdown().await;
     Ok(())
 }

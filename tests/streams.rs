@@ -11,6 +11,7 @@ use bigmachine::{service, ByteStream, Context, Error, Kind, Result, Services, St
 use bytes::Bytes;
 use common::eventually;
 use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
 
 static PRODUCER_CANCELED: AtomicBool = AtomicBool::new(false);
 
@@ -70,6 +71,16 @@ impl Streams {
                 sent += len as u64;
             }
             sink.finish();
+        });
+        Ok(stream)
+    }
+
+    /// An endless reply stream of 64 KiB pattern chunks.
+    async fn endless(&self, _ctx: &Context, _arg: ()) -> Result<ByteStream> {
+        let (sink, stream) = ByteStream::channel(4);
+        tokio::spawn(async move {
+            let chunk = pattern(0, 64 << 10);
+            while sink.send(chunk.clone()).await.is_ok() {}
         });
         Ok(stream)
     }
@@ -235,6 +246,29 @@ async fn dropping_the_reader_stops_the_producer() -> Result<()> {
         .body(|| ByteStream::from_bytes(vec![1u8; 10]))
         .await?;
     assert_eq!(n, 10);
+    b.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_stream_ends_with_its_calls_cancellation() -> Result<()> {
+    let (b, m) = cluster(TestSystem::new()).await?;
+    let cancel = CancellationToken::new();
+    let mut stream: ByteStream = m.call("S.endless", &()).cancel_on(&cancel).await?;
+    for _ in 0..3 {
+        stream
+            .next_chunk()
+            .await
+            .ok_or_else(|| Error::other("ended"))??;
+    }
+    cancel.cancel();
+    // The next read says so (the stream would go on for ever otherwise).
+    let next = stream
+        .next_chunk()
+        .await
+        .map(|c| c.map(|_| ()).map_err(|e| e.kind()));
+    assert_eq!(next, Some(Err(Kind::Canceled)));
+    assert!(stream.next_chunk().await.is_none(), "the stream goes on");
     b.shutdown().await;
     Ok(())
 }

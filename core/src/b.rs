@@ -2,7 +2,7 @@
 //! in a machine it is the handle services use to reach other machines. Starting and dialing
 //! machines is in [`crate::start`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,6 +16,9 @@ use crate::link::{lock, State};
 use crate::machine::Machine;
 use crate::system::System;
 
+/// Stopped machines a driver keeps listing (see [`B::machines`]).
+pub(crate) const KEPT_STOPPED: usize = 1024;
+
 struct Inner {
     system: Arc<dyn System>,
     endpoint: Endpoint,
@@ -25,6 +28,8 @@ struct Inner {
     machines: Mutex<Vec<Machine>>,
     dialed: Mutex<HashMap<SocketAddr, Machine>>,
     uploaded: AtomicU64,
+    /// Digests of binaries one machine is being given by the driver (see [`B::claim_upload`]).
+    uploading: Mutex<HashSet<String>>,
 }
 
 /// A bigmachine instance: the driver's handle on its cluster, or a machine's handle on its peers.
@@ -142,6 +147,7 @@ impl B {
                 machines: Mutex::new(Vec::new()),
                 dialed: Mutex::new(HashMap::new()),
                 uploaded: AtomicU64::new(0),
+                uploading: Mutex::new(HashSet::new()),
             }),
         }
     }
@@ -196,9 +202,21 @@ impl B {
         )
     }
 
-    /// Adds machines this driver started.
+    /// Adds machines this driver started. Stopped machines are kept for inspection (their
+    /// errors, the status page), the latest [`KEPT_STOPPED`] of them: a driver that starts and
+    /// stops machines for ever holds a bounded list.
     pub(crate) fn add_machines(&self, machines: &[Machine]) {
-        lock(&self.inner.machines).extend(machines.iter().cloned());
+        let mut all = lock(&self.inner.machines);
+        all.extend(machines.iter().cloned());
+        let stopped = all.iter().filter(|m| m.state() == State::Stopped).count();
+        let mut extra = stopped.saturating_sub(KEPT_STOPPED);
+        if extra > 0 {
+            all.retain(|m| {
+                let drop = extra > 0 && m.state() == State::Stopped;
+                extra -= usize::from(drop);
+                !drop
+            });
+        }
     }
 
     /// The machines dialed by address, by address.
@@ -216,19 +234,37 @@ impl B {
         self.inner.uploaded.fetch_add(bytes, Ordering::Relaxed);
     }
 
-    /// The address of a Running machine of this driver, other than `not`, that runs `digest`.
-    pub(crate) fn peer_running(&self, digest: &str, not: SocketAddr) -> Option<SocketAddr> {
-        lock(&self.inner.machines)
+    /// The address of a machine of this driver, other than `not`, that runs `digest` (it
+    /// booted into it and has not stopped), to fetch the binary from.
+    /// Of several, one at random, so that machines fetching at once spread over them.
+    pub(crate) fn peer_with(&self, digest: &str, not: SocketAddr) -> Option<SocketAddr> {
+        let peers: Vec<SocketAddr> = lock(&self.inner.machines)
             .iter()
-            .find(|m| {
+            .filter(|m| {
                 m.addr() != not
-                    && m.state() == State::Running
+                    && m.state() != State::Stopped
                     && m.digest().as_deref() == Some(digest)
             })
             .map(Machine::addr)
+            .collect();
+        (!peers.is_empty()).then(|| peers[fastrand::usize(..peers.len())])
     }
 
-    /// The machines this driver started, in start order.
+    /// Claims the driver's upload of the binary of `digest` for one machine, unless another
+    /// machine holds the claim: machines booted together then get the binary once from the
+    /// driver, and from the machines that run it once one does. The claim lasts while
+    /// the returned value lives.
+    pub(crate) fn claim_upload(&self, digest: &str) -> Option<UploadClaim> {
+        lock(&self.inner.uploading)
+            .insert(digest.to_string())
+            .then(|| UploadClaim {
+                b: self.clone(),
+                digest: digest.to_string(),
+            })
+    }
+
+    /// The machines this driver started, in start order: all that have not stopped, and the
+    /// latest 1,024 that have.
     pub fn machines(&self) -> Vec<Machine> {
         lock(&self.inner.machines).clone()
     }
@@ -243,5 +279,19 @@ impl B {
         }
         self.inner.system.shutdown().await;
         self.inner.endpoint.close("driver shut down");
+    }
+}
+
+/// A machine's claim on the driver's upload of a binary ([`B::claim_upload`]); released when
+/// dropped.
+#[derive(Debug)]
+pub(crate) struct UploadClaim {
+    b: B,
+    digest: String,
+}
+
+impl Drop for UploadClaim {
+    fn drop(&mut self) {
+        lock(&self.b.inner.uploading).remove(&self.digest);
     }
 }

@@ -89,10 +89,13 @@ pub(crate) async fn boot(
     // The machine answered a ping; a busy one may still miss one call's deadline.
     let mut info = answer(machine, &supervisor, keepalive, |_| true, "did not answer").await?;
     let upload = info.digest != plan.binary.digest;
+    // Held until this machine runs the binary, so that machines booted with it fetch it from
+    // this one rather than from the driver.
+    let mut upload_claim = None;
     if upload || plan.exec {
         if upload {
             let bound = plan.b.boot_timeouts().binary;
-            tokio::time::timeout(
+            upload_claim = tokio::time::timeout(
                 bound,
                 provide_binary(
                     machine,
@@ -154,6 +157,7 @@ pub(crate) async fn boot(
         }
     }
     machine.booted(info.maxprocs, info.digest);
+    drop(upload_claim);
     let install = plan.b.boot_timeouts().install;
     for spec in &plan.services {
         // The deadline travels to the machine, which gives up on the service's init too.

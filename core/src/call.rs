@@ -131,6 +131,17 @@ pub struct Response {
     payload: Payload,
     recv: RecvStream,
     writer: Option<AbortOnDrop>,
+    /// What bounds the reading of a reply stream: the call's deadline and cancellation, and
+    /// the call's name for their errors.
+    bounds: Bounds,
+}
+
+/// A call's deadline and cancellation, which also end the reading of its reply stream.
+#[derive(Debug, Default)]
+struct Bounds {
+    deadline: Option<Instant>,
+    cancel: Option<CancellationToken>,
+    what: String,
 }
 
 /// What a call can return: any [`Decode`](crate::Decode) type or an
@@ -168,7 +179,16 @@ impl Reply for ByteStream {
 
     fn from_response(response: Response) -> Result<Self> {
         match response.status {
-            Status::Stream => Ok(io::reply_stream(response.recv).with_writer(response.writer)),
+            Status::Stream => {
+                let Bounds {
+                    deadline,
+                    cancel,
+                    what,
+                } = response.bounds;
+                Ok(io::reply_stream(response.recv)
+                    .with_writer(response.writer)
+                    .bounded(deadline, cancel, what))
+            }
             _ => Err(Error::fatal(
                 Kind::Invalid,
                 "the method replied with an archive, not a byte stream",
@@ -325,6 +345,14 @@ where
             try_once,
         )
         .await?;
+        let mut response = response;
+        if response.status == Status::Stream {
+            response.bounds = Bounds {
+                deadline: self.deadline,
+                cancel: self.cancel.clone(),
+                what: what(),
+            };
+        }
         R::from_response(response)
     }
 }
@@ -493,6 +521,7 @@ async fn exchange(request: Request<'_>, body: Option<ByteStream>) -> Result<Resp
             payload,
             recv,
             writer,
+            bounds: Bounds::default(),
         }),
         Status::MethodError => Err(Error::new(
             Kind::Remote,

@@ -284,6 +284,8 @@ impl From<bigmachine_quic::Error> for Error {
             E::Connection(c) if bigmachine_quic::is_handshake_refusal(c) => {
                 Self::fatal(Kind::Net, format!("TLS handshake refused: {e}"))
             }
+            E::Config(_) => Self::fatal(Kind::Invalid, e.to_string()),
+            E::Shut(_) => Self::fatal(Kind::Unavailable, e.to_string()),
             E::Certificate(_) | E::Tls(_) | E::Io(_) => Self::fatal(Kind::Other, e.to_string()),
             E::Connect(_) | E::Connection(_) | E::ConnectTimeout(_) => {
                 Self::temporary(Kind::Net, e.to_string())

@@ -27,20 +27,42 @@ pub(crate) struct IncomingRequest {
 
 /// Reads a request: header, method name and payload (and, unless a byte stream follows, the end
 /// of the stream). A stream that ends early is [`Kind::Invalid`]: the peer sent a bad frame.
+/// The whole read ends by the request's own deadline (its timeout from `arrived`) or, for a
+/// request without one, `limit` after `arrived`: a [`Kind::DeadlineExceeded`] error.
 pub(crate) async fn read_request(
     recv: &mut RecvStream,
     max_payload: u64,
+    arrived: tokio::time::Instant,
+    limit: std::time::Duration,
 ) -> Result<IncomingRequest> {
+    let late = |what: &str| {
+        Error::fatal(
+            Kind::DeadlineExceeded,
+            format!("the request's {what} did not arrive in time"),
+        )
+    };
     let mut hb = [0u8; REQUEST_HEADER_LEN];
-    read_exact(recv, &mut hb, Kind::Invalid).await?;
+    let head_by = crate::deadline::saturating_after(arrived, limit);
+    tokio::time::timeout_at(head_by, read_exact(recv, &mut hb, Kind::Invalid))
+        .await
+        .map_err(|_| late("header"))??;
     let header = RequestHeader::decode(&hb, max_payload)?;
-    let mut name = vec![0u8; usize::from(header.method_len)];
-    read_exact(recv, &mut name, Kind::Invalid).await?;
-    let method = MethodName::parse(name)?;
-    let arg = read_payload(recv, header.payload_len, Kind::Invalid).await?;
-    if !header.has_stream() {
-        read_end(recv, Kind::Invalid).await?;
-    }
+    let rest_by = header
+        .timeout()
+        .map_or(head_by, |t| crate::deadline::saturating_after(arrived, t));
+    let rest = async {
+        let mut name = vec![0u8; usize::from(header.method_len)];
+        read_exact(recv, &mut name, Kind::Invalid).await?;
+        let method = MethodName::parse(name)?;
+        let arg = read_payload(recv, header.payload_len, Kind::Invalid).await?;
+        if !header.has_stream() {
+            read_end(recv, Kind::Invalid).await?;
+        }
+        Ok::<_, Error>((method, arg))
+    };
+    let (method, arg) = tokio::time::timeout_at(rest_by, rest)
+        .await
+        .map_err(|_| late("argument"))??;
     Ok(IncomingRequest {
         header,
         method,

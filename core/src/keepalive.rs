@@ -156,21 +156,29 @@ where
     let mut tracker = Tracker::new(cfg.timeout, Instant::now());
     // The last failure, to name as the cause when the machine is lost.
     let mut last_failure: Option<Error> = None;
+    let lost = |tracker: &Tracker, cause: Option<Error>| {
+        let silent = Instant::now().saturating_duration_since(tracker.last_ok);
+        let lost = Error::new(
+            Kind::Unavailable,
+            format!("machine {name} failed keepalives for {silent:?}"),
+        );
+        match cause {
+            Some(cause) => lost.caused_by(cause),
+            None => lost,
+        }
+    };
     loop {
         let sent = Instant::now();
-        let reply = tokio::select! {
-            reply = send() => reply,
-            () = tokio::time::sleep_until(tracker.deadline()) => {
-                let silent = Instant::now().saturating_duration_since(tracker.last_ok);
-                let lost = Error::new(
-                    Kind::Unavailable,
-                    format!("machine {name} failed keepalives for {silent:?}"),
-                );
-                return match last_failure {
-                    Some(cause) => lost.caused_by(cause),
-                    None => lost,
-                };
+        let deadline = tracker.deadline();
+        // A try still waiting at the deadline is abandoned; one sent at or past it (a period
+        // as long as the timeout) has its own time, and its failure decides.
+        let reply = if deadline >= sent {
+            tokio::select! {
+                reply = send() => reply,
+                () = tokio::time::sleep_until(deadline) => return lost(&tracker, last_failure),
             }
+        } else {
+            send().await
         };
         let now = Instant::now();
         let next = crate::deadline::saturating_after(sent, cfg.period);
@@ -182,6 +190,7 @@ where
             }
             // Stopped meanwhile (shut down, or lost): its reason is recorded; nothing to report.
             Err(e) if stopped() => return e,
+            Err(e) if now >= tracker.deadline() => return lost(&tracker, Some(e)),
             Err(e) => {
                 report(Err(&e), next);
                 last_failure = Some(e);
@@ -267,11 +276,12 @@ mod tests {
         assert_eq!(reports, 7, "every try but the abandoned one is reported");
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_machine_that_answers_is_kept_for_ever() {
+    /// Runs the loop for `within` against a machine that answers every keepalive at once;
+    /// asserts it is never lost; returns how many keepalives were sent.
+    async fn answered_throughout(cfg: KeepaliveConfig, within: Duration) -> u32 {
         let sent = AtomicU32::new(0);
         let lost = run(
-            config(),
+            cfg,
             "m",
             || {
                 sent.fetch_add(1, Ordering::Relaxed);
@@ -280,13 +290,29 @@ mod tests {
             |_, _| {},
             || false,
         );
-        let outcome = tokio::time::timeout(Duration::from_secs(3600), lost).await;
+        let outcome = tokio::time::timeout(within, lost).await;
         assert!(
             outcome.is_err(),
             "a machine answering every keepalive was lost"
         );
+        sent.load(Ordering::Relaxed)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_period_longer_than_the_timeout_still_tries_before_giving_up() {
+        let cfg = KeepaliveConfig {
+            period: Duration::from_secs(10),
+            timeout: Duration::from_secs(5),
+            rpc_timeout: Duration::from_secs(1),
+        };
+        let sent = answered_throughout(cfg, Duration::from_secs(100)).await;
+        assert!(sent >= 10, "{sent} keepalives in 100 s");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_machine_that_answers_is_kept_for_ever() {
+        let sent = answered_throughout(config(), Duration::from_secs(3600)).await;
         // One a second; the one due at the hour itself may or may not go before the timeout.
-        let sent = sent.load(Ordering::Relaxed);
         assert!(
             (3600..=3601).contains(&sent),
             "{sent} keepalives in an hour"

@@ -73,7 +73,7 @@ mod system;
 mod wire;
 
 pub use b::{Builder, B};
-pub use bigmachine_quic::{Authority, Credentials, TransportConfig};
+pub use bigmachine_quic::{Authority, Congestion, Credentials, TransportConfig};
 pub use binary::{current_digest, digest_bytes, digest_file};
 pub use boot_timeouts::BootTimeouts;
 pub use buffers::{pool_limit, pooled_bytes, set_pool_limit, Payload, DEFAULT_POOL_LIMIT};

@@ -116,7 +116,7 @@ impl Link {
         self.record(err);
         self.state.send_replace(State::Stopped);
         self.stopped.cancel();
-        self.pool.close("machine stopped");
+        self.pool.shut("machine stopped");
     }
 
     /// Whether the machine is stopped.

@@ -151,11 +151,38 @@ impl Table {
             self.done.pop_front();
             if let Some(Slot::Done { kept, seq: s }) = self.slots.get(&id) {
                 if *s == seq {
-                    self.bytes -= kept.payload.len();
+                    self.bytes -= cost(kept);
                     self.slots.remove(&id);
                 }
             }
         }
+    }
+}
+
+/// Bytes an outcome is counted for: its payload and the table's own bookkeeping.
+fn cost(kept: &Kept) -> usize {
+    kept.payload.len() + ENTRY_OVERHEAD
+}
+
+/// The table's bytes per outcome besides its payload (map slot, queue entry, buffer header).
+const ENTRY_OVERHEAD: usize = 128;
+
+/// What is kept of an outcome larger than the table may hold: an error saying so.
+fn too_large(kept: &Kept) -> Kept {
+    let e = crate::error::Error::fatal(
+        crate::error::Kind::Unavailable,
+        format!(
+            "the outcome of this exactly-once call ({} bytes) was larger than the machine keeps \
+             (OutcomeLimits::max_bytes); it was delivered once and cannot be repeated",
+            kept.payload.len()
+        ),
+    );
+    let payload = crate::wire::encode_error(&e)
+        .map(|p| Bytes::from_owner(crate::buffers::Pooled(p)))
+        .unwrap_or_default();
+    Kept {
+        status: Status::ServerError,
+        payload,
     }
 }
 
@@ -173,17 +200,20 @@ impl Recorder {
         let now = Instant::now();
         {
             let mut table = self.outcomes.lock();
+            // An outcome too large to keep is kept as an error: a repeat fails rather than
+            // running the method again, and the table keeps the outcomes it holds.
+            let stored = if cost(&kept) > table.limits.max_bytes {
+                too_large(&kept)
+            } else {
+                kept.clone()
+            };
             let seq = table.next_seq;
             table.next_seq += 1;
-            table.bytes += kept.payload.len();
+            table.bytes += cost(&stored);
             table.done.push_back((self.id, seq, now));
-            table.slots.insert(
-                self.id,
-                Slot::Done {
-                    kept: kept.clone(),
-                    seq,
-                },
-            );
+            table
+                .slots
+                .insert(self.id, Slot::Done { kept: stored, seq });
             table.forget_old(now);
         }
         if let Some(tx) = self.tx.take() {
@@ -254,7 +284,6 @@ mod tests {
     async fn outcomes_beyond_the_count_or_bytes_are_forgotten_oldest_first() {
         let limits = OutcomeLimits {
             max_calls: 3,
-            max_bytes: 100,
             ..OutcomeLimits::default()
         };
         let outcomes = Outcomes::new(limits);
@@ -267,12 +296,36 @@ mod tests {
             assert!(matches!(outcomes.begin(id), Begin::Done(_)), "{id}");
         }
         assert!(matches!(outcomes.begin(0), Begin::First(_)));
-        // 60 bytes more: the bytes bound forgets down to 100.
-        let outcomes = Outcomes::new(limits);
+        // Room for two outcomes of 50 bytes: a second of 60 forgets the first.
+        let outcomes = Outcomes::new(OutcomeLimits {
+            max_bytes: 100 + 2 * ENTRY_OVERHEAD,
+            ..OutcomeLimits::default()
+        });
         first(outcomes.begin(10)).record(kept(60));
         first(outcomes.begin(11)).record(kept(60));
         assert!(matches!(outcomes.begin(11), Begin::Done(_)));
         assert!(matches!(outcomes.begin(10), Begin::First(_)));
+    }
+
+    #[tokio::test]
+    async fn an_outcome_larger_than_the_table_is_kept_as_an_error_and_evicts_nothing() {
+        let limits = OutcomeLimits {
+            max_bytes: 1000,
+            ..OutcomeLimits::default()
+        };
+        let outcomes = Outcomes::new(limits);
+        first(outcomes.begin(1)).record(kept(10));
+        first(outcomes.begin(2)).record(kept(5000));
+        assert!(matches!(outcomes.begin(1), Begin::Done(k) if k.payload.len() == 10));
+        let Begin::Done(big) = outcomes.begin(2) else {
+            panic!("the large outcome's id was forgotten: a repeat would run again");
+        };
+        assert_eq!(big.status, Status::ServerError);
+        let e = crate::wire::decode_error(&big.payload);
+        assert!(
+            e.to_string().contains("larger than the machine keeps"),
+            "{e}"
+        );
     }
 
     #[tokio::test(start_paused = true)]

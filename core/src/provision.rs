@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::b::B;
+use crate::b::{UploadClaim, B};
 use crate::error::{Error, Kind, Result};
 use crate::keepalive::KeepaliveConfig;
 use crate::machine::Machine;
@@ -21,8 +21,14 @@ pub(crate) struct Binary {
     pub(crate) digest: String,
 }
 
+/// How often a machine waiting for a peer to get the binary looks again.
+const PEER_POLL: Duration = Duration::from_millis(20);
+
 /// Gets the plan's binary onto the machine for its next exec: from the machine's own store if
-/// it has it, else from a running peer that runs it, else from the driver.
+/// it has it, else from a peer that runs it, else from the driver. Of machines booted together,
+/// one is given the binary by the driver (the returned claim, which the boot holds until the
+/// machine runs the binary) while the others wait, up to half of `bound`, to fetch it from a
+/// peer that runs it.
 pub(crate) async fn provide_binary(
     machine: &Machine,
     supervisor: &SupervisorClient,
@@ -30,30 +36,56 @@ pub(crate) async fn provide_binary(
     b: &B,
     keepalive: KeepaliveConfig,
     bound: Duration,
-) -> Result<()> {
-    let stored = supervisor
-        .usebinary(&binary.digest)
-        .internal()
-        .timeout(keepalive.rpc_timeout)
-        .await?;
-    if stored {
+) -> Result<Option<UploadClaim>> {
+    let in_store = || async {
+        supervisor
+            .usebinary(&binary.digest)
+            .internal()
+            .timeout(keepalive.rpc_timeout)
+            .await
+    };
+    if in_store().await? {
         tracing::debug!(machine = %machine.addr(), "binary found in the machine's store");
-        return Ok(());
+        return Ok(None);
     }
-    if let Some(peer) = b.peer_running(&binary.digest, machine.addr()) {
-        // A peer that hangs leaves half the bound for the upload.
-        match fetch_from(supervisor, peer, &binary.digest, bound / 2).await {
-            Ok(()) => {
-                tracing::info!(machine = %machine.addr(), %peer, "binary fetched from a peer");
-                return Ok(());
+    let give_up = crate::deadline::from_now(bound);
+    // Half of what is left: a peer that hangs leaves the rest for the upload.
+    let half_left = || give_up.saturating_duration_since(Instant::now()) / 2;
+    let stop_waiting = crate::deadline::from_now(bound / 2);
+    let mut waited = false;
+    loop {
+        if let Some(peer) = b.peer_with(&binary.digest, machine.addr()) {
+            // A peer sharing this machine's store (one host) put the binary there meanwhile.
+            if waited && in_store().await? {
+                return Ok(None);
             }
-            Err(e) => tracing::warn!(
-                machine = %machine.addr(), %peer, error = %e,
-                "fetching the binary from a peer failed; uploading it"
-            ),
+            match fetch_from(supervisor, peer, &binary.digest, half_left()).await {
+                Ok(()) => {
+                    tracing::info!(machine = %machine.addr(), %peer, "binary fetched from a peer");
+                    return Ok(None);
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        machine = %machine.addr(), %peer, error = %e,
+                        "fetching the binary from a peer failed; uploading it"
+                    );
+                    break;
+                }
+            }
         }
+        if let Some(claim) = b.claim_upload(&binary.digest) {
+            upload(machine, supervisor, binary, b).await?;
+            return Ok(Some(claim));
+        }
+        if Instant::now() >= stop_waiting {
+            break;
+        }
+        // Another machine is being given the binary: fetch it from that one once it runs it.
+        waited = true;
+        tokio::time::sleep(PEER_POLL).await;
     }
-    upload(machine, supervisor, binary, b).await
+    upload(machine, supervisor, binary, b).await?;
+    Ok(None)
 }
 
 async fn fetch_from(

@@ -50,6 +50,11 @@ pub struct ServerConfig {
     /// How many outcomes of exactly-once calls are kept, and for how long. Default:
     /// [`OutcomeLimits::default`].
     pub exactly_once: OutcomeLimits,
+    /// How long a request without a deadline may take to arrive (header, method name and
+    /// argument; not an argument stream, which the method reads at its pace). A request with a
+    /// deadline must arrive within it. Either way a late request is answered with
+    /// [`Kind::DeadlineExceeded`]. Default: 5 minutes.
+    pub request_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -58,6 +63,7 @@ impl Default for ServerConfig {
             max_payload: crate::DEFAULT_MAX_PAYLOAD,
             faults: None,
             exactly_once: OutcomeLimits::default(),
+            request_timeout: Duration::from_secs(5 * 60),
         }
     }
 }
@@ -123,7 +129,14 @@ async fn connection(incoming: quinn::Incoming, shared: Arc<Shared>, shutdown: Ca
 async fn call(mut send: SendStream, mut recv: RecvStream, peer: SocketAddr, shared: Arc<Shared>) {
     let arrived = Instant::now();
     let config = &shared.config;
-    let request = match io::read_request(&mut recv, config.max_payload).await {
+    let request = match io::read_request(
+        &mut recv,
+        config.max_payload,
+        arrived,
+        config.request_timeout,
+    )
+    .await
+    {
         Ok(request) => request,
         Err(e) if e.kind() == Kind::Net => return, // the stream broke: nobody to answer
         Err(e) => {
@@ -266,7 +279,7 @@ async fn repeat_of_running(
         }
     };
     let waited = tokio::select! {
-        kept = Begin::wait(first) => kept.ok_or_else(|| Error::new(
+        kept = Begin::wait(first) => kept.ok_or_else(|| Error::temporary(
             Kind::Unavailable,
             format!("{method}: the first try of this exactly-once call ended without an outcome"),
         )),

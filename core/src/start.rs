@@ -180,6 +180,8 @@ impl B {
         }
         let m = self.new_machine(addr, None, false, 0);
         tokio::spawn(run_dialed(m.clone(), self.system().keepalive()));
+        // Machines dialed once and gone since are forgotten, so the map holds live peers only.
+        dialed.retain(|_, m| m.state() != State::Stopped);
         dialed.insert(addr, m.clone());
         m
     }

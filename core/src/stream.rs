@@ -142,6 +142,50 @@ impl ByteStream {
         ))
     }
 
+    /// Ends the stream with [`Kind::DeadlineExceeded`] at `deadline`, or [`Kind::Canceled`]
+    /// when `cancel` is canceled, whichever comes first (the errors name `what`); the source is
+    /// dropped then, which stops its writer.
+    pub(crate) fn bounded(
+        self,
+        deadline: Option<tokio::time::Instant>,
+        cancel: Option<tokio_util::sync::CancellationToken>,
+        what: String,
+    ) -> Self {
+        if deadline.is_none() && cancel.is_none() {
+            return self;
+        }
+        let Self { inner, _writer } = self;
+        let chunks = futures::stream::unfold(Some(inner), move |source| {
+            let cancel = cancel.clone();
+            let what = what.clone();
+            async move {
+                let mut source = source?;
+                let expired = async {
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d).await,
+                        None => futures::future::pending().await,
+                    }
+                };
+                let canceled = async {
+                    match &cancel {
+                        Some(token) => token.cancelled().await,
+                        None => futures::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    biased;
+                    () = canceled => Some((Err(Error::canceled(what)), None)),
+                    () = expired => Some((Err(Error::deadline_exceeded(&what, None)), None)),
+                    chunk = source.next() => chunk.map(|c| (c, Some(source))),
+                }
+            }
+        });
+        Self {
+            inner: chunks.boxed(),
+            _writer,
+        }
+    }
+
     /// The next chunk; `None` at the (successful) end.
     pub async fn next_chunk(&mut self) -> Option<Result<Bytes>> {
         self.inner.next().await

@@ -5,7 +5,8 @@
 use std::path::Path;
 
 use bigmachine_core::__internal::wire::{
-    data_header, encode_error, end_err, end_ok, ReplyHeader, RequestHeader, Status, FLAG_STREAM_ARG,
+    data_header, encode_error, end_err, end_ok, ReplyHeader, RequestHeader, Status,
+    FLAG_EXACTLY_ONCE, FLAG_STREAM_ARG,
 };
 use bigmachine_core::__internal::{encode, Expvar, FetchBinary, KeepaliveReply, ServiceSpec};
 use bigmachine_core::{Error, Info, Kind, LoadInfo, MemInfo};
@@ -26,11 +27,12 @@ fn tagged(which: u8, archive: &[u8]) -> Vec<u8> {
 fn main() {
     let mut head = Vec::new();
     RequestHeader {
-        flags: FLAG_STREAM_ARG,
+        flags: FLAG_STREAM_ARG | FLAG_EXACTLY_ONCE,
         timeout_us: 2_000_000,
         arg_type: 7,
         reply_type: 9,
         payload_len: 64,
+        call_id: 0x0123_4567_89ab_cdef_0011_2233_4455_6677,
         ..Default::default()
     }
     .encode_head("Supervisor", "ping", &mut head)

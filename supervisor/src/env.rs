@@ -28,6 +28,12 @@ pub const ENV_EXACTLY_ONCE_CALLS: &str = "BIGMACHINE_EXACTLY_ONCE_CALLS";
 pub const ENV_EXACTLY_ONCE_AGE_MS: &str = "BIGMACHINE_EXACTLY_ONCE_AGE_MS";
 /// Bytes of exactly-once outcomes the machine keeps at most (default 256 MiB).
 pub const ENV_EXACTLY_ONCE_BYTES: &str = "BIGMACHINE_EXACTLY_ONCE_BYTES";
+/// The congestion controller of the machine's transport: `cubic` (the default), `newreno` or
+/// `bbr` (see `TransportConfig::congestion`).
+pub const ENV_CONGESTION: &str = "BIGMACHINE_CONGESTION";
+/// Tests only: faults the machine injects into the replies of user services, as
+/// `DROP,TRUNCATE,SEED` (probabilities and the generator's seed; see `ReplyFaults::new`).
+pub const ENV_REPLY_FAULTS: &str = "BIGMACHINE_REPLY_FAULTS";
 /// Starts the stdout line through which a machine tells the driver its address.
 pub const ADDR_MARKER: &str = "bigmachine-addr:";
 

@@ -37,9 +37,9 @@ mod supervisor;
 mod watchdog;
 
 pub use env::{
-    is_machine, write_private, ADDR_MARKER, ENV_CREDENTIALS, ENV_DRIVER_PID,
+    is_machine, write_private, ADDR_MARKER, ENV_CONGESTION, ENV_CREDENTIALS, ENV_DRIVER_PID,
     ENV_EXACTLY_ONCE_AGE_MS, ENV_EXACTLY_ONCE_BYTES, ENV_EXACTLY_ONCE_CALLS, ENV_KEEPALIVE_MS,
-    ENV_MAXPROCS, ENV_MODE, ENV_SYSTEM,
+    ENV_MAXPROCS, ENV_MODE, ENV_REPLY_FAULTS, ENV_SYSTEM,
 };
 pub use handle::MachineHandle;
 pub use machine::{start, MachineOptions};

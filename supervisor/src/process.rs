@@ -12,11 +12,12 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bigmachine_core::{Credentials, Error, Kind, Result, System};
+use bigmachine_core::{Credentials, Error, Kind, ReplyFaults, Result, System};
 
 use crate::env::{
-    ADDR_MARKER, ENV_ADDR, ENV_CREDENTIALS, ENV_DRIVER_PID, ENV_EXACTLY_ONCE_AGE_MS,
-    ENV_EXACTLY_ONCE_BYTES, ENV_EXACTLY_ONCE_CALLS, ENV_KEEPALIVE_MS, ENV_MAXPROCS,
+    ADDR_MARKER, ENV_ADDR, ENV_CONGESTION, ENV_CREDENTIALS, ENV_DRIVER_PID,
+    ENV_EXACTLY_ONCE_AGE_MS, ENV_EXACTLY_ONCE_BYTES, ENV_EXACTLY_ONCE_CALLS, ENV_KEEPALIVE_MS,
+    ENV_MAXPROCS, ENV_REPLY_FAULTS,
 };
 use crate::machine::{start, MachineOptions};
 
@@ -26,6 +27,30 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> Result<T> {
             .parse()
             .map_err(|_| Error::fatal(Kind::Invalid, format!("{name}={v:?} does not parse"))),
         Err(_) => Ok(default),
+    }
+}
+
+/// The reply faults named by `BIGMACHINE_REPLY_FAULTS` (`DROP,TRUNCATE,SEED`), if set.
+fn reply_faults() -> Result<Option<Arc<ReplyFaults>>> {
+    let Ok(v) = std::env::var(ENV_REPLY_FAULTS) else {
+        return Ok(None);
+    };
+    let bad = || {
+        Error::fatal(
+            Kind::Invalid,
+            format!("{ENV_REPLY_FAULTS}={v:?} is not DROP,TRUNCATE,SEED"),
+        )
+    };
+    let parts: Vec<&str> = v.split(',').map(str::trim).collect();
+    let [drop, truncate, seed] = parts[..] else {
+        return Err(bad());
+    };
+    let p = |s: &str| s.parse::<f64>().ok().filter(|p| (0.0..=1.0).contains(p));
+    match (p(drop), p(truncate), seed.parse::<u64>().ok()) {
+        (Some(drop), Some(truncate), Some(seed)) => {
+            Ok(Some(Arc::new(ReplyFaults::new(drop, truncate, seed))))
+        }
+        _ => Err(bad()),
     }
 }
 
@@ -77,6 +102,8 @@ async fn serve(system: Arc<dyn System>) -> Result<Error> {
         once.max_age.as_millis() as u64,
     )?);
     once.max_bytes = env_or(ENV_EXACTLY_ONCE_BYTES, once.max_bytes)?;
+    options.transport.congestion = env_or(ENV_CONGESTION, options.transport.congestion)?;
+    options.server.faults = reply_faults()?;
     options.bind = bind;
     options.maxprocs = maxprocs;
     options.first_keepalive = keepalive;

@@ -9,7 +9,8 @@
 //! binaries until it holds at most `BIGMACHINE_BINARY_STORE_BYTES` bytes (default 4 GiB), never
 //! one used in the last ten minutes (the longest a boot waits between storing a binary and
 //! running it). A binary that is running or being read by a peer is unaffected by its removal
-//! (Linux keeps an open or mapped file until it is closed).
+//! (Linux keeps an open or mapped file until it is closed; a machine serves its own running
+//! binary to peers through `/proc/self/exe`).
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -88,10 +89,14 @@ impl Store {
         let checked = path.clone();
         let actual = tokio::task::spawn_blocking(move || {
             let digest = cached_digest(&checked)?;
-            // Marks the binary used, for the store's bound. Read-only: a running binary cannot
-            // be opened for writing, and futimens needs ownership, not a writable descriptor.
-            // Best effort: without it the binary is merely evicted sooner.
-            let _ = std::fs::File::open(&checked).and_then(|f| f.set_modified(SystemTime::now()));
+            // Marks the binary used, for the store's bound: its access time, set explicitly
+            // (mounts may not keep it) and never its modification time, which keys the digest
+            // cache. Read-only: a running binary cannot be opened for writing, and futimens
+            // needs ownership, not a writable descriptor. Best effort: without it the binary is
+            // merely evicted sooner.
+            let _ = std::fs::File::open(&checked).and_then(|f| {
+                f.set_times(std::fs::FileTimes::new().set_accessed(SystemTime::now()))
+            });
             Ok::<_, Error>(digest)
         })
         .await
@@ -160,7 +165,7 @@ impl Store {
     }
 }
 
-/// Removes the least recently used binaries of `dir` (by modification time) until it holds at
+/// Removes the least recently used binaries of `dir` (by access time) until it holds at
 /// most `limit` bytes, keeping any used within [`IN_USE`] of `now`; returns how many it removed.
 /// Files not named by a digest (partial uploads among them) are neither counted nor removed.
 fn evict(dir: &Path, limit: u64, now: SystemTime) -> std::io::Result<usize> {
@@ -173,7 +178,8 @@ fn evict(dir: &Path, limit: u64, now: SystemTime) -> std::io::Result<usize> {
         }
         let meta = entry.metadata()?;
         if meta.is_file() {
-            binaries.push((meta.modified()?, meta.len(), entry.path()));
+            // Set on every use (see `get`); a new binary's is its arrival.
+            binaries.push((meta.accessed()?, meta.len(), entry.path()));
         }
     }
     let mut total: u64 = binaries.iter().map(|b| b.1).sum();
@@ -257,7 +263,7 @@ mod tests {
             let path = store.put(&digest, ByteStream::from_bytes(data)).await?;
             // Binaries 1 and 2 were last used an hour ago, 2 after 1.
             let at = hour_ago + Duration::from_secs(u64::from(fill));
-            std::fs::File::open(&path)?.set_modified(at)?;
+            std::fs::File::open(&path)?.set_times(std::fs::FileTimes::new().set_accessed(at))?;
             stored.push((digest, path));
         }
         // The third put went over the bound: the binary used longest ago left, the rest stay.

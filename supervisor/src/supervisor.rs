@@ -188,7 +188,14 @@ impl Supervisor for MachineSupervisor {
             .await
             .map_err(|e| Error::new(Kind::Other, format!("digest task: {e}")))??;
         let path = if running == digest {
-            std::env::current_exe()?
+            // Not current_exe(): once the store evicted the file this process runs from, its
+            // path ends in " (deleted)", while /proc/self/exe still opens the running binary.
+            let proc_exe = std::path::PathBuf::from("/proc/self/exe");
+            if proc_exe.exists() {
+                proc_exe
+            } else {
+                std::env::current_exe()?
+            }
         } else {
             self.store.get(&digest).await?.ok_or_else(|| {
                 Error::fatal(

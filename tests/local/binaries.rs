@@ -11,6 +11,7 @@ pub(crate) fn tests() -> Vec<(&'static str, Test)> {
     tests![
         other_binary_is_uploaded_and_executed,
         binaries_come_from_the_store_or_a_peer,
+        machines_booted_together_fetch_the_binary_from_each_other,
     ]
 }
 
@@ -105,6 +106,48 @@ async fn binaries_come_from_the_store_or_a_peer() -> Result<()> {
         check(
             b.binary_bytes_uploaded() == size,
             "the second machine took the binary from the driver, not its peer",
+        )?;
+        b.shutdown().await;
+        Ok(())
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+/// Eight machines started at once, each with a store of its own (as on eight hosts), all needing
+/// a binary none has: the driver uploads it once, or nearly, and the rest fetch it from peers.
+async fn machines_booted_together_fetch_the_binary_from_each_other() -> Result<()> {
+    let mut bytes = std::fs::read(std::env::current_exe()?)?;
+    bytes.extend((0..16).map(|_| fastrand::u8(..)));
+    let digest = digest_bytes(&bytes);
+    let dir = std::env::temp_dir().join(format!("bigmachine-fanout-test-{}", &digest[..16]));
+    std::fs::create_dir_all(&dir)?;
+    let copy = dir.join("binary");
+    std::fs::write(&copy, &bytes)?;
+    let size = bytes.len() as u64;
+    let result = async {
+        let system = LocalSystem::builder()
+            .keepalive(short_keepalive())
+            .maxprocs(1)
+            .isolated_stores(dir.join("stores"))
+            .build();
+        let b = B::new(system)?;
+        let params = Params::new()
+            .services(Services::new().with("Probe", Probe))
+            .binary(&copy);
+        let machines = running(&b, 8, params).await?;
+        for m in &machines {
+            check(
+                m.info().await?.digest == digest,
+                "a machine runs another binary",
+            )?;
+        }
+        let uploads = b.binary_bytes_uploaded() / size;
+        println!("    start(8) with isolated stores: {uploads} upload(s) from the driver");
+        check(
+            uploads <= 2,
+            format!("the driver uploaded the binary {uploads} times for 8 machines"),
         )?;
         b.shutdown().await;
         Ok(())

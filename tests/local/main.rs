@@ -13,6 +13,7 @@ mod common;
 mod examples;
 mod failures;
 mod machines;
+mod network;
 mod support;
 
 use std::time::Duration;
@@ -29,6 +30,7 @@ fn tests() -> Vec<(&'static str, Test)> {
     all.extend(failures::tests());
     all.extend(machines::tests());
     all.extend(binaries::tests());
+    all.extend(network::tests());
     all
 }
 

@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bigmachine::{
-    service, Context, Error, KeepaliveConfig, Kind, Machine, Params, Result, Services, State, B,
+    service, ByteStream, Context, Error, KeepaliveConfig, Kind, Machine, Params, Result, Services,
+    State, B,
 };
 
 /// The environment variable that makes this binary a sub-driver playing a role.
@@ -69,6 +70,16 @@ impl Probe {
 
     async fn echo(&self, _ctx: &Context, text: String) -> Result<String> {
         Ok(text)
+    }
+
+    /// An endless reply stream of 64 KiB chunks.
+    async fn flow(&self, _ctx: &Context, _arg: ()) -> Result<ByteStream> {
+        let (sink, stream) = ByteStream::channel(4);
+        tokio::spawn(async move {
+            let chunk = bytes::Bytes::from(vec![7u8; 64 << 10]);
+            while sink.send(chunk.clone()).await.is_ok() {}
+        });
+        Ok(stream)
     }
 
     /// Allocates (and touches) 16 MiB at a time until the process is killed.

@@ -14,6 +14,9 @@ pub enum Error {
     /// The TLS configuration was rejected.
     #[error("tls configuration: {0}")]
     Tls(String),
+    /// A transport setting is out of range or does not parse.
+    #[error("transport configuration: {0}")]
+    Config(String),
     /// The socket could not be bound or configured.
     #[error("socket: {0}")]
     Io(#[from] io::Error),
@@ -26,6 +29,9 @@ pub enum Error {
     /// The connection attempt did not complete within [`crate::TransportConfig::connect_timeout`].
     #[error("connect to {0}: timed out")]
     ConnectTimeout(std::net::SocketAddr),
+    /// The pool of connections to this address was shut ([`crate::Pool::shut`]).
+    #[error("connections to {0} were shut")]
+    Shut(std::net::SocketAddr),
 }
 
 impl From<rcgen::Error> for Error {
@@ -56,7 +62,7 @@ impl Error {
     /// Whether trying again cannot help (see [`is_handshake_refusal`]).
     pub fn is_permanent(&self) -> bool {
         match self {
-            Self::Certificate(_) | Self::Tls(_) => true,
+            Self::Certificate(_) | Self::Tls(_) | Self::Config(_) | Self::Shut(_) => true,
             Self::Connection(e) => is_handshake_refusal(e),
             Self::Io(_) | Self::Connect(_) | Self::ConnectTimeout(_) => false,
         }

@@ -31,7 +31,7 @@ mod pool;
 mod tls;
 
 pub use authority::{is_dns_name, Authority, Credentials, SERVER_NAME};
-pub use endpoint::{Endpoint, TransportConfig};
+pub use endpoint::{Congestion, Endpoint, TransportConfig};
 pub use error::{is_handshake_refusal, Error, Result};
 pub use pool::Pool;
 pub use tls::{client_config, server_config, ALPN};

@@ -1,11 +1,11 @@
 //! Several connections to one remote address, opened on first use and re-opened after loss.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use crate::endpoint::Endpoint;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 #[derive(Debug, Default)]
 struct Slot {
@@ -33,6 +33,8 @@ pub struct Pool {
     server_name: String,
     slots: Box<[Slot]>,
     next: AtomicUsize,
+    /// Set by [`Pool::shut`]: no connection is opened or kept any more.
+    shut: AtomicBool,
 }
 
 impl Pool {
@@ -47,6 +49,7 @@ impl Pool {
             server_name: server_name.into(),
             slots: (0..size).map(|_| Slot::default()).collect(),
             next: AtomicUsize::new(0),
+            shut: AtomicBool::new(false),
         }
     }
 
@@ -56,6 +59,7 @@ impl Pool {
     }
 
     /// A live connection to the remote address, opening one if this slot has none.
+    /// Fails with [`Error::Shut`] once the pool was shut.
     pub async fn get(&self) -> Result<quinn::Connection> {
         let slot = &self.slots[self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len()];
         if let Some(conn) = slot.live() {
@@ -65,9 +69,25 @@ impl Pool {
         if let Some(conn) = slot.live() {
             return Ok(conn);
         }
+        if self.shut.load(Ordering::SeqCst) {
+            return Err(Error::Shut(self.addr));
+        }
         let conn = self.endpoint.connect(self.addr, &self.server_name).await?;
         *slot.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
+        // Shut while connecting: this connection must not outlive the pool's end. (Either the
+        // shut sees it in its slot, or this sees the shut.)
+        if self.shut.load(Ordering::SeqCst) {
+            self.close("pool shut");
+            return Err(Error::Shut(self.addr));
+        }
         Ok(conn)
+    }
+
+    /// Closes every connection for good: later calls to [`Pool::get`] fail, and a connection
+    /// being opened meanwhile is closed as soon as it is.
+    pub fn shut(&self, reason: &str) {
+        self.shut.store(true, Ordering::SeqCst);
+        self.close(reason);
     }
 
     /// Closes every open connection of the pool with `reason`. Later calls to [`Pool::get`]

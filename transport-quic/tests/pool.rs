@@ -130,3 +130,38 @@ async fn a_machine_is_known_by_its_name_not_only_its_address() -> Result<()> {
     assert_eq!(echo(&conn, b"any").await.as_deref(), Some(&b"any"[..]));
     Ok(())
 }
+
+#[tokio::test]
+async fn a_shut_pool_keeps_no_connection_even_one_opening_as_it_shuts() -> Result<()> {
+    let ca = Authority::new()?;
+    let server = Endpoint::bind(loopback(), &ca.issue("server")?, TransportConfig::default())?;
+    let addr = server.local_addr()?;
+    echo_server(server);
+    let mut config = TransportConfig::default();
+    config.pool_size = 1;
+    let client = Endpoint::bind(loopback(), &ca.issue("client")?, config)?;
+    let pool = std::sync::Arc::new(Pool::new(client, addr, SERVER_NAME));
+    // A get that is connecting when the pool is shut: whichever wins, no connection stays.
+    let connecting = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.get().await }
+    });
+    tokio::task::yield_now().await;
+    pool.shut("machine stopped");
+    let got = connecting
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    if let Ok(conn) = got {
+        // Handed out before the shut: the shut closed it.
+        tokio::time::timeout(Duration::from_secs(2), conn.closed())
+            .await
+            .map_err(|_| std::io::Error::other("connection outlived the shut"))?;
+    }
+    assert_eq!(pool.open_connections(), 0);
+    let later = pool.get().await;
+    assert!(
+        matches!(later, Err(bigmachine_quic::Error::Shut(a)) if a == addr),
+        "{later:?}"
+    );
+    Ok(())
+}

@@ -85,6 +85,7 @@ pub struct LocalSystemBuilder {
     keepalive: KeepaliveConfig,
     maxprocs: usize,
     stores: Option<PathBuf>,
+    env: Vec<(String, String)>,
 }
 
 impl LocalSystemBuilder {
@@ -107,6 +108,13 @@ impl LocalSystemBuilder {
     /// finding it in the store. Default: the machines of a host share one store.
     pub fn isolated_stores(mut self, dir: impl Into<PathBuf>) -> Self {
         self.stores = Some(dir.into());
+        self
+    }
+
+    /// Sets `key` to `value` in every machine's environment (machines otherwise inherit the
+    /// driver's), e.g. `BIGMACHINE_CONGESTION=bbr` or `RUST_LOG`.
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
         self
     }
 
@@ -138,6 +146,7 @@ impl LocalSystem {
             keepalive,
             maxprocs: std::thread::available_parallelism().map_or(1, |n| n.get()),
             stores: None,
+            env: Vec::new(),
         }
     }
 
@@ -161,6 +170,7 @@ impl LocalSystem {
         let creds = write_private(&authority.issue(&name)?.to_pem())?;
         let exe = std::env::current_exe()?;
         let mut command = Command::new(&exe);
+        command.envs(settings.env.iter().map(|(k, v)| (k, v)));
         if let Some(stores) = &settings.stores {
             command.env(ENV_STORE, stores.join(format!("machine-{index}")));
         }

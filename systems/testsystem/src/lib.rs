@@ -208,7 +208,11 @@ impl System for TestSystem {
                 options.maxprocs = settings.maxprocs;
                 options.first_keepalive = settings.keepalive.timeout;
                 let handle = bigmachine_supervisor::start(options)?;
-                self.lock().insert(handle.addr(), handle.clone());
+                let mut machines = self.lock();
+                // Exited machines are forgotten: the map holds the live ones.
+                machines.retain(|_, h| !h.is_exited());
+                machines.insert(handle.addr(), handle.clone());
+                drop(machines);
                 launched.push(Launched {
                     addr: handle.addr(),
                     name,

@@ -214,6 +214,11 @@ impl Shared {
             let datagram = datagram.to_vec();
             tokio::spawn(async move {
                 tokio::time::sleep(delay).await;
+                // A partition that began meanwhile drops it too.
+                if lock(&shared.faults).partitioned {
+                    shared.dropped.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
                 shared.send(&datagram, &out).await;
             });
         }

@@ -42,7 +42,8 @@ impl<S> Clone for Relayed<S> {
 #[derive(Debug)]
 struct Inner<S> {
     system: S,
-    faults: LinkFaults,
+    /// The faults of relays started from now on.
+    faults: Mutex<LinkFaults>,
     seed: AtomicU64,
     /// Relays of machines not yet seen to exit, by relay address.
     relays: Mutex<HashMap<SocketAddr, Arc<Relay>>>,
@@ -55,7 +56,7 @@ impl<S: System> Relayed<S> {
         Self {
             inner: Arc::new(Inner {
                 system,
-                faults,
+                faults: Mutex::new(faults),
                 seed: AtomicU64::new(seed),
                 relays: Mutex::new(HashMap::new()),
             }),
@@ -72,8 +73,10 @@ impl<S: System> Relayed<S> {
         self.lock().get(&machine.addr()).cloned()
     }
 
-    /// Applies `faults` to every machine's relay from now on.
+    /// Applies `faults` to every machine's relay from now on, those of machines started later
+    /// included.
     pub fn set_faults(&self, faults: LinkFaults) {
+        *self.inner.faults.lock().unwrap_or_else(|e| e.into_inner()) = faults;
         for relay in self.lock().values() {
             relay.set_faults(faults);
         }
@@ -108,19 +111,24 @@ impl<S: System> System for Relayed<S> {
             let mut relayed = Vec::with_capacity(launched.len());
             for machine in launched {
                 let seed = self.inner.seed.fetch_add(1, Ordering::Relaxed);
-                let relay = Arc::new(Relay::start(machine.addr, self.inner.faults, seed)?);
+                let faults = *self.inner.faults.lock().unwrap_or_else(|e| e.into_inner());
+                let relay = Arc::new(Relay::start(machine.addr, faults, seed)?);
                 let addr = relay.addr();
                 self.lock().insert(addr, relay);
-                let this = self.clone();
+                // The relay goes when the machine exits, or when the driver stops watching
+                // for that (the machine lost, canceled, or its boot failed).
+                let forget = Forget {
+                    relayed: self.clone(),
+                    addr,
+                };
                 let exited = machine.exited;
                 relayed.push(Launched {
                     addr,
                     name: machine.name,
                     maxprocs: machine.maxprocs,
                     exited: Box::pin(async move {
-                        let reason = exited.await;
-                        this.lock().remove(&addr);
-                        reason
+                        let _forget = forget;
+                        exited.await
                     }),
                 });
             }
@@ -140,5 +148,22 @@ impl<S: System> System for Relayed<S> {
             self.inner.system.shutdown().await;
             self.lock().clear();
         })
+    }
+}
+
+/// Removes a machine's relay when dropped.
+struct Forget<S> {
+    relayed: Relayed<S>,
+    addr: SocketAddr,
+}
+
+impl<S> Drop for Forget<S> {
+    fn drop(&mut self) {
+        self.relayed
+            .inner
+            .relays
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.addr);
     }
 }
