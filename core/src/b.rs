@@ -203,8 +203,8 @@ impl B {
     }
 
     /// Adds machines this driver started. Stopped machines are kept for inspection (their
-    /// errors, the status page), the latest [`KEPT_STOPPED`] of them: a driver that starts and
-    /// stops machines for ever holds a bounded list.
+    /// errors, the status page), the [`KEPT_STOPPED`] started last among them: a driver that
+    /// starts and stops machines for ever holds a bounded list.
     pub(crate) fn add_machines(&self, machines: &[Machine]) {
         let mut all = lock(&self.inner.machines);
         all.extend(machines.iter().cloned());
@@ -263,8 +263,8 @@ impl B {
             })
     }
 
-    /// The machines this driver started, in start order: all that have not stopped, and the
-    /// latest 1,024 that have.
+    /// The machines this driver started, in start order: all that have not stopped, and of
+    /// those that have, the 1,024 started last.
     pub fn machines(&self) -> Vec<Machine> {
         lock(&self.inner.machines).clone()
     }

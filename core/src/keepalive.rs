@@ -170,8 +170,9 @@ where
     loop {
         let sent = Instant::now();
         let deadline = tracker.deadline();
-        // A try still waiting at the deadline is abandoned; one sent at or past it (a period
-        // as long as the timeout) has its own time, and its failure decides.
+        // A try still waiting at the deadline is abandoned (one sent exactly at it, at once);
+        // one sent past it (a period longer than the timeout) has its own time, and its
+        // failure decides.
         let reply = if deadline >= sent {
             tokio::select! {
                 reply = send() => reply,

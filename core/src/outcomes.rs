@@ -4,7 +4,7 @@
 //! A call id is in one of two states: *running* (its first try is executing; a repeat waits for
 //! its outcome) or *done* (the outcome is kept). Done outcomes are forgotten oldest first once
 //! the table holds more than [`OutcomeLimits::max_calls`] of them or more than
-//! [`OutcomeLimits::max_bytes`] of payload, and when they are older than
+//! [`OutcomeLimits::max_bytes`] (payloads plus 128 bytes of bookkeeping each), and when they are older than
 //! [`OutcomeLimits::max_age`]. A try that repeats a forgotten id runs the method again: the
 //! limits are the window in which a call is exactly-once.
 
@@ -33,7 +33,9 @@ pub struct OutcomeLimits {
     /// How long an outcome is kept after its call ended; retries of a call must come within
     /// it. Default: 10 minutes.
     pub max_age: Duration,
-    /// Bytes of reply (and error) archives kept at most. Default: 256 MiB.
+    /// Bytes kept at most: reply (and error) archives, plus 128 bytes of bookkeeping per
+    /// outcome. An outcome larger than this is kept as an error saying so (a repeat of its
+    /// call fails instead of running the method again). Default: 256 MiB.
     pub max_bytes: usize,
 }
 
@@ -173,7 +175,7 @@ fn too_large(kept: &Kept) -> Kept {
         crate::error::Kind::Unavailable,
         format!(
             "the outcome of this exactly-once call ({} bytes) was larger than the machine keeps \
-             (OutcomeLimits::max_bytes); it was delivered once and cannot be repeated",
+             (OutcomeLimits::max_bytes); it was sent once and cannot be sent again",
             kept.payload.len()
         ),
     );

@@ -56,7 +56,8 @@ pub(crate) async fn provide_binary(
     loop {
         if let Some(peer) = b.peer_with(&binary.digest, machine.addr()) {
             // A peer sharing this machine's store (one host) put the binary there meanwhile.
-            if waited && in_store().await? {
+            // (A failed look is no reason to give up: the peer is there.)
+            if waited && in_store().await.unwrap_or(false) {
                 return Ok(None);
             }
             match fetch_from(supervisor, peer, &binary.digest, half_left()).await {
@@ -74,6 +75,11 @@ pub(crate) async fn provide_binary(
             }
         }
         if let Some(claim) = b.claim_upload(&binary.digest) {
+            // The last holder may have booted between the look for a peer and the claim.
+            if b.peer_with(&binary.digest, machine.addr()).is_some() {
+                drop(claim);
+                continue;
+            }
             upload(machine, supervisor, binary, b).await?;
             return Ok(Some(claim));
         }

@@ -1,6 +1,8 @@
 //! Machines that must run another binary: uploaded from the driver, found in a store, or
 //! fetched from a peer.
 
+use std::time::Duration;
+
 use bigmachine::binary::{current_digest, digest_bytes};
 use bigmachine::local::LocalSystem;
 use bigmachine::{Params, Result, Services, B};
@@ -127,8 +129,12 @@ async fn machines_booted_together_fetch_the_binary_from_each_other() -> Result<(
     std::fs::write(&copy, &bytes)?;
     let size = bytes.len() as u64;
     let result = async {
+        // Eight processes on a small host hash and re-execute at once: room to do it.
+        let mut keepalive = short_keepalive();
+        keepalive.timeout = Duration::from_secs(20);
+        keepalive.rpc_timeout = Duration::from_secs(5);
         let system = LocalSystem::builder()
-            .keepalive(short_keepalive())
+            .keepalive(keepalive)
             .maxprocs(1)
             .isolated_stores(dir.join("stores"))
             .build();
