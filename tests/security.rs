@@ -26,6 +26,22 @@ fn forged(issuer: &Authority, trusted: &Authority) -> Result<Credentials> {
     Ok(creds)
 }
 
+/// A connection to `machine` from an endpoint with a certificate of the cluster, bypassing
+/// bigmachine's call path; the endpoint must outlive the connection.
+async fn raw_client(
+    b: &bigmachine::B,
+    machine: &bigmachine::Machine,
+) -> Result<(Endpoint, quinn::Connection)> {
+    let authority = b.authority().ok_or_else(|| Error::other("no authority"))?;
+    let endpoint = Endpoint::bind(
+        loopback(),
+        &authority.issue("raw client")?,
+        TransportConfig::default(),
+    )?;
+    let conn = endpoint.connect(machine.addr(), SERVER_NAME).await?;
+    Ok((endpoint, conn))
+}
+
 /// Sends one raw request frame on a fresh stream and reads the reply.
 async fn raw_exchange(
     conn: &quinn::Connection,
@@ -115,13 +131,7 @@ fn frame(method: &[u8], payload: &[u8], arg_type: u64, reply_type: u64) -> Vec<u
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_on_a_call_stream_gets_an_error_reply() -> Result<()> {
     let (b, machines) = echo_cluster(TestSystem::new(), 1).await?;
-    let authority = b.authority().ok_or_else(|| Error::other("no authority"))?;
-    let endpoint = Endpoint::bind(
-        loopback(),
-        &authority.issue("raw client")?,
-        TransportConfig::default(),
-    )?;
-    let conn = endpoint.connect(machines[0].addr(), SERVER_NAME).await?;
+    let (_endpoint, conn) = raw_client(&b, &machines[0]).await?;
 
     // A well-formed ping first: the raw path works.
     let (status, reply) = raw_exchange(&conn, &ping_frame()).await?;
@@ -173,13 +183,7 @@ async fn garbage_on_a_call_stream_gets_an_error_reply() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_that_stalls_is_answered_at_its_deadline() -> Result<()> {
     let (b, machines) = echo_cluster(TestSystem::new(), 1).await?;
-    let authority = b.authority().ok_or_else(|| Error::other("no authority"))?;
-    let endpoint = Endpoint::bind(
-        loopback(),
-        &authority.issue("raw client")?,
-        TransportConfig::default(),
-    )?;
-    let conn = endpoint.connect(machines[0].addr(), SERVER_NAME).await?;
+    let (_endpoint, conn) = raw_client(&b, &machines[0]).await?;
     // A header allowing 300 ms that announces 1,000 bytes of argument; 10 are sent, and the
     // stream stays open.
     let method = b"Echo.echo";

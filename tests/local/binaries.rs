@@ -52,16 +52,38 @@ async fn other_binary_is_uploaded_and_executed() -> Result<()> {
     result
 }
 
-async fn binaries_come_from_the_store_or_a_peer() -> Result<()> {
-    // A binary no machine has seen: this one with random bytes appended.
+/// A binary no machine has seen (this one with random bytes appended), written to `copy` in a
+/// directory of its own (`dir`, the caller removes it).
+struct Unseen {
+    dir: std::path::PathBuf,
+    copy: std::path::PathBuf,
+    digest: String,
+    size: u64,
+}
+
+fn unseen_binary(test: &str) -> Result<Unseen> {
     let mut bytes = std::fs::read(std::env::current_exe()?)?;
     bytes.extend((0..16).map(|_| fastrand::u8(..)));
     let digest = digest_bytes(&bytes);
-    let dir = std::env::temp_dir().join(format!("bigmachine-dist-test-{}", &digest[..16]));
+    let dir = std::env::temp_dir().join(format!("bigmachine-{test}-test-{}", &digest[..16]));
     std::fs::create_dir_all(&dir)?;
     let copy = dir.join("binary");
     std::fs::write(&copy, &bytes)?;
-    let size = bytes.len() as u64;
+    Ok(Unseen {
+        dir,
+        copy,
+        digest,
+        size: bytes.len() as u64,
+    })
+}
+
+async fn binaries_come_from_the_store_or_a_peer() -> Result<()> {
+    let Unseen {
+        dir,
+        copy,
+        digest,
+        size,
+    } = unseen_binary("dist")?;
     let params = || {
         Params::new()
             .services(Services::new().with("Probe", Probe))
@@ -120,14 +142,12 @@ async fn binaries_come_from_the_store_or_a_peer() -> Result<()> {
 /// Eight machines started at once, each with a store of its own (as on eight hosts), all needing
 /// a binary none has: the driver uploads it once, or nearly, and the rest fetch it from peers.
 async fn machines_booted_together_fetch_the_binary_from_each_other() -> Result<()> {
-    let mut bytes = std::fs::read(std::env::current_exe()?)?;
-    bytes.extend((0..16).map(|_| fastrand::u8(..)));
-    let digest = digest_bytes(&bytes);
-    let dir = std::env::temp_dir().join(format!("bigmachine-fanout-test-{}", &digest[..16]));
-    std::fs::create_dir_all(&dir)?;
-    let copy = dir.join("binary");
-    std::fs::write(&copy, &bytes)?;
-    let size = bytes.len() as u64;
+    let Unseen {
+        dir,
+        copy,
+        digest,
+        size,
+    } = unseen_binary("fanout")?;
     let result = async {
         // Eight processes on a small host hash and re-execute at once: room to do it.
         let mut keepalive = short_keepalive();
