@@ -5,7 +5,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bigmachine::testsystem::{ReplyFaults, TestSystem};
+use bigmachine::testsystem::{LinkFaults, Relayed, ReplyFaults, TestSystem};
 use bigmachine::{
     service, BootTimeouts, Context, Error, KeepaliveConfig, Kind, Payload, Result, ServiceValue,
     Services, Severity, State, B,
@@ -203,6 +203,35 @@ async fn panicking_init_fails_fast() -> Result<()> {
     let err = m.err().ok_or_else(|| Error::other("no error"))?;
     assert!(err.is_fatal(), "{err}");
     assert!(err.to_string().contains("init exploded"), "{err}");
+    b.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_test_machine_is_killed_through_a_relay() -> Result<()> {
+    let system = TestSystem::new();
+    let b = B::new(Relayed::new(system.clone(), LinkFaults::default(), 1))?;
+    let machines = b
+        .start(
+            1,
+            Services::new().with(
+                "E",
+                Echo {
+                    greeting: "hi ".into(),
+                },
+            ),
+        )
+        .await?;
+    let m = machines.first().ok_or_else(|| Error::other("no machine"))?;
+    assert_eq!(m.wait(State::Running).await, State::Running);
+    assert!(system.kill(m), "the machine behind the relay was not found");
+    let stopped = tokio::time::timeout(Duration::from_secs(5), m.wait(State::Stopped)).await;
+    assert!(
+        stopped.is_ok(),
+        "the killed machine is still {:?}",
+        m.state()
+    );
+    assert_eq!(system.live(), 0);
     b.shutdown().await;
     Ok(())
 }

@@ -180,18 +180,17 @@ async fn garbage_on_a_call_stream_gets_an_error_reply() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_that_stalls_is_answered_at_its_deadline() -> Result<()> {
-    let (b, machines) = echo_cluster(TestSystem::new(), 1).await?;
+/// Sends a request allowing `timeout_us` (0: no deadline) that announces 1,000 bytes of
+/// argument, sends 10 and keeps the stream open; returns the error the machine answers with.
+async fn stalled_request(system: TestSystem, timeout_us: u64) -> Result<Error> {
+    let (b, machines) = echo_cluster(system, 1).await?;
     let (_endpoint, conn) = raw_client(&b, &machines[0]).await?;
-    // A header allowing 300 ms that announces 1,000 bytes of argument; 10 are sent, and the
-    // stream stays open.
     let method = b"Echo.echo";
     let string_tag = type_tag::<String>();
     let mut head = RequestHeader {
         flags: 0,
         method_len: method.len() as u16,
-        timeout_us: 300_000,
+        timeout_us,
         arg_type: string_tag,
         reply_type: string_tag,
         payload_len: 1000,
@@ -207,9 +206,30 @@ async fn a_request_that_stalls_is_answered_at_its_deadline() -> Result<()> {
         .await
         .map_err(|_| Error::other("the server still waits for the argument after 5 s"))??;
     assert_eq!(reply.0, Status::ServerError);
-    let err = wire::decode_error(&reply.1);
-    assert_eq!(err.kind(), Kind::DeadlineExceeded, "{err}");
     drop(send);
     b.shutdown().await;
+    Ok(wire::decode_error(&reply.1))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_stalls_is_answered_at_its_deadline() -> Result<()> {
+    let err = stalled_request(TestSystem::new(), 300_000).await?;
+    assert_eq!(err.kind(), Kind::DeadlineExceeded, "{err}");
+    assert!(
+        !err.is_temporary(),
+        "a call past its deadline is over: {err}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_without_deadline_that_stalls_is_answered_at_the_server_limit() -> Result<()> {
+    let system = TestSystem::builder()
+        .request_timeout(Duration::from_millis(300))
+        .build();
+    let err = stalled_request(system, 0).await?;
+    // The transfer stalled, the call is not over: retrying may succeed.
+    assert_eq!(err.kind(), Kind::Unavailable, "{err}");
+    assert!(err.is_temporary(), "{err}");
     Ok(())
 }

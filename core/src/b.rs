@@ -30,6 +30,9 @@ struct Inner {
     uploaded: AtomicU64,
     /// Digests of binaries one machine is being given by the driver (see [`B::claim_upload`]).
     uploading: Mutex<HashSet<String>>,
+    /// Woken when a machine may have come to run a binary or an upload claim was released
+    /// (see [`B::binary_news`]).
+    binary_news: tokio::sync::Notify,
 }
 
 /// A bigmachine instance: the driver's handle on its cluster, or a machine's handle on its peers.
@@ -148,6 +151,7 @@ impl B {
                 dialed: Mutex::new(HashMap::new()),
                 uploaded: AtomicU64::new(0),
                 uploading: Mutex::new(HashSet::new()),
+                binary_news: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -208,6 +212,8 @@ impl B {
     pub(crate) fn add_machines(&self, machines: &[Machine]) {
         let mut all = lock(&self.inner.machines);
         all.extend(machines.iter().cloned());
+        // One of them may run a binary another machine waits for.
+        self.binary_news();
         let stopped = all.iter().filter(|m| m.state() == State::Stopped).count();
         let mut extra = stopped.saturating_sub(KEPT_STOPPED);
         if extra > 0 {
@@ -248,6 +254,18 @@ impl B {
             .map(Machine::addr)
             .collect();
         (!peers.is_empty()).then(|| peers[fastrand::usize(..peers.len())])
+    }
+
+    /// Tells machines waiting for a peer that runs their binary, or for an upload claim, to
+    /// look again ([`B::binary_news_wait`]).
+    pub(crate) fn binary_news(&self) {
+        self.inner.binary_news.notify_waiters();
+    }
+
+    /// Completes at the next [`B::binary_news`] after it is first polled (or
+    /// [`std::pin::Pin::as_mut`] + `enable`d): create it before looking, await it after.
+    pub(crate) fn binary_news_wait(&self) -> tokio::sync::futures::Notified<'_> {
+        self.inner.binary_news.notified()
     }
 
     /// Claims the driver's upload of the binary of `digest` for one machine, unless another
@@ -293,5 +311,82 @@ pub(crate) struct UploadClaim {
 impl Drop for UploadClaim {
     fn drop(&mut self) {
         lock(&self.b.inner.uploading).remove(&self.digest);
+        self.b.binary_news();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::{Error, Kind};
+    use crate::system::Launched;
+    use futures::future::BoxFuture;
+
+    /// A system that launches nothing: the registries are filled by hand.
+    #[derive(Debug)]
+    struct NoMachines;
+
+    impl System for NoMachines {
+        fn name(&self) -> &str {
+            "none"
+        }
+
+        fn start<'a>(
+            &'a self,
+            _authority: &'a Authority,
+            _n: usize,
+        ) -> BoxFuture<'a, Result<Vec<Launched>>> {
+            Box::pin(async { Err(Error::new(Kind::NotSupported, "no machines here")) })
+        }
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+    }
+
+    #[tokio::test]
+    async fn stopped_machines_beyond_the_bound_are_forgotten_oldest_first() -> Result<()> {
+        let b = B::new(NoMachines)?;
+        let running = b.new_machine(addr(1), Some("running".into()), true, 0);
+        b.add_machines(std::slice::from_ref(&running));
+        let extra = 100;
+        for i in 0..KEPT_STOPPED + extra {
+            let m = b.new_machine(addr(2), Some(format!("m-{i}")), true, 0);
+            m.link().stop(Error::canceled("test"));
+            b.add_machines(&[m]);
+        }
+        let kept = b.machines();
+        assert_eq!(
+            kept.len(),
+            KEPT_STOPPED + 1,
+            "the registry grew past its bound"
+        );
+        assert_eq!(
+            kept[0].name(),
+            Some("running"),
+            "a running machine was forgotten"
+        );
+        // The stopped ones kept are those started last.
+        assert_eq!(kept[1].name(), Some(format!("m-{extra}").as_str()));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn dialed_machines_that_stopped_are_forgotten() -> Result<()> {
+        let b = B::new(NoMachines)?;
+        for port in 1..=3 {
+            let m = b.dial(addr(port));
+            m.cancel();
+            assert_eq!(m.state(), State::Stopped);
+        }
+        let live = b.dial(addr(4));
+        let dialed: Vec<SocketAddr> = b.dialed().keys().copied().collect();
+        assert_eq!(dialed, vec![live.addr()], "stopped dialed machines kept");
+        // Dialing a stopped machine's address again gives a new machine.
+        let again = b.dial(addr(1));
+        assert_ne!(again.state(), State::Stopped);
+        live.cancel();
+        again.cancel();
+        Ok(())
     }
 }

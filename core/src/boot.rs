@@ -157,7 +157,10 @@ pub(crate) async fn boot(
         }
     }
     machine.booted(info.maxprocs, info.digest);
+    // Machines waiting for the binary fetch it from this one now (the claim's release tells
+    // them; a machine that had the binary already tells them here).
     drop(upload_claim);
+    plan.b.binary_news();
     let install = plan.b.boot_timeouts().install;
     for spec in &plan.services {
         // The deadline travels to the machine, which gives up on the service's init too.

@@ -27,29 +27,39 @@ pub(crate) struct IncomingRequest {
 
 /// Reads a request: header, method name and payload (and, unless a byte stream follows, the end
 /// of the stream). A stream that ends early is [`Kind::Invalid`]: the peer sent a bad frame.
-/// The whole read ends by the request's own deadline (its timeout from `arrived`) or, for a
-/// request without one, `limit` after `arrived`: a [`Kind::DeadlineExceeded`] error.
+/// The whole read ends by the request's own deadline (its timeout from `arrived`: a fatal
+/// [`Kind::DeadlineExceeded`] error) or, for a request without one (and for the header),
+/// `limit` after `arrived` (a temporary [`Kind::Unavailable`] error).
 pub(crate) async fn read_request(
     recv: &mut RecvStream,
     max_payload: u64,
     arrived: tokio::time::Instant,
     limit: std::time::Duration,
 ) -> Result<IncomingRequest> {
-    let late = |what: &str| {
-        Error::fatal(
-            Kind::DeadlineExceeded,
-            format!("the request's {what} did not arrive in time"),
+    // Past the server's own limit, the transfer stalled (a retry may find a better path);
+    // past the call's deadline, the call is over.
+    let stalled = |what: &str| {
+        Error::temporary(
+            Kind::Unavailable,
+            format!("the request's {what} did not arrive within the server's limit ({limit:?})"),
         )
     };
     let mut hb = [0u8; REQUEST_HEADER_LEN];
     let head_by = crate::deadline::saturating_after(arrived, limit);
     tokio::time::timeout_at(head_by, read_exact(recv, &mut hb, Kind::Invalid))
         .await
-        .map_err(|_| late("header"))??;
+        .map_err(|_| stalled("header"))??;
     let header = RequestHeader::decode(&hb, max_payload)?;
     let rest_by = header
         .timeout()
         .map_or(head_by, |t| crate::deadline::saturating_after(arrived, t));
+    let late = |what: &str| match header.timeout() {
+        Some(t) => Error::fatal(
+            Kind::DeadlineExceeded,
+            format!("the request's {what} did not arrive within the call's timeout ({t:?})"),
+        ),
+        None => stalled(what),
+    };
     let rest = async {
         let mut name = vec![0u8; usize::from(header.method_len)];
         read_exact(recv, &mut name, Kind::Invalid).await?;

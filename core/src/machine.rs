@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bigmachine_quic::Pool;
+use futures::future::{BoxFuture, FutureExt, Shared};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -23,7 +24,13 @@ struct Inner {
     keepalive_times: Mutex<Vec<Duration>>,
     next_keepalive: Mutex<Option<Instant>>,
     digest: Mutex<Option<String>>,
+    /// Completes once the machine's output has all reached the driver (see
+    /// [`crate::Launched::drained`]).
+    drained: Mutex<Option<Shared<BoxFuture<'static, ()>>>>,
 }
+
+/// How long [`Machine::shutdown`] waits for a machine's last output.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A machine of the cluster: a handle, cheap to clone, for calling its services and watching its
 /// state.
@@ -65,6 +72,7 @@ impl Machine {
                 keepalive_times: Mutex::new(Vec::new()),
                 next_keepalive: Mutex::new(None),
                 digest: Mutex::new(None),
+                drained: Mutex::new(None),
             }),
         }
     }
@@ -139,6 +147,22 @@ impl Machine {
     /// When the next keepalive is due, if the machine is kept alive.
     pub fn next_keepalive(&self) -> Option<Instant> {
         *lock(&self.inner.next_keepalive)
+    }
+
+    /// Sets what [`Machine::shutdown`] waits for before it returns: the end of the machine's
+    /// output.
+    pub(crate) fn set_drained(&self, drained: BoxFuture<'static, ()>) {
+        *lock(&self.inner.drained) = Some(drained.shared());
+    }
+
+    /// Waits, [`DRAIN_TIMEOUT`] at most, for the machine's output to reach the driver.
+    pub(crate) async fn drained(&self) {
+        let drained = lock(&self.inner.drained).clone();
+        if let Some(drained) = drained {
+            if tokio::time::timeout(DRAIN_TIMEOUT, drained).await.is_err() {
+                tracing::debug!(machine = %self.addr(), "machine output still flowing at shutdown");
+            }
+        }
     }
 
     /// Records what the machine reported when it booted.

@@ -65,6 +65,9 @@ pub(crate) enum Begin {
     Running(watch::Receiver<Option<Kept>>),
     /// A repeat after the first try ended: answer with this.
     Done(Kept),
+    /// The id is taken by a call of another method (or reply type): a caller that reuses ids,
+    /// answered with an error rather than another call's outcome.
+    Conflict,
 }
 
 impl Begin {
@@ -91,10 +94,27 @@ struct Table {
     next_seq: u64,
 }
 
+/// A call id's slot: which call took it ([`call_of`]), and its state.
 #[derive(Debug)]
-enum Slot {
+struct Slot {
+    call: u64,
+    state: State,
+}
+
+#[derive(Debug)]
+enum State {
     Running(watch::Receiver<Option<Kept>>),
     Done { kept: Kept, seq: u64 },
+}
+
+/// What identifies a call besides its id: its method and reply type. A repeat must match the
+/// first try in both.
+pub(crate) fn call_of(method: &str, reply_type: u64) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    method.hash(&mut h);
+    reply_type.hash(&mut h);
+    h.finish()
 }
 
 impl Outcomes {
@@ -114,19 +134,33 @@ impl Outcomes {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Starts a try of call `id`.
-    pub(crate) fn begin(&self, id: u128) -> Begin {
+    /// Starts a try of call `id`, a call of `call` ([`call_of`]).
+    pub(crate) fn begin(&self, id: u128, call: u64) -> Begin {
         let mut table = self.lock();
         table.forget_old(Instant::now());
         match table.slots.get(&id) {
-            Some(Slot::Running(rx)) => Begin::Running(rx.clone()),
-            Some(Slot::Done { kept, .. }) => Begin::Done(kept.clone()),
+            Some(slot) if slot.call != call => Begin::Conflict,
+            Some(Slot {
+                state: State::Running(rx),
+                ..
+            }) => Begin::Running(rx.clone()),
+            Some(Slot {
+                state: State::Done { kept, .. },
+                ..
+            }) => Begin::Done(kept.clone()),
             None => {
                 let (tx, rx) = watch::channel(None);
-                table.slots.insert(id, Slot::Running(rx));
+                table.slots.insert(
+                    id,
+                    Slot {
+                        call,
+                        state: State::Running(rx),
+                    },
+                );
                 Begin::First(Recorder {
                     outcomes: self.clone(),
                     id,
+                    call,
                     tx: Some(tx),
                 })
             }
@@ -151,7 +185,11 @@ impl Table {
                 break;
             }
             self.done.pop_front();
-            if let Some(Slot::Done { kept, seq: s }) = self.slots.get(&id) {
+            if let Some(Slot {
+                state: State::Done { kept, seq: s },
+                ..
+            }) = self.slots.get(&id)
+            {
                 if *s == seq {
                     self.bytes -= cost(kept);
                     self.slots.remove(&id);
@@ -193,6 +231,7 @@ fn too_large(kept: &Kept) -> Kept {
 pub(crate) struct Recorder {
     outcomes: Outcomes,
     id: u128,
+    call: u64,
     tx: Option<watch::Sender<Option<Kept>>>,
 }
 
@@ -213,9 +252,13 @@ impl Recorder {
             table.next_seq += 1;
             table.bytes += cost(&stored);
             table.done.push_back((self.id, seq, now));
-            table
-                .slots
-                .insert(self.id, Slot::Done { kept: stored, seq });
+            table.slots.insert(
+                self.id,
+                Slot {
+                    call: self.call,
+                    state: State::Done { kept: stored, seq },
+                },
+            );
             table.forget_old(now);
         }
         if let Some(tx) = self.tx.take() {
@@ -229,7 +272,13 @@ impl Drop for Recorder {
         if self.tx.is_some() {
             // No outcome: repeats waiting see the sender go; the id may be tried again.
             let mut table = self.outcomes.lock();
-            if matches!(table.slots.get(&self.id), Some(Slot::Running(_))) {
+            if matches!(
+                table.slots.get(&self.id),
+                Some(Slot {
+                    state: State::Running(_),
+                    ..
+                })
+            ) {
                 table.slots.remove(&self.id);
             }
         }
@@ -257,29 +306,29 @@ mod tests {
     #[tokio::test]
     async fn repeats_wait_for_the_first_outcome_then_get_it() {
         let outcomes = Outcomes::new(OutcomeLimits::default());
-        let recorder = first(outcomes.begin(1));
-        let Begin::Running(rx) = outcomes.begin(1) else {
+        let recorder = first(outcomes.begin(1, 0));
+        let Begin::Running(rx) = outcomes.begin(1, 0) else {
             panic!("a repeat during the first try must wait");
         };
         let waiter = tokio::spawn(Begin::wait(rx));
         recorder.record(kept(3));
         let got = waiter.await.ok().flatten().map(|k| k.payload.len());
         assert_eq!(got, Some(3));
-        assert!(matches!(outcomes.begin(1), Begin::Done(k) if k.payload.len() == 3));
+        assert!(matches!(outcomes.begin(1, 0), Begin::Done(k) if k.payload.len() == 3));
         // Another id is a first try of its own.
-        assert!(matches!(outcomes.begin(2), Begin::First(_)));
+        assert!(matches!(outcomes.begin(2, 0), Begin::First(_)));
     }
 
     #[tokio::test]
     async fn a_first_try_without_an_outcome_frees_its_id() {
         let outcomes = Outcomes::new(OutcomeLimits::default());
-        let recorder = first(outcomes.begin(5));
-        let Begin::Running(rx) = outcomes.begin(5) else {
+        let recorder = first(outcomes.begin(5, 0));
+        let Begin::Running(rx) = outcomes.begin(5, 0) else {
             panic!("expected running");
         };
         drop(recorder);
         assert!(Begin::wait(rx).await.is_none());
-        assert!(matches!(outcomes.begin(5), Begin::First(_)));
+        assert!(matches!(outcomes.begin(5, 0), Begin::First(_)));
     }
 
     #[tokio::test]
@@ -290,23 +339,23 @@ mod tests {
         };
         let outcomes = Outcomes::new(limits);
         for id in 0..5 {
-            first(outcomes.begin(id)).record(kept(10));
+            first(outcomes.begin(id, 0)).record(kept(10));
         }
         // Ids 0 and 1 are forgotten (a repeat runs afresh), 2..5 kept.
         assert_eq!(outcomes.len(), 3);
         for id in 2..5 {
-            assert!(matches!(outcomes.begin(id), Begin::Done(_)), "{id}");
+            assert!(matches!(outcomes.begin(id, 0), Begin::Done(_)), "{id}");
         }
-        assert!(matches!(outcomes.begin(0), Begin::First(_)));
+        assert!(matches!(outcomes.begin(0, 0), Begin::First(_)));
         // Room for two outcomes of 50 bytes: a second of 60 forgets the first.
         let outcomes = Outcomes::new(OutcomeLimits {
             max_bytes: 100 + 2 * ENTRY_OVERHEAD,
             ..OutcomeLimits::default()
         });
-        first(outcomes.begin(10)).record(kept(60));
-        first(outcomes.begin(11)).record(kept(60));
-        assert!(matches!(outcomes.begin(11), Begin::Done(_)));
-        assert!(matches!(outcomes.begin(10), Begin::First(_)));
+        first(outcomes.begin(10, 0)).record(kept(60));
+        first(outcomes.begin(11, 0)).record(kept(60));
+        assert!(matches!(outcomes.begin(11, 0), Begin::Done(_)));
+        assert!(matches!(outcomes.begin(10, 0), Begin::First(_)));
     }
 
     #[tokio::test]
@@ -316,10 +365,10 @@ mod tests {
             ..OutcomeLimits::default()
         };
         let outcomes = Outcomes::new(limits);
-        first(outcomes.begin(1)).record(kept(10));
-        first(outcomes.begin(2)).record(kept(5000));
-        assert!(matches!(outcomes.begin(1), Begin::Done(k) if k.payload.len() == 10));
-        let Begin::Done(big) = outcomes.begin(2) else {
+        first(outcomes.begin(1, 0)).record(kept(10));
+        first(outcomes.begin(2, 0)).record(kept(5000));
+        assert!(matches!(outcomes.begin(1, 0), Begin::Done(k) if k.payload.len() == 10));
+        let Begin::Done(big) = outcomes.begin(2, 0) else {
             panic!("the large outcome's id was forgotten: a repeat would run again");
         };
         assert_eq!(big.status, Status::ServerError);
@@ -337,11 +386,27 @@ mod tests {
             ..OutcomeLimits::default()
         };
         let outcomes = Outcomes::new(limits);
-        first(outcomes.begin(1)).record(kept(1));
+        first(outcomes.begin(1, 0)).record(kept(1));
         tokio::time::advance(Duration::from_secs(59)).await;
-        assert!(matches!(outcomes.begin(1), Begin::Done(_)));
+        assert!(matches!(outcomes.begin(1, 0), Begin::Done(_)));
         tokio::time::advance(Duration::from_secs(2)).await;
-        assert!(matches!(outcomes.begin(1), Begin::First(_)));
+        assert!(matches!(outcomes.begin(1, 0), Begin::First(_)));
+    }
+
+    #[tokio::test]
+    async fn an_id_reused_by_another_call_gets_no_outcome_of_the_first() {
+        let outcomes = Outcomes::new(OutcomeLimits::default());
+        let (deposit, withdraw) = (call_of("Bank.deposit", 1), call_of("Bank.withdraw", 1));
+        let recorder = first(outcomes.begin(9, deposit));
+        assert!(matches!(outcomes.begin(9, withdraw), Begin::Conflict));
+        recorder.record(kept(4));
+        assert!(matches!(outcomes.begin(9, withdraw), Begin::Conflict));
+        // Another reply type is another call too.
+        assert!(matches!(
+            outcomes.begin(9, call_of("Bank.deposit", 2)),
+            Begin::Conflict
+        ));
+        assert!(matches!(outcomes.begin(9, deposit), Begin::Done(k) if k.payload.len() == 4));
     }
 
     #[tokio::test]
@@ -351,9 +416,9 @@ mod tests {
             ..OutcomeLimits::default()
         };
         let outcomes = Outcomes::new(limits);
-        first(outcomes.begin(1)).record(kept(1));
-        first(outcomes.begin(2)).record(kept(1)); // forgets 1
-        first(outcomes.begin(1)).record(kept(2)); // forgets 2; 1's old entry is gone already
-        assert!(matches!(outcomes.begin(1), Begin::Done(k) if k.payload.len() == 2));
+        first(outcomes.begin(1, 0)).record(kept(1));
+        first(outcomes.begin(2, 0)).record(kept(1)); // forgets 1
+        first(outcomes.begin(1, 0)).record(kept(2)); // forgets 2; 1's old entry is gone already
+        assert!(matches!(outcomes.begin(1, 0), Begin::Done(k) if k.payload.len() == 2));
     }
 }

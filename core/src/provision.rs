@@ -21,9 +21,6 @@ pub(crate) struct Binary {
     pub(crate) digest: String,
 }
 
-/// How often a machine waiting for a peer to get the binary looks again.
-const PEER_POLL: Duration = Duration::from_millis(20);
-
 /// Gets the plan's binary onto the machine for its next exec: from the machine's own store if
 /// it has it, else from a peer that runs it, else from the driver. Of machines booted together,
 /// one is given the binary by the driver (the returned claim, which the boot holds until the
@@ -54,6 +51,10 @@ pub(crate) async fn provide_binary(
     let stop_waiting = crate::deadline::from_now(bound / 2);
     let mut waited = false;
     loop {
+        // Armed before looking, so news that comes while looking is not missed.
+        let news = b.binary_news_wait();
+        tokio::pin!(news);
+        news.as_mut().enable();
         if let Some(peer) = b.peer_with(&binary.digest, machine.addr()) {
             // A peer sharing this machine's store (one host) put the binary there meanwhile.
             // (A failed look is no reason to give up: the peer is there.)
@@ -86,9 +87,13 @@ pub(crate) async fn provide_binary(
         if Instant::now() >= stop_waiting {
             break;
         }
-        // Another machine is being given the binary: fetch it from that one once it runs it.
+        // Another machine is being given the binary: fetch it from that one once it runs it
+        // (or claim the upload if that one fails).
         waited = true;
-        tokio::time::sleep(PEER_POLL).await;
+        tokio::select! {
+            _ = news => {}
+            _ = tokio::time::sleep_until(stop_waiting) => {}
+        }
     }
     upload(machine, supervisor, binary, b).await?;
     Ok(None)

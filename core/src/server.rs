@@ -33,7 +33,7 @@ use crate::context::{with_reply_slot, Context};
 use crate::error::{Error, Kind};
 use crate::fault::{ReplyFault, ReplyFaults};
 use crate::io;
-use crate::outcomes::{Begin, Kept, OutcomeLimits, Outcomes, Recorder};
+use crate::outcomes::{self, Begin, Kept, OutcomeLimits, Outcomes, Recorder};
 use crate::service::{Failure, Handler, Outcome, Request, ServiceTable};
 use crate::supervisor::SUPERVISOR;
 use crate::wire::{self, ReplyHeader, Reset, Status, REPLY_HEADER_LEN};
@@ -52,8 +52,9 @@ pub struct ServerConfig {
     pub exactly_once: OutcomeLimits,
     /// How long a request without a deadline may take to arrive (header, method name and
     /// argument; not an argument stream, which the method reads at its pace). A request with a
-    /// deadline must arrive within it. Either way a late request is answered with
-    /// [`Kind::DeadlineExceeded`]. Default: 5 minutes.
+    /// deadline must arrive within it. A request later than its deadline is answered with
+    /// [`Kind::DeadlineExceeded`]; one later than this limit with a temporary
+    /// [`Kind::Unavailable`] (the transfer stalled: a retry may do better). Default: 5 minutes.
     pub request_timeout: Duration,
 }
 
@@ -182,16 +183,27 @@ async fn call(mut send: SendStream, mut recv: RecvStream, peer: SocketAddr, shar
     };
     // An exactly-once call's repeat never runs the handler (a future not yet polled: dropping
     // it runs nothing of the method).
-    let recorder = match request
-        .header
-        .exactly_once()
-        .then(|| shared.outcomes.begin(request.header.call_id))
-    {
+    let recorder = match request.header.exactly_once().then(|| {
+        let call = outcomes::call_of(method.as_str(), request.header.reply_type);
+        shared.outcomes.begin(request.header.call_id, call)
+    }) {
         None => None,
         Some(Begin::First(recorder)) => Some(recorder),
         Some(Begin::Done(kept)) => {
             drop(handler);
             send_reply(&mut send, kept, faults).await;
+            return;
+        }
+        Some(Begin::Conflict) => {
+            drop(handler);
+            let e = Error::fatal(
+                Kind::Invalid,
+                format!(
+                    "{method}: call id {:032x} was taken by a call of another method or reply type",
+                    request.header.call_id
+                ),
+            );
+            reply(&mut send, Err(Failure::Server(e)), None, faults).await;
             return;
         }
         Some(Begin::Running(first)) => {
@@ -230,9 +242,7 @@ async fn call(mut send: SendStream, mut recv: RecvStream, peer: SocketAddr, shar
                     Kind::Invalid,
                     format!("{method} replied with a byte stream, which an exactly-once call cannot repeat"),
                 );
-                if let Some(kept) = encode(Err(Failure::Server(e))) {
-                    recorder.record(kept);
-                }
+                recorder.record(encode(Err(Failure::Server(e))));
             }
             let streamed = io::write_reply_stream(&mut send, stream);
             let streamed = match deadline {
@@ -333,29 +343,34 @@ async fn run_handler(
     }
 }
 
-/// A call's outcome as its reply carries it; `None` (after a warning) if an error cannot be
-/// encoded.
-fn encode(outcome: Result<Payload, Failure>) -> Option<Kept> {
-    let (status, payload) = match outcome {
+/// A call's outcome as its reply carries it. An error that cannot be encoded is replaced by
+/// one saying so (and, should that fail too, by an empty payload, which the caller reads as an
+/// undecodable error): an outcome always exists, so an exactly-once call is never run again
+/// for want of one.
+fn encode(outcome: Result<Payload, Failure>) -> Kept {
+    let (status, error) = match outcome {
         // Without a copy: the pooled buffer returns to its pool when the last clone goes.
         Ok(payload) => {
-            return Some(Kept {
+            return Kept {
                 status: Status::Ok,
                 payload: Bytes::from_owner(Pooled(payload)),
-            })
+            }
         }
-        Err(Failure::Method(e)) => (Status::MethodError, wire::encode_error(&e)),
-        Err(Failure::Server(e)) => (Status::ServerError, wire::encode_error(&e)),
+        Err(Failure::Method(e)) => (Status::MethodError, e),
+        Err(Failure::Server(e)) => (Status::ServerError, e),
     };
-    match payload {
-        Ok(payload) => Some(Kept {
-            status,
-            payload: Bytes::from_owner(Pooled(payload)),
-        }),
-        Err(e) => {
-            tracing::warn!(error = %e, "could not encode a reply");
-            None
-        }
+    let payload = wire::encode_error(&error).or_else(|e| {
+        tracing::warn!(error = %e, "could not encode a call's error");
+        wire::encode_error(&Error::fatal(
+            error.kind(),
+            format!("the call failed with an error that could not be encoded: {e}"),
+        ))
+    });
+    Kept {
+        status,
+        payload: payload
+            .map(|p| Bytes::from_owner(Pooled(p)))
+            .unwrap_or_default(),
     }
 }
 
@@ -368,11 +383,7 @@ async fn reply(
     recorder: Option<Recorder>,
     faults: Option<Arc<ReplyFaults>>,
 ) -> bool {
-    let Some(kept) = encode(outcome) else {
-        // Dropping the recorder lets a repeat try the call afresh.
-        io::reset(send, Reset::Unencodable);
-        return false;
-    };
+    let kept = encode(outcome);
     if let Some(recorder) = recorder {
         recorder.record(kept.clone());
     }

@@ -127,6 +127,9 @@ impl B {
         let mut machines = Vec::with_capacity(launched.len());
         for l in launched {
             let m = self.new_machine(l.addr, Some(l.name), true, l.maxprocs);
+            if let Some(drained) = l.drained {
+                m.set_drained(drained);
+            }
             let system = self.system().clone();
             let failed = move |addr| system.keepalive_failed(addr);
             tokio::spawn(run_owned(

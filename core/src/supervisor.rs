@@ -174,7 +174,9 @@ impl Machine {
         self.supervisor().load_info(&()).await
     }
 
-    /// Asks the machine to exit and stops it. Pending calls fail.
+    /// Asks the machine to exit and stops it. Pending calls fail. Of a system that forwards
+    /// the machine's output (the local system), the last lines the machine wrote reach the
+    /// driver's output before this returns (waiting a few seconds at most).
     pub async fn shutdown(&self) {
         let reason = Error::new(Kind::Canceled, format!("machine {} shut down", self.addr()));
         // Recorded first: the machine's exit may be noticed before the reply arrives.
@@ -186,8 +188,11 @@ impl Machine {
                 .internal()
                 .timeout(Duration::from_secs(2))
                 .await;
-            if let Err(e) = shutdown {
-                tracing::debug!(machine = %self.addr(), error = %e, "shutdown call failed");
+            match shutdown {
+                Ok(()) => self.drained().await,
+                Err(e) => {
+                    tracing::debug!(machine = %self.addr(), error = %e, "shutdown call failed");
+                }
             }
         }
         self.link().stop(reason);

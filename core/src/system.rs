@@ -24,6 +24,11 @@ pub struct Launched {
     /// Completes, with the reason, when the machine is gone (process exited, instance died,
     /// killed by a test). The driver then stops the machine at once with this error.
     pub exited: BoxFuture<'static, Error>,
+    /// Completes once the machine's process has ended and everything it wrote has reached the
+    /// driver's output; `None` for a system that forwards no output. [`crate::Machine::shutdown`]
+    /// waits for it (for a few seconds at most), so the machine's last lines come before
+    /// shutdown returns.
+    pub drained: Option<BoxFuture<'static, ()>>,
 }
 
 impl fmt::Debug for Launched {
@@ -32,6 +37,7 @@ impl fmt::Debug for Launched {
             .field("addr", &self.addr)
             .field("name", &self.name)
             .field("maxprocs", &self.maxprocs)
+            .field("drained", &self.drained.is_some())
             .finish_non_exhaustive()
     }
 }

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use bigmachine::binary::{current_digest, digest_bytes};
 use bigmachine::local::LocalSystem;
-use bigmachine::{Params, Result, Services, B};
+use bigmachine::testsystem::{LinkFaults, Relayed};
+use bigmachine::{BootTimeouts, Error, Kind, Params, Result, Services, State, B};
 
 use crate::support::{check, running, short_keepalive, tests, Probe, Test};
 
@@ -14,6 +15,7 @@ pub(crate) fn tests() -> Vec<(&'static str, Test)> {
         other_binary_is_uploaded_and_executed,
         binaries_come_from_the_store_or_a_peer,
         machines_booted_together_fetch_the_binary_from_each_other,
+        a_binary_that_cannot_arrive_in_time_stops_its_machine_at_the_binary_bound,
     ]
 }
 
@@ -180,5 +182,48 @@ async fn machines_booted_together_fetch_the_binary_from_each_other() -> Result<(
     }
     .await;
     let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn a_binary_that_cannot_arrive_in_time_stops_its_machine_at_the_binary_bound() -> Result<()> {
+    // Tens of MiB to upload through a link with 200 ms of round trip, within 500 ms: impossible.
+    let unseen = unseen_binary("bound")?;
+    let result = async {
+        let slow = LinkFaults::default().delay(Duration::from_millis(100));
+        let system = Relayed::new(
+            LocalSystem::builder().keepalive(short_keepalive()).build(),
+            slow,
+            7,
+        );
+        let mut timeouts = BootTimeouts::default();
+        timeouts.binary = Duration::from_millis(500);
+        let b = B::builder(system).boot_timeouts(timeouts).driver()?;
+        let params = Params::new()
+            .services(Services::new().with("Probe", Probe))
+            .binary(&unseen.copy);
+        let machines = b.start(1, params).await?;
+        let m = &machines[0];
+        tokio::time::timeout(Duration::from_secs(20), m.wait(State::Running))
+            .await
+            .map_err(|_| Error::other("boot neither finished nor failed in 20 s"))?;
+        check(
+            m.state() == State::Stopped,
+            format!("a binary in flight left the machine {:?}", m.state()),
+        )?;
+        let err = m.err().ok_or_else(|| Error::other("no error"))?;
+        check(
+            err.is(Kind::DeadlineExceeded)
+                && err.to_string().contains("getting the binary onto it"),
+            format!("the machine stopped with {err}"),
+        )?;
+        check(
+            b.binary_bytes_uploaded() == 0,
+            "the upload finished within its bound",
+        )?;
+        b.shutdown().await;
+        Ok(())
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&unseen.dir);
     result
 }

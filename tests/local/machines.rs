@@ -5,18 +5,29 @@ use std::time::Duration;
 use bigmachine::local::LocalSystem;
 use bigmachine::{Result, Services, B};
 
-use crate::support::{check, running, short_keepalive, sub_driver, tests, Probe, Test};
+use crate::support::{check, running, short_keepalive, sub_driver, tests, Probe, Test, PRINTED};
 
 pub(crate) fn tests() -> Vec<(&'static str, Test)> {
     tests![
         lines_printed_before_shutdown_all_arrive_in_order,
+        lines_printed_before_a_machine_shutdown_all_arrive_before_it_returns,
         environ_and_user_flags_reach_the_machine,
         machines_report_their_host,
     ]
 }
 
 async fn lines_printed_before_shutdown_all_arrive_in_order() -> Result<()> {
-    let out = sub_driver("print", &["--bigm.keepalive-timeout=5s"])?
+    printed_lines_all_arrive("print")
+}
+
+async fn lines_printed_before_a_machine_shutdown_all_arrive_before_it_returns() -> Result<()> {
+    printed_lines_all_arrive("print-machine-shutdown")
+}
+
+/// Runs a sub-driver in `role`, whose machine prints [`PRINTED`] numbered lines before it is
+/// shut down; checks they all reached the sub-driver's stderr, in order.
+fn printed_lines_all_arrive(role: &str) -> Result<()> {
+    let out = sub_driver(role, &["--bigm.keepalive-timeout=5s"])?
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .output()?;
@@ -36,11 +47,11 @@ async fn lines_printed_before_shutdown_all_arrive_in_order() -> Result<()> {
         .filter_map(|n| n.parse().ok())
         .collect();
     check(
-        numbers.len() == 10_000,
-        format!("{} of 10000 lines arrived", numbers.len()),
+        numbers.len() as u64 == PRINTED,
+        format!("{} of {PRINTED} lines arrived", numbers.len()),
     )?;
     check(
-        numbers.iter().copied().eq(0..10_000),
+        numbers.iter().copied().eq(0..PRINTED),
         "lines arrived out of order",
     )
 }

@@ -173,6 +173,9 @@ pub(crate) async fn run_example(name: &str, args: &[&str]) -> Result<(String, St
     Ok((stdout, stderr))
 }
 
+/// Lines a machine prints in the `print` roles.
+pub(crate) const PRINTED: u64 = 200_000;
+
 /// Plays a sub-driver's role with the driver `b`.
 pub(crate) async fn role(name: &str, b: B) -> Result<()> {
     match name {
@@ -187,11 +190,18 @@ pub(crate) async fn role(name: &str, b: B) -> Result<()> {
             tokio::time::sleep(Duration::from_secs(120)).await;
             Ok(())
         }
-        "print" => {
+        "print" | "print-machine-shutdown" => {
             let machines = running(&b, 1, Services::new().with("Probe", Probe)).await?;
-            let (): () = machines[0].call("Probe.print", &10_000u64).await?;
+            let (): () = machines[0].call("Probe.print", &PRINTED).await?;
             println!("{}", machines[0].addr());
-            b.shutdown().await;
+            if name == "print" {
+                b.shutdown().await;
+            } else {
+                machines[0].shutdown().await;
+                // No driver shutdown (nor anything else) waits for the machine's output: only
+                // the machine's own shutdown did.
+                std::process::exit(0);
+            }
             Ok(())
         }
         "probe" => {

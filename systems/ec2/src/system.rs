@@ -593,6 +593,8 @@ impl System for Ec2System {
                     name,
                     maxprocs,
                     exited,
+                    // The instances' output stays on them (their console, their logs).
+                    drained: None,
                 });
             }
             Ok(machines)

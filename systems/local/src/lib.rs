@@ -32,6 +32,7 @@ use bigmachine_supervisor::{
     ENV_MODE, ENV_STORE, ENV_SYSTEM,
 };
 use futures::future::BoxFuture;
+use futures::FutureExt;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStdout, Command};
 use tokio::sync::{oneshot, watch};
@@ -260,7 +261,9 @@ impl LocalSystem {
             addr,
             name,
             maxprocs: settings.maxprocs,
-            exited: Box::pin(exited(exit_rx)),
+            exited: Box::pin(exited(exit_rx.clone())),
+            // The end is reported once the output is written.
+            drained: Some(Box::pin(exited(exit_rx).map(drop))),
         };
         Ok((launched, pid))
     }

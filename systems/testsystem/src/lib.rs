@@ -29,7 +29,6 @@ pub use relay::{LinkFaults, Relay, RelayStats};
 pub use relayed::Relayed;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -44,7 +43,8 @@ use futures::future::BoxFuture;
 #[derive(Debug)]
 struct Inner {
     settings: TestSystemBuilder,
-    machines: Mutex<HashMap<SocketAddr, MachineHandle>>,
+    /// The live machines, by name.
+    machines: Mutex<HashMap<String, MachineHandle>>,
     /// Numbers machines, each once.
     next: AtomicUsize,
 }
@@ -70,6 +70,7 @@ pub struct TestSystemBuilder {
     transport: TransportConfig,
     max_payload: u64,
     exactly_once: OutcomeLimits,
+    request_timeout: Duration,
     maxprocs: usize,
 }
 
@@ -97,6 +98,13 @@ impl TestSystemBuilder {
     /// [`bigmachine_core::DEFAULT_MAX_PAYLOAD`] (1 GiB).
     pub fn max_payload(mut self, bytes: u64) -> Self {
         self.max_payload = bytes;
+        self
+    }
+
+    /// How long a request without a deadline may take to arrive; a later one is answered with
+    /// a temporary [`Kind::Unavailable`] error. Default: 5 minutes.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
         self
     }
 
@@ -144,15 +152,19 @@ impl TestSystem {
             transport: TransportConfig::default(),
             max_payload: bigmachine_core::DEFAULT_MAX_PAYLOAD,
             exactly_once: OutcomeLimits::default(),
+            request_timeout: bigmachine_core::__internal::ServerConfig::default().request_timeout,
             maxprocs: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 
     /// Kills `machine` abruptly: its endpoint closes (every connection to it fails at once) and
     /// it stops serving. The driver sees it exit and stops it. Returns whether the machine was
-    /// found alive.
+    /// found alive. The machine is found by name, so this works through [`Relayed`] too.
     pub fn kill(&self, machine: &Machine) -> bool {
-        let handle = self.lock().get(&machine.addr()).cloned();
+        let Some(name) = machine.name() else {
+            return false;
+        };
+        let handle = self.lock().get(name).cloned();
         match handle {
             Some(h) if !h.is_exited() => {
                 h.exit(Error::new(Kind::Unavailable, "machine killed"));
@@ -167,7 +179,22 @@ impl TestSystem {
         self.lock().values().filter(|h| !h.is_exited()).count()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, MachineHandle>> {
+    /// Starts the machine `name`.
+    fn start_one(&self, authority: &Authority, name: &str) -> Result<MachineHandle> {
+        let settings = &self.inner.settings;
+        let creds = authority.issue(name)?;
+        let mut options = MachineOptions::new(creds, Arc::new(self.clone()));
+        options.transport = settings.transport.clone();
+        options.server.max_payload = settings.max_payload;
+        options.server.faults = settings.faults.clone();
+        options.server.exactly_once = settings.exactly_once;
+        options.server.request_timeout = settings.request_timeout;
+        options.maxprocs = settings.maxprocs;
+        options.first_keepalive = settings.keepalive.timeout;
+        bigmachine_supervisor::start(options)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, MachineHandle>> {
         self.inner
             .machines
             .lock()
@@ -194,30 +221,35 @@ impl System for TestSystem {
         n: usize,
     ) -> BoxFuture<'a, Result<Vec<Launched>>> {
         Box::pin(async move {
-            let settings = &self.inner.settings;
             let mut launched = Vec::with_capacity(n);
+            let mut handles: Vec<(String, MachineHandle)> = Vec::with_capacity(n);
             for _ in 0..n {
                 let index = self.inner.next.fetch_add(1, Ordering::Relaxed);
                 let name = format!("test-{index}");
-                let creds = authority.issue(&name)?;
-                let mut options = MachineOptions::new(creds, Arc::new(self.clone()));
-                options.transport = settings.transport.clone();
-                options.server.max_payload = settings.max_payload;
-                options.server.faults = settings.faults.clone();
-                options.server.exactly_once = settings.exactly_once;
-                options.maxprocs = settings.maxprocs;
-                options.first_keepalive = settings.keepalive.timeout;
-                let handle = bigmachine_supervisor::start(options)?;
+                let handle = match self.start_one(authority, &name) {
+                    Ok(handle) => handle,
+                    Err(e) => {
+                        // The start fails as a whole: the machines it started go.
+                        for (name, h) in handles {
+                            h.exit(Error::new(Kind::Canceled, "its start failed"));
+                            self.lock().remove(&name);
+                        }
+                        return Err(e);
+                    }
+                };
+                handles.push((name.clone(), handle.clone()));
                 let mut machines = self.lock();
                 // Exited machines are forgotten: the map holds the live ones.
                 machines.retain(|_, h| !h.is_exited());
-                machines.insert(handle.addr(), handle.clone());
+                machines.insert(name.clone(), handle.clone());
                 drop(machines);
                 launched.push(Launched {
                     addr: handle.addr(),
                     name,
-                    maxprocs: settings.maxprocs,
+                    maxprocs: self.inner.settings.maxprocs,
                     exited: Box::pin(handle.exited()),
+                    // In-process machines log through this process's own subscriber.
+                    drained: None,
                 });
             }
             Ok(launched)

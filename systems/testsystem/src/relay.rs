@@ -119,13 +119,37 @@ fn socket2_ref(socket: &UdpSocket) -> socket2::SockRef<'_> {
     socket2::SockRef::from(socket)
 }
 
+/// A relay's front socket, bound before its target is known (see [`crate::Relayed`]).
+#[derive(Debug)]
+pub(crate) struct Front {
+    socket: UdpSocket,
+    addr: SocketAddr,
+}
+
+impl Front {
+    /// A front socket on `ip`, any free port.
+    pub(crate) fn bind(ip: std::net::IpAddr) -> Result<Self> {
+        let socket = bind(ip)?;
+        let addr = socket.local_addr().map_err(|e| io("address", e))?;
+        Ok(Self { socket, addr })
+    }
+}
+
 impl Relay {
     /// Starts a relay to `target` on a free port of `target`'s loopback address, applying
     /// `faults` with a generator seeded by `seed` (the same seed and traffic give the same
     /// fates). Must be called within a tokio runtime.
     pub fn start(target: SocketAddr, faults: LinkFaults, seed: u64) -> Result<Self> {
-        let front = bind(target.ip())?;
-        let addr = front.local_addr().map_err(|e| io("address", e))?;
+        Ok(Self::serve(Front::bind(target.ip())?, target, faults, seed))
+    }
+
+    /// Relays what reaches `front` to `target` (cannot fail: the sockets a relay may fail to
+    /// open are its front, bound already, and its upstreams, opened per caller later).
+    pub(crate) fn serve(front: Front, target: SocketAddr, faults: LinkFaults, seed: u64) -> Self {
+        let Front {
+            socket: front,
+            addr,
+        } = front;
         let shared = Arc::new(Shared {
             target,
             front,
@@ -135,7 +159,7 @@ impl Relay {
             dropped: AtomicU64::new(0),
         });
         let task = tokio::spawn(run(shared.clone()));
-        Ok(Self { addr, shared, task })
+        Self { addr, shared, task }
     }
 
     /// The address callers send to.
@@ -248,26 +272,78 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// Paces a socket's reads after errors: ICMP errors surface on Linux as one failed read each
+/// (a peer went away), so a few are passed over at once, but a socket failing on every read
+/// is read at most every [`Backoff::PAUSE`] rather than in a busy loop.
+#[derive(Debug, Default)]
+struct Backoff {
+    errors: u32,
+}
+
+impl Backoff {
+    const PAUSE: Duration = Duration::from_millis(10);
+    /// Failed reads in a row passed over without a pause.
+    const FREE: u32 = 8;
+
+    async fn failed(&mut self, what: &str, e: std::io::Error) {
+        tracing::trace!(error = %e, "relay {what} socket");
+        self.errors = self.errors.saturating_add(1);
+        if self.errors > Self::FREE {
+            tokio::time::sleep(Self::PAUSE).await;
+        } else {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    fn read(&mut self) {
+        self.errors = 0;
+    }
+}
+
+/// A caller's upstream socket unused this long is closed (its next datagram opens another):
+/// a relay that sees many callers come and go holds the sockets of recent ones only.
+const IDLE_UPSTREAM: Duration = Duration::from_secs(60);
+
+/// A caller's upstream socket, the task carrying the target's datagrams back, and when the
+/// caller last sent.
+struct Upstream {
+    socket: Arc<UdpSocket>,
+    _back: AbortOnDrop,
+    used: tokio::time::Instant,
+}
+
 /// Reads the front socket: each caller's datagrams go up through its own upstream socket,
 /// whose replies a task of their own carries back.
 async fn run(shared: Arc<Shared>) {
-    let mut upstreams: HashMap<SocketAddr, (Arc<UdpSocket>, AbortOnDrop)> = HashMap::new();
+    let mut upstreams: HashMap<SocketAddr, Upstream> = HashMap::new();
     let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut backoff = Backoff::default();
     loop {
         let (n, caller) = match shared.front.recv_from(&mut buf).await {
             Ok(got) => got,
             Err(e) => {
-                // ICMP errors surface here on Linux (a caller went away): keep serving.
-                tracing::trace!(error = %e, "relay front socket");
-                tokio::task::yield_now().await;
+                backoff.failed("front", e).await;
                 continue;
             }
         };
-        let upstream = match upstreams.get(&caller) {
-            Some((socket, _)) => socket.clone(),
+        backoff.read();
+        let now = tokio::time::Instant::now();
+        let upstream = match upstreams.get_mut(&caller) {
+            Some(up) => {
+                up.used = now;
+                up.socket.clone()
+            }
             None => match open_upstream(&shared, caller) {
                 Ok((socket, task)) => {
-                    upstreams.insert(caller, (socket.clone(), AbortOnDrop(task)));
+                    upstreams.retain(|_, up| now.duration_since(up.used) < IDLE_UPSTREAM);
+                    upstreams.insert(
+                        caller,
+                        Upstream {
+                            socket: socket.clone(),
+                            _back: AbortOnDrop(task),
+                            used: now,
+                        },
+                    );
                     socket
                 }
                 Err(e) => {
@@ -294,14 +370,15 @@ fn open_upstream(
     let back = shared.clone();
     let task = tokio::spawn(async move {
         let mut buf = vec![0u8; MAX_DATAGRAM];
+        let mut backoff = Backoff::default();
         loop {
             match reader.recv(&mut buf).await {
-                Ok(n) => back.pass(&buf[..n], Out::Down(caller)).await,
-                Err(e) => {
-                    // The target's port closed (ICMP): datagrams to it are lost; keep serving.
-                    tracing::trace!(error = %e, "relay upstream socket");
-                    tokio::task::yield_now().await;
+                Ok(n) => {
+                    backoff.read();
+                    back.pass(&buf[..n], Out::Down(caller)).await;
                 }
+                // The target's port closed (ICMP): datagrams to it are lost; keep serving.
+                Err(e) => backoff.failed("upstream", e).await,
             }
         }
     });

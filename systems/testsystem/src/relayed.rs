@@ -2,14 +2,14 @@
 //! partitioned network between the driver (and other machines) and each machine.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bigmachine_core::{Authority, KeepaliveConfig, Launched, Machine, Result, System};
+use bigmachine_core::{Authority, Error, KeepaliveConfig, Kind, Launched, Machine, Result, System};
 use futures::future::BoxFuture;
 
-use crate::relay::{LinkFaults, Relay};
+use crate::relay::{Front, LinkFaults, Relay};
 
 /// A [`System`] whose machines are reached through a [`Relay`] each: the driver, and machines
 /// calling each other, address a machine at its relay. Wraps the in-process [`crate::TestSystem`]
@@ -107,12 +107,27 @@ impl<S: System> System for Relayed<S> {
         n: usize,
     ) -> BoxFuture<'a, Result<Vec<Launched>>> {
         Box::pin(async move {
+            // The relays' sockets are bound first: once machines are launched, nothing fails
+            // (the wrapped system cannot be told to take back machines it launched).
+            let fronts = (0..n)
+                .map(|_| Front::bind(Ipv4Addr::LOCALHOST.into()))
+                .collect::<Result<Vec<_>>>()?;
             let launched = self.inner.system.start(authority, n).await?;
+            if launched.len() != fronts.len() {
+                return Err(Error::new(
+                    Kind::Other,
+                    format!(
+                        "system {} launched {} machines, not {n}",
+                        self.inner.system.name(),
+                        launched.len()
+                    ),
+                ));
+            }
             let mut relayed = Vec::with_capacity(launched.len());
-            for machine in launched {
+            for (machine, front) in launched.into_iter().zip(fronts) {
                 let seed = self.inner.seed.fetch_add(1, Ordering::Relaxed);
                 let faults = *self.inner.faults.lock().unwrap_or_else(|e| e.into_inner());
-                let relay = Arc::new(Relay::start(machine.addr, faults, seed)?);
+                let relay = Arc::new(Relay::serve(front, machine.addr, faults, seed));
                 let addr = relay.addr();
                 self.lock().insert(addr, relay);
                 // The relay goes when the machine exits, or when the driver stops watching
@@ -130,6 +145,7 @@ impl<S: System> System for Relayed<S> {
                         let _forget = forget;
                         exited.await
                     }),
+                    drained: machine.drained,
                 });
             }
             Ok(relayed)
