@@ -1,8 +1,8 @@
 //! The driver's debug pages: `/debug/bigmachine/status`, the state of every machine, as a page
 //! a person reads or, with `?format=json` (or `Accept: application/json`), as JSON.
 //!
-//! Served when `--bigm.debug-addr` (or `BIGM_DEBUG_ADDR`) names an address; examples use
-//! `127.0.0.1:3333`. The server runs on a thread of its own and only reads machine state.
+//! Served when `--bigm.debug-addr` (or `BIGM_DEBUG_ADDR`) names a port (of loopback: `3333`)
+//! or an address; an address beyond loopback is served with a warning. The server runs on a thread of its own and only reads machine state.
 
 use std::net::SocketAddr;
 
@@ -28,7 +28,14 @@ pub fn serve(b: B, addr: SocketAddr) -> Result<SocketAddr> {
             }
         })
         .map_err(|e| Error::new(Kind::Other, format!("debug server thread: {e}")))?;
-    tracing::info!("debug pages at http://{bound}/debug/bigmachine/status");
+    if bound.ip().is_loopback() {
+        tracing::info!("debug pages at http://{bound}/debug/bigmachine/status");
+    } else {
+        tracing::warn!(
+            "debug pages at http://{bound}/debug/bigmachine/status, open beyond this host: \
+             anyone who reaches it sees the cluster's machines (bind 127.0.0.1 to keep them local)"
+        );
+    }
     Ok(bound)
 }
 

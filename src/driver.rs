@@ -79,8 +79,9 @@ pub struct Flags {
     /// Processors per machine (local system: worker threads of each machine's runtime).
     #[arg(long = "bigm.maxprocs", env = "BIGM_MAXPROCS")]
     pub maxprocs: Option<usize>,
-    /// Serve the debug pages (`/debug/bigmachine/status`) at this address, e.g. `127.0.0.1:3333`.
-    #[arg(long = "bigm.debug-addr", env = "BIGM_DEBUG_ADDR")]
+    /// Serve the debug pages (`/debug/bigmachine/status`) at this port of loopback (`3333`), or
+    /// at this address (`0.0.0.0:3333`: a warning says the pages are open beyond this host).
+    #[arg(long = "bigm.debug-addr", env = "BIGM_DEBUG_ADDR", value_parser = debug_addr)]
     pub debug_addr: Option<std::net::SocketAddr>,
     /// Log filter for the driver and its machines (`info`, `bigmachine_core=debug`, ...).
     #[arg(long = "bigm.log", env = "BIGM_LOG", default_value = "info")]
@@ -260,4 +261,30 @@ fn init_logging(filter: &str) {
         .with_writer(|| LossyStderr)
         .with_target(false)
         .try_init();
+}
+
+/// A debug address: a port alone means that port on loopback.
+fn debug_addr(s: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(std::net::SocketAddr::from((
+            std::net::Ipv4Addr::LOCALHOST,
+            port,
+        )));
+    }
+    s.parse()
+        .map_err(|e| format!("{s:?} is neither a port nor an address: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_debug_port_alone_is_served_on_loopback() {
+        let port = debug_addr("3333").map(|a| (a.ip().is_loopback(), a.port()));
+        assert_eq!(port, Ok((true, 3333)));
+        let any = debug_addr("0.0.0.0:3333").map(|a| a.ip().is_loopback());
+        assert_eq!(any, Ok(false));
+        assert!(debug_addr("localhost:x").is_err());
+    }
 }

@@ -66,12 +66,13 @@
 //! | `bigmachine-testsystem` | in-process machines for tests |
 //! | `bigmachine-local` | machines as processes of the same binary on this host |
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 pub use bigmachine_core::{
     Archived, Authority, BootTimeouts, Builder, ByteSink, ByteStream, Call, Congestion, Context,
-    Credentials, Decode, DiskInfo, Encode, Error, FromPayload, Info, KeepaliveConfig, Kind,
-    Launched, LoadInfo, Machine, MemInfo, OutcomeLimits, Params, Payload, Reply, Result,
-    RetryPolicy, ServiceValue, Services, Severity, State, System, TransportConfig, B,
+    Credentials, Decode, DiskInfo, Encode, Error, FromPayload, Identity, Info, KeepaliveConfig,
+    Kind, Launched, LoadInfo, Machine, MemInfo, OutcomeLimits, Params, Payload, Reply, Result,
+    RetryPolicy, Role, ServiceValue, Services, Severity, State, System, TransportConfig, B,
     DEFAULT_MAX_PAYLOAD,
 };
 pub use bigmachine_macros::service;

@@ -7,7 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bigmachine::testsystem::TestSystem;
-use bigmachine::{Authority, Credentials, Error, Kind, Result, State, TransportConfig};
+use bigmachine::{
+    service, Authority, Context, Credentials, Error, KeepaliveConfig, Kind, Machine, Result, Role,
+    Services, State, TransportConfig, B,
+};
 use bigmachine_core::__internal::io::read_reply;
 use bigmachine_core::__internal::wire::{self, RequestHeader, Status};
 use bigmachine_core::__internal::{decode, encode, type_tag};
@@ -60,9 +63,30 @@ async fn client_with_a_certificate_of_another_ca_is_refused() -> Result<()> {
     // The impostor trusts the cluster's CA (so it accepts the server) but its own certificate
     // comes from another CA.
     let impostor = forged(&Authority::new()?, cluster_ca)?;
-    let endpoint = Endpoint::bind(loopback(), &impostor, TransportConfig::default())?;
+    refused_then_serving(&impostor, &machines[0]).await?;
+    b.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_certificate_is_refused() -> Result<()> {
+    let (b, machines) = echo_cluster(TestSystem::new(), 1).await?;
+    let cluster_ca = b.authority().ok_or_else(|| Error::other("no authority"))?;
+    // The cluster's own authority, but a certificate that expired yesterday.
+    let day = Duration::from_secs(24 * 3600);
+    let now = std::time::SystemTime::now();
+    let expired = cluster_ca.issue_for("local-9", Role::Machine, now - 2 * day, now - day)?;
+    refused_then_serving(&expired, &machines[0]).await?;
+    b.shutdown().await;
+    Ok(())
+}
+
+/// Checks that a client holding `creds` is refused by `machine` at the handshake, promptly and
+/// with a fatal network error, and that the machine serves its cluster as before.
+async fn refused_then_serving(creds: &Credentials, machine: &Machine) -> Result<()> {
+    let endpoint = Endpoint::bind(loopback(), creds, TransportConfig::default())?;
     let attempt = async {
-        let conn = endpoint.connect(machines[0].addr(), SERVER_NAME).await?;
+        let conn = endpoint.connect(machine.addr(), SERVER_NAME).await?;
         let frame = ping_frame();
         raw_exchange(&conn, &frame).await
     };
@@ -71,12 +95,111 @@ async fn client_with_a_certificate_of_another_ca_is_refused() -> Result<()> {
         .map_err(|_| Error::other("refusal took more than 5 s"))?;
     let err = outcome
         .err()
-        .ok_or_else(|| Error::other("the impostor got a reply"))?;
+        .ok_or_else(|| Error::other("the refused client got a reply"))?;
     assert!(err.is(Kind::Net) && err.is_fatal(), "{err}");
-    // The machine serves its cluster as before.
-    let reply: String = machines[0].call("Echo.echo", &"ok".to_string()).await?;
+    let reply: String = machine.call("Echo.echo", &"ok".to_string()).await?;
     assert_eq!(reply, "hello, ok");
-    assert_eq!(machines[0].state(), State::Running);
+    assert_eq!(machine.state(), State::Running);
+    Ok(())
+}
+
+/// Tries the Supervisor's methods on peers, and says who called it.
+#[derive(Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct Meddler {
+    #[rkyv(with = rkyv::with::Skip)]
+    b: Option<B>,
+}
+
+#[service]
+impl Meddler {
+    async fn init(&mut self, b: &B) -> Result<()> {
+        self.b = Some(b.clone());
+        Ok(())
+    }
+
+    /// Calls `Supervisor.<method>` on the machine at `addr`; returns the error's kind, or "ok".
+    async fn meddle(&self, ctx: &Context, (addr, method): (String, String)) -> Result<String> {
+        let b = self.b.as_ref().ok_or_else(|| Error::other("no B"))?;
+        let peer = b.dial(addr.parse().map_err(Error::other)?);
+        // An hour of life in a keepalive, were it obeyed; nothing in the other methods.
+        let called = peer
+            .call::<u64, ()>(&format!("Supervisor.{method}"), &3_600_000)
+            .context(ctx)
+            .await;
+        Ok(called.map_or_else(|e| format!("{:?}", e.kind()), |()| "ok".to_string()))
+    }
+
+    /// Who called, as the certificate of the caller states: role and name.
+    async fn whoami(&self, ctx: &Context, _arg: ()) -> Result<(String, String)> {
+        let caller = ctx.caller().ok_or_else(|| Error::other("no caller"))?;
+        Ok((format!("{:?}", caller.role), caller.name.clone()))
+    }
+
+    /// `whoami` of the machine at `addr`, called from this machine.
+    async fn ask(&self, ctx: &Context, addr: String) -> Result<(String, String)> {
+        let b = self.b.as_ref().ok_or_else(|| Error::other("no B"))?;
+        let peer = b.dial(addr.parse().map_err(Error::other)?);
+        peer.call("M.whoami", &()).context(ctx).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_machine_cannot_control_a_peer() -> Result<()> {
+    let mut keepalive = KeepaliveConfig::default();
+    keepalive.period = Duration::from_millis(200);
+    keepalive.timeout = Duration::from_secs(1);
+    keepalive.rpc_timeout = Duration::from_millis(500);
+    let system = TestSystem::builder().keepalive(keepalive).build();
+    let b = B::new(system.clone())?;
+    let machines = b
+        .start(2, Services::new().with("M", Meddler { b: None }))
+        .await?;
+    for m in &machines {
+        assert_eq!(m.wait(State::Running).await, State::Running);
+    }
+    let (meddler, victim) = (&machines[0], &machines[1]);
+    let target = victim.addr().to_string();
+    for method in [
+        "keepalive",
+        "shutdown",
+        "exec",
+        "setbinary",
+        "usebinary",
+        "fetchbinary",
+        "setenv",
+        "setargs",
+        "register",
+    ] {
+        let got: String = meddler
+            .call("M.meddle", &(target.clone(), method.to_string()))
+            .await?;
+        assert_eq!(got, "NotAllowed", "a peer's Supervisor.{method}");
+    }
+    // What peers need stays open (these calls fail on their types, past the check).
+    for method in ["ping", "info", "getbinary"] {
+        let got: String = meddler
+            .call("M.meddle", &(target.clone(), method.to_string()))
+            .await?;
+        assert_ne!(got, "NotAllowed", "a peer's Supervisor.{method}");
+    }
+    assert_eq!(
+        victim.state(),
+        State::Running,
+        "a refused call stopped the victim"
+    );
+    // Methods learn who called.
+    let by_driver: (String, String) = victim.call("M.whoami", &()).await?;
+    assert_eq!(by_driver, ("Driver".to_string(), "driver".to_string()));
+    let by_peer: (String, String) = meddler.call("M.ask", &target).await?;
+    let meddler_name = meddler.name().unwrap_or_default().to_string();
+    assert_eq!(by_peer, ("Machine".to_string(), meddler_name));
+    // The driver goes (its keepalives stop): the keepalive the meddler sent did not keep the
+    // victim, and both machines exit on their own.
+    for m in &machines {
+        m.cancel();
+    }
+    let gone = common::eventually(Duration::from_secs(10), || system.live() == 0).await;
+    assert!(gone, "{} machines outlived their driver", system.live());
     b.shutdown().await;
     Ok(())
 }
@@ -223,7 +346,7 @@ async fn a_request_that_stalls_is_answered_at_its_deadline() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_without_deadline_that_stalls_is_answered_at_the_server_limit() -> Result<()> {
+async fn slow_request_is_cut_by_its_time_bound() -> Result<()> {
     let system = TestSystem::builder()
         .request_timeout(Duration::from_millis(300))
         .build();
@@ -231,5 +354,52 @@ async fn a_request_without_deadline_that_stalls_is_answered_at_the_server_limit(
     // The transfer stalled, the call is not over: retrying may succeed.
     assert_eq!(err.kind(), Kind::Unavailable, "{err}");
     assert!(err.is_temporary(), "{err}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_payload_is_not_read_for_an_unknown_method() -> Result<()> {
+    let (b, machines) = echo_cluster(TestSystem::new(), 1).await?;
+    let (_endpoint, conn) = raw_client(&b, &machines[0]).await?;
+    // Heads that announce 64 MiB of argument, of which nothing is sent: an unknown method, an
+    // unknown service, a wrong argument type. Each is answered from its head alone.
+    let string_tag = type_tag::<String>();
+    for (method, arg_type, kind) in [
+        (&b"Echo.nosuch"[..], string_tag, Kind::NotSupported),
+        (&b"Nosuch.echo"[..], string_tag, Kind::NotSupported),
+        (&b"Echo.echo"[..], type_tag::<u64>(), Kind::Invalid),
+    ] {
+        let mut head = RequestHeader {
+            flags: 0,
+            method_len: method.len() as u16,
+            timeout_us: 0,
+            arg_type,
+            reply_type: string_tag,
+            payload_len: 64 << 20,
+            call_id: 9,
+        }
+        .encode()
+        .to_vec();
+        head.extend_from_slice(method);
+        let (mut send, mut recv) = conn.open_bi().await?;
+        send.write_all(&head).await?;
+        let reply = tokio::time::timeout(Duration::from_secs(5), read_reply(&mut recv, 1 << 20))
+            .await
+            .map_err(|_| Error::other("the machine waits for the argument"))??;
+        assert_eq!(reply.0, Status::ServerError);
+        let err = wire::decode_error(&reply.1);
+        assert_eq!(err.kind(), kind, "{err}");
+    }
+    // Through the call path, with the argument sent: the caller gets the machine's refusal, not
+    // the error of a write the machine stopped.
+    let big = vec![7u8; 64 << 20];
+    let err = machines[0]
+        .call::<Vec<u8>, u64>("Echo.nosuch", &big)
+        .await
+        .err()
+        .ok_or_else(|| Error::other("an unknown method replied"))?;
+    assert_eq!(err.kind(), Kind::NotSupported, "{err}");
+    assert_eq!(machines[0].state(), State::Running);
+    b.shutdown().await;
     Ok(())
 }

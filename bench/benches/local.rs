@@ -47,7 +47,7 @@ async fn bare_process() {
 async fn bare_processes(n: usize) -> Duration {
     let ca = Authority::new().unwrap_or_else(|e| panic!("authority: {e}"));
     let local = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-    let me = ca.issue("driver").unwrap_or_else(|e| panic!("{e}"));
+    let me = ca.issue_driver().unwrap_or_else(|e| panic!("{e}"));
     let started = Instant::now();
     let ep = Endpoint::bind(local, &me, TransportConfig::default())
         .unwrap_or_else(|e| panic!("bind: {e}"));

@@ -7,6 +7,7 @@ use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use bigmachine_quic::{Authority, Endpoint, Pool, TransportConfig, SERVER_NAME};
 
@@ -60,9 +61,18 @@ pub struct Builder {
     transport: TransportConfig,
     max_payload: u64,
     boot_timeouts: BootTimeouts,
+    certificate_lifetime: Duration,
 }
 
 impl Builder {
+    /// How long the certificates of the driver and its machines are valid; a machine that
+    /// outlives its certificate can no longer be reached. Default:
+    /// [`bigmachine_quic::DEFAULT_LIFETIME`] (30 days).
+    pub fn certificate_lifetime(mut self, lifetime: Duration) -> Self {
+        self.certificate_lifetime = lifetime;
+        self
+    }
+
     /// The address the driver's endpoint binds. Default: `127.0.0.1:0` (any free port on
     /// loopback).
     pub fn bind(mut self, addr: SocketAddr) -> Self {
@@ -91,9 +101,10 @@ impl Builder {
     /// Builds a driver: a new certificate authority, the driver's own certificate and endpoint.
     /// Must be called within a tokio runtime.
     pub fn driver(self) -> Result<B> {
-        let authority = Authority::new()?;
-        let creds = authority.issue("bigmachine driver")?;
-        let endpoint = Endpoint::bind(self.bind, &creds, self.transport)?;
+        let authority = Authority::new()?.with_lifetime(self.certificate_lifetime);
+        let creds = authority.issue_driver()?;
+        // The driver calls its machines and serves nothing.
+        let endpoint = Endpoint::client(self.bind, &creds, self.transport)?;
         Ok(B::with(
             self.system,
             endpoint,
@@ -125,6 +136,7 @@ impl B {
             transport: TransportConfig::default(),
             max_payload: crate::DEFAULT_MAX_PAYLOAD,
             boot_timeouts: BootTimeouts::default(),
+            certificate_lifetime: bigmachine_quic::DEFAULT_LIFETIME,
         }
     }
 
@@ -262,8 +274,8 @@ impl B {
         self.inner.binary_news.notify_waiters();
     }
 
-    /// Completes at the next [`B::binary_news`] after it is first polled (or
-    /// [`std::pin::Pin::as_mut`] + `enable`d): create it before looking, await it after.
+    /// Completes at the next [`B::binary_news`] after it was created: create it before
+    /// looking, await it after.
     pub(crate) fn binary_news_wait(&self) -> tokio::sync::futures::Notified<'_> {
         self.inner.binary_news.notified()
     }

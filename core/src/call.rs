@@ -479,8 +479,10 @@ async fn exchange(request: Request<'_>, body: Option<ByteStream>) -> Result<Resp
     header.encode_head(name.0, name.1, &mut head)?;
     let conn = link.pool().get().await?;
     let (mut send, mut recv) = conn.open_bi().await?;
-    io::write_request(&mut send, head, arg).await?;
+    let reading = io::write_request(&mut send, head, arg).await?;
     let (writer, source_failed) = match body {
+        // Refused from its head: nothing more to send; the reply says why.
+        _ if !reading => (None, None),
         Some(body) => {
             let (failed, source_failed) = oneshot::channel();
             let writer = tokio::spawn(async move {

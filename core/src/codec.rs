@@ -103,7 +103,7 @@ where
 
 /// Runs `f` on `bytes` if they are aligned, else on an aligned copy of them.
 fn with_aligned<R>(bytes: &[u8], f: impl FnOnce(&[u8]) -> Result<R>) -> Result<R> {
-    if (bytes.as_ptr() as usize) % PAYLOAD_ALIGN == 0 {
+    if (bytes.as_ptr() as usize).is_multiple_of(PAYLOAD_ALIGN) {
         f(bytes)
     } else {
         let mut copy = Payload::with_capacity(bytes.len());

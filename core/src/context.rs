@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bigmachine_quic::Identity;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -23,6 +24,7 @@ pub struct Context {
     deadline: Option<Instant>,
     cancel: CancellationToken,
     peer: Option<SocketAddr>,
+    caller: Option<Arc<Identity>>,
 }
 
 impl Context {
@@ -32,14 +34,20 @@ impl Context {
             deadline: None,
             cancel: CancellationToken::new(),
             peer: None,
+            caller: None,
         }
     }
 
-    pub(crate) fn for_call(deadline: Option<Instant>, peer: SocketAddr) -> Self {
+    pub(crate) fn for_call(
+        deadline: Option<Instant>,
+        peer: SocketAddr,
+        caller: Arc<Identity>,
+    ) -> Self {
         Self {
             deadline,
             cancel: CancellationToken::new(),
             peer: Some(peer),
+            caller: Some(caller),
         }
     }
 
@@ -72,6 +80,12 @@ impl Context {
     /// The address of the calling endpoint, if the call came over the network.
     pub fn peer(&self) -> Option<SocketAddr> {
         self.peer
+    }
+
+    /// Who called, as the caller's verified certificate states (the driver, or a machine and
+    /// its name), if the call came over the network.
+    pub fn caller(&self) -> Option<&Identity> {
+        self.caller.as_deref()
     }
 
     /// A future that completes once this call's reply has reached the caller (its transport
@@ -191,7 +205,15 @@ mod tests {
     use super::*;
 
     fn call_context() -> Context {
-        Context::for_call(None, SocketAddr::from(([127, 0, 0, 1], 1)))
+        let caller = Identity {
+            role: bigmachine_quic::Role::Machine,
+            name: "test".into(),
+        };
+        Context::for_call(
+            None,
+            SocketAddr::from(([127, 0, 0, 1], 1)),
+            Arc::new(caller),
+        )
     }
 
     // The futures are awaited after their call's handler ended, as methods use them.

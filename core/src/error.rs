@@ -37,10 +37,13 @@ pub enum Kind {
     NotSupported,
     /// A precondition of the operation does not hold.
     Precondition,
+    /// The caller may not do this: a machine asked a peer for what only the driver that owns
+    /// it may ask (its binary, environment, services, keepalives, shutdown).
+    NotAllowed,
 }
 
 impl Kind {
-    const ALL: [Self; 10] = [
+    const ALL: [Self; 11] = [
         Self::Other,
         Self::Net,
         Self::Unavailable,
@@ -51,6 +54,7 @@ impl Kind {
         Self::Oom,
         Self::NotSupported,
         Self::Precondition,
+        Self::NotAllowed,
     ];
 
     /// The kind's number on the wire.
@@ -78,6 +82,7 @@ impl Kind {
             Self::Oom => "out of memory",
             Self::NotSupported => "not supported",
             Self::Precondition => "precondition failed",
+            Self::NotAllowed => "not allowed",
         }
     }
 }

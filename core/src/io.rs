@@ -14,70 +14,84 @@ use crate::wire::{
     REPLY_HEADER_LEN, REQUEST_HEADER_LEN,
 };
 
-/// A request as read from a call stream, up to its argument's archive.
+/// A request's header and method, as read from a call stream before its argument.
 #[derive(Debug)]
-pub(crate) struct IncomingRequest {
+pub(crate) struct RequestHead {
     /// The request's header.
     pub(crate) header: RequestHeader,
     /// The method called.
     pub(crate) method: MethodName,
-    /// The argument's archive.
-    pub(crate) arg: Payload,
+    /// When the rest of the request (the argument) must have arrived.
+    pub(crate) rest_by: tokio::time::Instant,
+    /// The server's own limit, for error messages.
+    limit: std::time::Duration,
 }
 
-/// Reads a request: header, method name and payload (and, unless a byte stream follows, the end
-/// of the stream). A stream that ends early is [`Kind::Invalid`]: the peer sent a bad frame.
-/// The whole read ends by the request's own deadline (its timeout from `arrived`: a fatal
-/// [`Kind::DeadlineExceeded`] error) or, for a request without one (and for the header),
-/// `limit` after `arrived` (a temporary [`Kind::Unavailable`] error).
-pub(crate) async fn read_request(
+/// Reads a request's header and method name, so that the server can refuse a call (unknown
+/// method, wrong types, not allowed) before it reads any of the argument. A stream that ends
+/// early is [`Kind::Invalid`]: the peer sent a bad frame. The head must arrive within `limit`
+/// after `arrived` (else a temporary [`Kind::Unavailable`] error: the transfer stalled); the
+/// argument, by the request's own deadline or, for a request without one, by the same limit.
+pub(crate) async fn read_head(
     recv: &mut RecvStream,
     max_payload: u64,
     arrived: tokio::time::Instant,
     limit: std::time::Duration,
-) -> Result<IncomingRequest> {
-    // Past the server's own limit, the transfer stalled (a retry may find a better path);
-    // past the call's deadline, the call is over.
-    let stalled = |what: &str| {
-        Error::temporary(
-            Kind::Unavailable,
-            format!("the request's {what} did not arrive within the server's limit ({limit:?})"),
-        )
-    };
-    let mut hb = [0u8; REQUEST_HEADER_LEN];
+) -> Result<RequestHead> {
     let head_by = crate::deadline::saturating_after(arrived, limit);
-    tokio::time::timeout_at(head_by, read_exact(recv, &mut hb, Kind::Invalid))
+    let read = async {
+        let mut hb = [0u8; REQUEST_HEADER_LEN];
+        read_exact(recv, &mut hb, Kind::Invalid).await?;
+        let header = RequestHeader::decode(&hb, max_payload)?;
+        let mut name = vec![0u8; usize::from(header.method_len)];
+        read_exact(recv, &mut name, Kind::Invalid).await?;
+        Ok::<_, Error>((header, MethodName::parse(name)?))
+    };
+    let (header, method) = tokio::time::timeout_at(head_by, read)
         .await
-        .map_err(|_| stalled("header"))??;
-    let header = RequestHeader::decode(&hb, max_payload)?;
+        .map_err(|_| stalled("header", limit))??;
     let rest_by = header
         .timeout()
         .map_or(head_by, |t| crate::deadline::saturating_after(arrived, t));
-    let late = |what: &str| match header.timeout() {
-        Some(t) => Error::fatal(
-            Kind::DeadlineExceeded,
-            format!("the request's {what} did not arrive within the call's timeout ({t:?})"),
-        ),
-        None => stalled(what),
-    };
-    let rest = async {
-        let mut name = vec![0u8; usize::from(header.method_len)];
-        read_exact(recv, &mut name, Kind::Invalid).await?;
-        let method = MethodName::parse(name)?;
+    Ok(RequestHead {
+        header,
+        method,
+        rest_by,
+        limit,
+    })
+}
+
+/// Reads the argument of the request whose head is `head` (and, unless a byte stream follows,
+/// the end of the stream), by the time [`read_head`] set. Late: a fatal
+/// [`Kind::DeadlineExceeded`] error if the request's own deadline passed, else a temporary
+/// [`Kind::Unavailable`] one.
+pub(crate) async fn read_argument(recv: &mut RecvStream, head: &RequestHead) -> Result<Payload> {
+    let header = &head.header;
+    let read = async {
         let arg = read_payload(recv, header.payload_len, Kind::Invalid).await?;
         if !header.has_stream() {
             read_end(recv, Kind::Invalid).await?;
         }
-        Ok::<_, Error>((method, arg))
+        Ok::<_, Error>(arg)
     };
-    let (method, arg) = tokio::time::timeout_at(rest_by, rest)
+    tokio::time::timeout_at(head.rest_by, read)
         .await
-        .map_err(|_| late("argument"))??;
-    Ok(IncomingRequest {
-        header,
-        method,
-        arg,
-    })
+        .map_err(|_| match header.timeout() {
+            Some(t) => Error::fatal(
+                Kind::DeadlineExceeded,
+                format!("the request's argument did not arrive within the call's timeout ({t:?})"),
+            ),
+            None => stalled("argument", head.limit),
+        })?
+}
+
+/// A request whose `what` did not arrive within the server's `limit`: the transfer stalled (a
+/// retry may find a better path).
+fn stalled(what: &str, limit: std::time::Duration) -> Error {
+    Error::temporary(
+        Kind::Unavailable,
+        format!("the request's {what} did not arrive within the server's limit ({limit:?})"),
+    )
 }
 
 /// Payloads up to this size are sent in the same write as the request's head.
@@ -85,20 +99,25 @@ const INLINE: usize = 16 << 10;
 
 /// Writes a request: its `head` (header and method name, see
 /// [`RequestHeader::encode_head`]), then the argument's archive, which is handed to the
-/// transport without a copy (small ones go in the head's write).
+/// transport without a copy (small ones go in the head's write). Returns whether the machine
+/// still reads: `false` if it stopped the stream, having refused the call from its head (its
+/// reply says why, and is to be read rather than this write's error).
 pub(crate) async fn write_request(
     send: &mut SendStream,
     mut head: Vec<u8>,
     arg: &Bytes,
-) -> Result<()> {
-    if arg.len() <= INLINE {
+) -> Result<bool> {
+    let written = if arg.len() <= INLINE {
         head.extend_from_slice(arg);
-        send.write_chunk(head.into()).await?;
+        send.write_chunk(head.into()).await
     } else {
-        send.write_all_chunks(&mut [head.into(), arg.clone()])
-            .await?;
+        send.write_all_chunks(&mut [head.into(), arg.clone()]).await
+    };
+    match written {
+        Ok(()) => Ok(true),
+        Err(quinn::WriteError::Stopped(_)) => Ok(false),
+        Err(e) => Err(e.into()),
     }
-    Ok(())
 }
 
 /// Room to reserve for a request's head, with a small argument in the same buffer.

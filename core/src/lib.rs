@@ -43,6 +43,8 @@
 //! - `fault`: [`ReplyFaults`] a server injects, for tests.
 //! - `binary`: digests of binaries.
 #![deny(missing_docs)]
+// The few `unsafe` blocks (system calls, one validated archive) each say why they are sound.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 mod b;
 mod binary;
@@ -73,7 +75,7 @@ mod system;
 mod wire;
 
 pub use b::{Builder, B};
-pub use bigmachine_quic::{Authority, Congestion, Credentials, TransportConfig};
+pub use bigmachine_quic::{Authority, Congestion, Credentials, Identity, Role, TransportConfig};
 pub use binary::{current_digest, digest_bytes, digest_file};
 pub use boot_timeouts::BootTimeouts;
 pub use buffers::{pool_limit, pooled_bytes, set_pool_limit, Payload, DEFAULT_POOL_LIMIT};
@@ -193,9 +195,40 @@ pub mod __private {
         }
     }
 
+    /// Refuses, from its header, a call whose types or byte stream are not the method's:
+    /// `body` says whether the call sends a byte stream, `expects` whether the method takes one.
+    pub fn check_call<A: FromPayload, R: IntoReply>(
+        (arg_type, reply_type): (u64, u64),
+        (body, expects): (bool, bool),
+        type_name: &str,
+        method: &str,
+    ) -> Result<()> {
+        check_tags::<A, R>(arg_type, reply_type, type_name, method)?;
+        match (body, expects) {
+            (false, true) => Err(Error::fatal(
+                Kind::Invalid,
+                format!("{method} takes a byte stream; send one with Call::body"),
+            )),
+            (true, false) => Err(Error::fatal(
+                Kind::Invalid,
+                format!("{method} takes no byte stream, but the call sent one"),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Refuses a call whose argument or expected reply is not of the method's types.
     pub fn check_types<A: FromPayload, R: IntoReply>(
         request: &Request,
+        type_name: &str,
+        method: &str,
+    ) -> Result<()> {
+        check_tags::<A, R>(request.arg_type, request.reply_type, type_name, method)
+    }
+
+    fn check_tags<A: FromPayload, R: IntoReply>(
+        arg_type: u64,
+        reply_type: u64,
         type_name: &str,
         method: &str,
     ) -> Result<()> {
@@ -205,10 +238,10 @@ pub mod __private {
                 format!("{type_name}::{method}: {what} type mismatch: the method's is {expected}"),
             ))
         };
-        if request.arg_type != A::tag() {
+        if arg_type != A::tag() {
             return mismatch("argument", std::any::type_name::<A>());
         }
-        if request.reply_type != R::tag() {
+        if reply_type != R::tag() {
             return mismatch("reply", std::any::type_name::<R>());
         }
         Ok(())

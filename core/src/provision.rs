@@ -51,10 +51,8 @@ pub(crate) async fn provide_binary(
     let stop_waiting = crate::deadline::from_now(bound / 2);
     let mut waited = false;
     loop {
-        // Armed before looking, so news that comes while looking is not missed.
+        // Created before looking, so news that comes while looking is not missed.
         let news = b.binary_news_wait();
-        tokio::pin!(news);
-        news.as_mut().enable();
         if let Some(peer) = b.peer_with(&binary.digest, machine.addr()) {
             // A peer sharing this machine's store (one host) put the binary there meanwhile.
             // (A failed look is no reason to give up: the peer is there.)

@@ -20,7 +20,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bigmachine_quic::Endpoint;
+use bigmachine_quic::{Endpoint, Identity, Role};
 use futures::FutureExt;
 use quinn::{RecvStream, SendStream};
 use tokio::time::Instant;
@@ -34,7 +34,7 @@ use crate::error::{Error, Kind};
 use crate::fault::{ReplyFault, ReplyFaults};
 use crate::io;
 use crate::outcomes::{self, Begin, Kept, OutcomeLimits, Outcomes, Recorder};
-use crate::service::{Failure, Handler, Outcome, Request, ServiceTable};
+use crate::service::{Failure, Handler, Outcome, Request, Service, ServiceTable};
 use crate::supervisor::SUPERVISOR;
 use crate::wire::{self, ReplyHeader, Reset, Status, REPLY_HEADER_LEN};
 
@@ -112,6 +112,15 @@ async fn connection(incoming: quinn::Incoming, shared: Arc<Shared>, shutdown: Ca
         }
     };
     let peer = conn.remote_address();
+    // Who the peer is, as its verified certificate states: decides what it may call.
+    let caller = match Identity::of_connection(&conn) {
+        Ok(identity) => Arc::new(identity),
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "refused a connection without an identity");
+            conn.close(0u32.into(), b"no identity");
+            return;
+        }
+    };
     loop {
         let (send, recv) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -123,14 +132,20 @@ async fn connection(incoming: quinn::Incoming, shared: Arc<Shared>, shutdown: Ca
                 }
             },
         };
-        tokio::spawn(call(send, recv, peer, shared.clone()));
+        tokio::spawn(call(send, recv, peer, caller.clone(), shared.clone()));
     }
 }
 
-async fn call(mut send: SendStream, mut recv: RecvStream, peer: SocketAddr, shared: Arc<Shared>) {
+async fn call(
+    mut send: SendStream,
+    mut recv: RecvStream,
+    peer: SocketAddr,
+    caller: Arc<Identity>,
+    shared: Arc<Shared>,
+) {
     let arrived = Instant::now();
     let config = &shared.config;
-    let request = match io::read_request(
+    let head = match io::read_head(
         &mut recv,
         config.max_payload,
         arrived,
@@ -138,40 +153,41 @@ async fn call(mut send: SendStream, mut recv: RecvStream, peer: SocketAddr, shar
     )
     .await
     {
-        Ok(request) => request,
-        Err(e) if e.kind() == Kind::Net => return, // the stream broke: nobody to answer
-        Err(e) => {
-            tracing::debug!(%peer, error = %e, "malformed request");
-            reply(&mut send, Err(Failure::Server(e)), None, None).await;
-            return;
-        }
+        Ok(head) => head,
+        Err(e) => return refuse(&mut send, peer, e).await,
     };
-    let method = request.method;
+    let method = &head.method;
     let faults = (method.service() != SUPERVISOR)
         .then(|| config.faults.clone())
         .flatten();
-    let Some(service) = shared.table.get(method.service()) else {
-        let e = Error::fatal(
-            Kind::NotSupported,
-            format!("no service named {} on this machine", method.service()),
-        );
-        reply(&mut send, Err(Failure::Server(e)), None, faults).await;
-        return;
+    // Refused before a byte of the argument is read: the stream is dropped unread, which
+    // tells the caller to stop sending it.
+    let service = match admit(&head, &caller, &shared.table) {
+        Ok(service) => service,
+        Err(e) => {
+            if e.is(Kind::NotAllowed) {
+                tracing::warn!(%peer, caller = %caller.name, %method, "refused a peer's control call");
+            }
+            reply(&mut send, Err(Failure::Server(e)), None, faults).await;
+            return;
+        }
     };
-    let timeout = request.header.timeout();
+    let arg = match io::read_argument(&mut recv, &head).await {
+        Ok(arg) => arg,
+        Err(e) => return refuse(&mut send, peer, e).await,
+    };
+    let io::RequestHead { header, method, .. } = head;
+    let timeout = header.timeout();
     // The timeout comes from the wire: any length is taken without overflow.
     let deadline = timeout.map(|t| crate::deadline::saturating_after(arrived, t));
-    let ctx = Context::for_call(deadline, peer);
+    let ctx = Context::for_call(deadline, peer, caller);
     let token = ctx.token().clone();
-    let body = request
-        .header
-        .has_stream()
-        .then(|| io::argument_stream(recv));
+    let body = header.has_stream().then(|| io::argument_stream(recv));
     let dispatched = Request {
         ctx,
-        arg: request.arg,
-        arg_type: request.header.arg_type,
-        reply_type: request.header.reply_type,
+        arg,
+        arg_type: header.arg_type,
+        reply_type: header.reply_type,
         body,
     };
     let handler = match service.dispatch(method.method(), dispatched) {
@@ -183,9 +199,9 @@ async fn call(mut send: SendStream, mut recv: RecvStream, peer: SocketAddr, shar
     };
     // An exactly-once call's repeat never runs the handler (a future not yet polled: dropping
     // it runs nothing of the method).
-    let recorder = match request.header.exactly_once().then(|| {
-        let call = outcomes::call_of(method.as_str(), request.header.reply_type);
-        shared.outcomes.begin(request.header.call_id, call)
+    let recorder = match header.exactly_once().then(|| {
+        let call = outcomes::call_of(method.as_str(), header.reply_type);
+        shared.outcomes.begin(header.call_id, call)
     }) {
         None => None,
         Some(Begin::First(recorder)) => Some(recorder),
@@ -200,7 +216,7 @@ async fn call(mut send: SendStream, mut recv: RecvStream, peer: SocketAddr, shar
                 Kind::Invalid,
                 format!(
                     "{method}: call id {:032x} was taken by a call of another method or reply type",
-                    request.header.call_id
+                    header.call_id
                 ),
             );
             reply(&mut send, Err(Failure::Server(e)), None, faults).await;
@@ -268,6 +284,52 @@ async fn call(mut send: SendStream, mut recv: RecvStream, peer: SocketAddr, shar
         let delivered = replied && matches!(send.stopped().await, Ok(None));
         watch.settle(delivered);
     }
+}
+
+/// Answers a request that could not be read: a broken stream gets no answer (nobody is there
+/// to read it), anything else an error saying what was wrong.
+async fn refuse(send: &mut SendStream, peer: SocketAddr, e: Error) {
+    if e.kind() == Kind::Net {
+        return;
+    }
+    tracing::debug!(%peer, error = %e, "malformed request");
+    reply(send, Err(Failure::Server(e)), None, None).await;
+}
+
+/// The service a request's head calls, if `caller` may call it and it has the method with the
+/// request's types: decided before the argument is read.
+fn admit(
+    head: &io::RequestHead,
+    caller: &Identity,
+    table: &ServiceTable,
+) -> Result<Arc<dyn Service>, Error> {
+    let method = &head.method;
+    if method.service() == SUPERVISOR
+        && caller.role != Role::Driver
+        && !crate::supervisor::open_to_peers(method.method())
+    {
+        return Err(Error::fatal(
+            Kind::NotAllowed,
+            format!(
+                "{method} is for the driver that owns this machine, not for {:?} {:?}",
+                caller.role, caller.name
+            ),
+        ));
+    }
+    let service = table.get(method.service()).ok_or_else(|| {
+        Error::fatal(
+            Kind::NotSupported,
+            format!("no service named {} on this machine", method.service()),
+        )
+    })?;
+    let header = &head.header;
+    service.accepts(
+        method.method(),
+        header.arg_type,
+        header.reply_type,
+        header.has_stream(),
+    )?;
+    Ok(service)
 }
 
 /// Answers a repeat of an exactly-once call whose first try is still running: with the first
@@ -361,10 +423,13 @@ fn encode(outcome: Result<Payload, Failure>) -> Kept {
     };
     let payload = wire::encode_error(&error).or_else(|e| {
         tracing::warn!(error = %e, "could not encode a call's error");
-        wire::encode_error(&Error::fatal(
-            error.kind(),
-            format!("the call failed with an error that could not be encoded: {e}"),
-        ))
+        wire::encode_error(
+            &Error::new(
+                error.kind(),
+                format!("the call failed with an error that could not be encoded: {e}"),
+            )
+            .with_severity(error.severity()),
+        )
     });
     Kept {
         status,

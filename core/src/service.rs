@@ -55,6 +55,14 @@ pub trait Service: Send + Sync + 'static {
     /// The registered type name of the service value.
     fn type_name(&self) -> &'static str;
 
+    /// Checks, before any of a call's argument is read, that `method` exists and takes an
+    /// argument of type tag `arg_type` (and a byte stream after it, if `body`) and replies with
+    /// `reply_type`. The default accepts every call ([`Service::dispatch`] checks them again).
+    fn accepts(&self, method: &str, arg_type: u64, reply_type: u64, body: bool) -> Result<()> {
+        let _ = (method, arg_type, reply_type, body);
+        Ok(())
+    }
+
     /// Starts the call of `method` (the part after the dot). Fails at once for an unknown
     /// method or mismatched argument or reply types.
     fn dispatch(self: Arc<Self>, method: &str, request: Request) -> Result<Handler>;

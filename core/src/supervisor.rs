@@ -147,6 +147,23 @@ pub struct KeepaliveReply {
     pub next_ms: u64,
 }
 
+/// Whether a machine other than the driver may call the Supervisor's `method`: the read-only
+/// methods and the binary fetch peers use. Everything else (binary, environment, arguments, exec,
+/// services, keepalives, shutdown) is the owning driver's alone; a method missing here is too.
+pub(crate) fn open_to_peers(method: &str) -> bool {
+    matches!(
+        method,
+        "ping"
+            | "info"
+            | "getpid"
+            | "mem_info"
+            | "disk_info"
+            | "load_info"
+            | "getbinary"
+            | "expvars"
+    )
+}
+
 /// What the driver asks of a machine's Supervisor on behalf of users.
 impl Machine {
     /// The machine's Supervisor.
@@ -176,7 +193,7 @@ impl Machine {
 
     /// Asks the machine to exit and stops it. Pending calls fail. Of a system that forwards
     /// the machine's output (the local system), the last lines the machine wrote reach the
-    /// driver's output before this returns (waiting a few seconds at most).
+    /// driver's output before this returns (waiting 5 seconds at most).
     pub async fn shutdown(&self) {
         let reason = Error::new(Kind::Canceled, format!("machine {} shut down", self.addr()));
         // Recorded first: the machine's exit may be noticed before the reply arrives.
@@ -188,12 +205,12 @@ impl Machine {
                 .internal()
                 .timeout(Duration::from_secs(2))
                 .await;
-            match shutdown {
-                Ok(()) => self.drained().await,
-                Err(e) => {
-                    tracing::debug!(machine = %self.addr(), error = %e, "shutdown call failed");
-                }
+            if let Err(e) = shutdown {
+                tracing::debug!(machine = %self.addr(), error = %e, "shutdown call failed");
             }
+            // Even without a reply the machine may be exiting (its reply lost): its last
+            // lines are waited for all the same (at once if it is gone already).
+            self.drained().await;
         }
         self.link().stop(reason);
     }

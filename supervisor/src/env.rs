@@ -1,18 +1,15 @@
-//! The environment a system starts a machine's process with, and the private file that carries
-//! its credentials.
-
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
-
-use bigmachine_core::{Error, Kind, Result};
+//! The environment a system starts a machine's process with.
 
 /// `machine` in a machine's process.
 pub const ENV_MODE: &str = "BIGMACHINE_MODE";
 /// The name of the system the machine belongs to.
 pub const ENV_SYSTEM: &str = "BIGMACHINE_SYSTEM";
-/// Path of the 0600 file holding the machine's credentials (PEM); deleted once read.
+/// Where the machine's credentials (PEM) come from: [`CREDENTIALS_ON_STDIN`] (the local system
+/// and a re-executed machine write them to the process's stdin, a pipe: nothing on disk), or
+/// the path of a 0600 file (an EC2 instance's, written by its boot), deleted once read.
 pub const ENV_CREDENTIALS: &str = "BIGMACHINE_CREDENTIALS";
+/// [`ENV_CREDENTIALS`]'s value for credentials written to the process's stdin.
+pub const CREDENTIALS_ON_STDIN: &str = "-";
 /// Address to bind (default `127.0.0.1:0`); a re-executed machine keeps its address.
 pub(crate) const ENV_ADDR: &str = "BIGMACHINE_ADDR";
 /// Processors the machine reports.
@@ -40,26 +37,4 @@ pub const ADDR_MARKER: &str = "bigmachine-addr:";
 /// Whether this process is a machine.
 pub fn is_machine() -> bool {
     std::env::var(ENV_MODE).is_ok_and(|m| m == "machine")
-}
-
-/// Writes `contents` to a new file only this user can read, in the temporary directory.
-pub fn write_private(contents: &str) -> Result<PathBuf> {
-    let path = std::env::temp_dir().join(format!(
-        "bigmachine-{}-{:016x}.pem",
-        std::process::id(),
-        fastrand_u64()
-    ));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|e| Error::new(Kind::Other, format!("{}: {e}", path.display())))?;
-    file.write_all(contents.as_bytes())?;
-    Ok(path)
-}
-
-fn fastrand_u64() -> u64 {
-    use std::hash::{BuildHasher, RandomState};
-    RandomState::new().hash_one(std::time::SystemTime::now())
 }

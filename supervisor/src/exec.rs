@@ -1,6 +1,7 @@
 //! Re-executing a machine's process: the binary, arguments and environment of the next exec.
 
 use std::ffi::OsString;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -9,7 +10,7 @@ use std::sync::Mutex;
 use bigmachine_core::{Error, Kind, Result};
 use bigmachine_quic::Credentials;
 
-use crate::env::{write_private, ENV_ADDR, ENV_CREDENTIALS};
+use crate::env::{CREDENTIALS_ON_STDIN, ENV_ADDR, ENV_CREDENTIALS};
 
 #[derive(Debug, Default)]
 struct Next {
@@ -80,13 +81,15 @@ impl Exec {
         };
         let mut env = next.env.clone();
         env.push((ENV_ADDR.to_string(), self.addr.to_string()));
-        let creds = write_private(&self.creds.to_pem())?;
-        env.push((ENV_CREDENTIALS.to_string(), creds.display().to_string()));
+        env.push((
+            ENV_CREDENTIALS.to_string(),
+            CREDENTIALS_ON_STDIN.to_string(),
+        ));
         Ok(PreparedExec {
             binary,
             args,
             env,
-            creds,
+            creds: self.creds.to_pem(),
         })
     }
 }
@@ -97,18 +100,29 @@ pub(crate) struct PreparedExec {
     binary: PathBuf,
     args: Vec<OsString>,
     env: Vec<(String, String)>,
-    creds: PathBuf,
+    /// The credentials (PEM), for the new process's stdin.
+    creds: String,
 }
 
 impl PreparedExec {
     /// Replaces this process. Returns only if that failed, with why.
     pub(crate) fn run(self) -> Error {
         tracing::info!(binary = %self.binary.display(), "re-executing");
+        // The credentials go through a pipe that becomes the new process's stdin: they fit in
+        // its buffer (a few KiB), and the write end closes at the exec (close-on-exec), so
+        // the new process reads them to their end. Nothing is written to disk.
+        let stdin = match std::io::pipe().and_then(|(reader, mut writer)| {
+            writer.write_all(self.creds.as_bytes())?;
+            Ok(reader)
+        }) {
+            Ok(reader) => reader,
+            Err(e) => return Error::new(Kind::Other, format!("credentials pipe: {e}")),
+        };
         let err = std::process::Command::new(&self.binary)
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(stdin)
             .exec();
-        let _ = std::fs::remove_file(&self.creds);
         Error::new(
             Kind::Other,
             format!("exec {}: {err}", self.binary.display()),

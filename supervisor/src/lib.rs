@@ -15,8 +15,8 @@
 //! - `machine`: [`start`] a machine ([`MachineOptions`]).
 //! - `handle`: its [`MachineHandle`] (address, exit, exit reason).
 //! - `process`: a machine that is a process of its own: address handshake, [`run`].
-//! - `env`: the environment such a process starts with, and [`write_private`] for its
-//!   credentials.
+//! - `env`: the environment such a process starts with (its credentials come on its stdin:
+//!   [`CREDENTIALS_ON_STDIN`]).
 //! - `supervisor`: this machine's implementation of the Supervisor service.
 //! - `exec`: re-executing the machine's process (uploaded binary, arguments, environment).
 //! - `store`: binaries kept by digest, for repeat boots and for peers to fetch.
@@ -24,6 +24,8 @@
 //! - `watchdog`: the keepalive watchdog.
 //! - `parent`: the watch on a driver whose child process the machine is.
 #![deny(missing_docs)]
+// The few `unsafe` blocks (system calls, one validated archive) each say why they are sound.
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 mod env;
 mod exec;
@@ -37,7 +39,7 @@ mod supervisor;
 mod watchdog;
 
 pub use env::{
-    is_machine, write_private, ADDR_MARKER, ENV_CONGESTION, ENV_CREDENTIALS, ENV_DRIVER_PID,
+    is_machine, ADDR_MARKER, CREDENTIALS_ON_STDIN, ENV_CONGESTION, ENV_CREDENTIALS, ENV_DRIVER_PID,
     ENV_EXACTLY_ONCE_AGE_MS, ENV_EXACTLY_ONCE_BYTES, ENV_EXACTLY_ONCE_CALLS, ENV_KEEPALIVE_MS,
     ENV_MAXPROCS, ENV_MODE, ENV_REPLY_FAULTS, ENV_SYSTEM,
 };

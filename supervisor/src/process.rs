@@ -2,12 +2,13 @@
 //!
 //! A system starts a machine as the driver's own binary with the driver's arguments and
 //! `BIGMACHINE_MODE=machine` (see [`crate::env`]); `driver::start()` sees that and calls
-//! [`run`], which never returns. The machine reads its credentials from the 0600 file named by
-//! `BIGMACHINE_CREDENTIALS` and deletes it, binds its endpoint, prints
+//! [`run`], which never returns. The machine reads its credentials from its stdin (a pipe its
+//! parent wrote them to) or, on a cloud instance, from the 0600 file named by
+//! `BIGMACHINE_CREDENTIALS`, which it deletes; it binds its endpoint, prints
 //! `bigmachine-addr:` and its address as a line on stdout (the driver's handshake), and serves
 //! until it exits.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +16,7 @@ use std::time::Duration;
 use bigmachine_core::{Credentials, Error, Kind, ReplyFaults, Result, System};
 
 use crate::env::{
-    ADDR_MARKER, ENV_ADDR, ENV_CONGESTION, ENV_CREDENTIALS, ENV_DRIVER_PID,
+    ADDR_MARKER, CREDENTIALS_ON_STDIN, ENV_ADDR, ENV_CONGESTION, ENV_CREDENTIALS, ENV_DRIVER_PID,
     ENV_EXACTLY_ONCE_AGE_MS, ENV_EXACTLY_ONCE_BYTES, ENV_EXACTLY_ONCE_CALLS, ENV_KEEPALIVE_MS,
     ENV_MAXPROCS, ENV_REPLY_FAULTS,
 };
@@ -54,14 +55,32 @@ fn reply_faults() -> Result<Option<Arc<ReplyFaults>>> {
     }
 }
 
+/// The longest credentials read from stdin (a PEM certificate, CA certificate and key take
+/// about 2 KiB).
+const MAX_CREDENTIALS: u64 = 64 << 10;
+
 fn read_credentials() -> Result<Credentials> {
-    let path = std::env::var(ENV_CREDENTIALS)
+    let from = std::env::var(ENV_CREDENTIALS)
         .map_err(|_| Error::fatal(Kind::Precondition, format!("{ENV_CREDENTIALS} is not set")))?;
-    let pem = std::fs::read(&path)
-        .map_err(|e| Error::fatal(Kind::Precondition, format!("credentials {path}: {e}")))?;
-    if let Err(e) = std::fs::remove_file(&path) {
-        tracing::warn!(path, error = %e, "could not delete the credentials file");
-    }
+    let bad = |e: std::io::Error| {
+        Error::fatal(Kind::Precondition, format!("credentials from {from}: {e}"))
+    };
+    let pem = if from == CREDENTIALS_ON_STDIN {
+        // Written by the parent into a pipe and closed: read to its end.
+        let mut pem = Vec::new();
+        std::io::stdin()
+            .lock()
+            .take(MAX_CREDENTIALS)
+            .read_to_end(&mut pem)
+            .map_err(bad)?;
+        pem
+    } else {
+        let pem = std::fs::read(&from).map_err(bad)?;
+        if let Err(e) = std::fs::remove_file(&from) {
+            tracing::warn!(path = from, error = %e, "could not delete the credentials file");
+        }
+        pem
+    };
     Ok(Credentials::from_pem(&pem)?)
 }
 

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use bigmachine::local::LocalSystem;
-use bigmachine::{Result, Services, B};
+use bigmachine::{Params, Result, Services, B};
 
 use crate::support::{check, running, short_keepalive, sub_driver, tests, Probe, Test, PRINTED};
 
@@ -13,6 +13,7 @@ pub(crate) fn tests() -> Vec<(&'static str, Test)> {
         lines_printed_before_a_machine_shutdown_all_arrive_before_it_returns,
         environ_and_user_flags_reach_the_machine,
         machines_report_their_host,
+        credentials_leave_nothing_on_disk,
     ]
 }
 
@@ -112,6 +113,69 @@ async fn machines_report_their_host() -> Result<()> {
         workers.as_deref() == Some("1"),
         format!("worker threads {workers:?}"),
     )?;
+    b.shutdown().await;
+    Ok(())
+}
+
+/// The `.pem` files in the temporary directory, where credentials files were written.
+fn pem_files() -> Result<Vec<std::path::PathBuf>> {
+    Ok(std::fs::read_dir(std::env::temp_dir())?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "pem"))
+        .collect())
+}
+
+async fn credentials_leave_nothing_on_disk() -> Result<()> {
+    let before = pem_files()?;
+    // Watches the temporary directory while the machines start, for a file that lives even
+    // a few milliseconds (bounded: the flag ends it, else 60 s).
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (done, before) = (done.clone(), before.clone());
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            let until = std::time::Instant::now() + Duration::from_secs(60);
+            while !done.load(std::sync::atomic::Ordering::Relaxed)
+                && std::time::Instant::now() < until
+            {
+                for p in pem_files().unwrap_or_default() {
+                    if !before.contains(&p) && !seen.contains(&p) {
+                        seen.push(p);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            seen
+        })
+    };
+    let b = B::new(LocalSystem::builder().keepalive(short_keepalive()).build())?;
+    // An environment makes each machine re-execute itself: credentials are handed over twice.
+    let params = Params::new()
+        .services(Services::new().with("Probe", Probe))
+        .environ(["BIGM_CREDENTIALS_TEST=1"]);
+    let machines = running(&b, 2, params).await;
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = watcher
+        .join()
+        .map_err(|_| bigmachine::Error::other("the watcher panicked"))?;
+    let machines = machines?;
+    check(
+        seen.is_empty(),
+        format!("credentials written to disk: {seen:?}"),
+    )?;
+    for m in &machines {
+        let from: Option<String> = m
+            .call("Probe.env", &"BIGMACHINE_CREDENTIALS".to_string())
+            .await?;
+        check(
+            from.as_deref() == Some("-"),
+            format!("the machine read its credentials from {from:?}, not its stdin"),
+        )?;
+        let exec: Option<String> = m
+            .call("Probe.env", &"BIGM_CREDENTIALS_TEST".to_string())
+            .await?;
+        check(exec.is_some(), "the machine did not re-execute")?;
+    }
     b.shutdown().await;
     Ok(())
 }

@@ -1,8 +1,15 @@
 //! The cluster's certificate authority and the credentials it issues.
 //!
 //! The driver creates one [`Authority`] per cluster. It signs a certificate for the driver's own
-//! endpoint and one for every machine. A machine receives only its [`Credentials`]: its own key, its
-//! certificate and the CA's certificate (to verify peers), never the CA's key.
+//! endpoint ([`Authority::issue_driver`]) and one for every machine ([`Authority::issue`]). A
+//! machine receives only its [`Credentials`]: its own key, its certificate and the CA's
+//! certificate (to verify peers), never the CA's key.
+//!
+//! Each certificate says what its holder is ([`Role`]) and its name, in subject alternative
+//! names that only the authority can sign; a server reads them back from a verified connection
+//! as an [`Identity`]. Certificates expire ([`Authority::with_lifetime`]).
+
+use std::time::{Duration, SystemTime};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -17,20 +24,107 @@ use crate::error::{Error, Result};
 /// the chain to the cluster CA, not from the name.
 pub const SERVER_NAME: &str = "bigmachine";
 
+/// The suffix of the names that say a certificate's [`Role`]; no endpoint may be named so.
+const ROLE_SUFFIX: &str = ".role.bigmachine";
+
+/// The name of the driver's certificate.
+pub const DRIVER_NAME: &str = "driver";
+
+/// What the holder of a cluster certificate is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Role {
+    /// The driver: it starts the cluster's machines and alone controls them.
+    Driver,
+    /// A machine of the cluster.
+    Machine,
+}
+
+impl Role {
+    /// The certificate name that says this role.
+    fn san(self) -> String {
+        let role = match self {
+            Self::Driver => "driver",
+            Self::Machine => "machine",
+        };
+        format!("{role}{ROLE_SUFFIX}")
+    }
+}
+
+/// Who holds a certificate of the cluster: its role and its name (a machine's name given by its
+/// system, such as `local-3` or an instance id; [`DRIVER_NAME`] for the driver).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Identity {
+    /// What the holder is.
+    pub role: Role,
+    /// The holder's name.
+    pub name: String,
+}
+
+impl Identity {
+    /// The identity a certificate of the cluster states. The certificate must have been
+    /// verified already (as the peer certificate of a connection is): this only reads it.
+    pub fn of_certificate(cert: &CertificateDer<'_>) -> Result<Self> {
+        let parsed = webpki::EndEntityCert::try_from(cert)
+            .map_err(|e| Error::Certificate(format!("unreadable peer certificate: {e}")))?;
+        let mut role = None;
+        let mut name = None;
+        for san in parsed.valid_dns_names() {
+            if san == Role::Driver.san() {
+                role = Some(Role::Driver);
+            } else if san == Role::Machine.san() {
+                role = Some(Role::Machine);
+            } else if san != SERVER_NAME {
+                name = Some(san.to_string());
+            }
+        }
+        let role = role.ok_or_else(|| {
+            Error::Certificate("the peer's certificate states no role".to_string())
+        })?;
+        Ok(Self {
+            role,
+            name: name.unwrap_or_default(),
+        })
+    }
+
+    /// The identity of the peer of `conn`, as its verified certificate states.
+    pub fn of_connection(conn: &quinn::Connection) -> Result<Self> {
+        let certs = conn
+            .peer_identity()
+            .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
+            .ok_or_else(|| Error::Certificate("the peer presented no certificate".to_string()))?;
+        let leaf = certs
+            .first()
+            .ok_or_else(|| Error::Certificate("the peer presented no certificate".to_string()))?;
+        Self::of_certificate(leaf)
+    }
+}
+
 /// A cluster certificate authority: an ECDSA P-256 key and its self-signed certificate.
 pub struct Authority {
     issuer: Issuer<'static, KeyPair>,
     cert: CertificateDer<'static>,
+    lifetime: Duration,
 }
 
 impl std::fmt::Debug for Authority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Authority").finish_non_exhaustive()
+        f.debug_struct("Authority")
+            .field("lifetime", &self.lifetime)
+            .finish_non_exhaustive()
     }
 }
 
+/// How long the certificates an authority issues are valid by default: 30 days, for long jobs.
+pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// How far back a certificate's validity starts, so that a machine whose clock is behind the
+/// driver's accepts it.
+const CLOCK_SKEW: Duration = Duration::from_secs(3600);
+
 impl Authority {
-    /// Creates a fresh authority with a new key.
+    /// Creates a fresh authority with a new key, issuing certificates valid for
+    /// [`DEFAULT_LIFETIME`].
     pub fn new() -> Result<Self> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -42,12 +136,23 @@ impl Authority {
         params
             .distinguished_name
             .push(DnType::CommonName, "bigmachine cluster authority");
+        // The authority outlives every certificate it issues (its lifetime may be set later).
+        let now = SystemTime::now();
+        params.not_before = (now - CLOCK_SKEW).into();
+        params.not_after = (now + Duration::from_secs(100 * 365 * 24 * 3600)).into();
         let key = KeyPair::generate()?;
         let cert = params.self_signed(&key)?;
         Ok(Self {
             issuer: Issuer::new(params, key),
             cert: cert.der().clone(),
+            lifetime: DEFAULT_LIFETIME,
         })
+    }
+
+    /// Issues certificates valid for `lifetime` from the moment of issue.
+    pub fn with_lifetime(mut self, lifetime: Duration) -> Self {
+        self.lifetime = lifetime;
+        self
     }
 
     /// The CA certificate, which every endpoint of the cluster trusts.
@@ -55,12 +160,40 @@ impl Authority {
         &self.cert
     }
 
-    /// Issues credentials for one endpoint named `name`. The certificate is valid for the
+    /// Issues credentials for the machine named `name`. The certificate is valid for the
     /// cluster's [`SERVER_NAME`] and, when `name` is a DNS name (`i-0abc123`, `local-3`), for
     /// `name` too: a client that connects to a machine by that name accepts no other machine's
     /// certificate, even at the same address. Trust itself comes from the chain to the CA.
     pub fn issue(&self, name: &str) -> Result<Credentials> {
-        let mut names = vec![SERVER_NAME.to_string()];
+        let now = SystemTime::now();
+        self.issue_for(name, Role::Machine, now - CLOCK_SKEW, now + self.lifetime)
+    }
+
+    /// Issues the driver's credentials: only their holder may control the cluster's machines.
+    pub fn issue_driver(&self) -> Result<Credentials> {
+        let now = SystemTime::now();
+        self.issue_for(
+            DRIVER_NAME,
+            Role::Driver,
+            now - CLOCK_SKEW,
+            now + self.lifetime,
+        )
+    }
+
+    /// Issues credentials for `name` in `role`, valid from `not_before` to `not_after`.
+    pub fn issue_for(
+        &self,
+        name: &str,
+        role: Role,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> Result<Credentials> {
+        if name.ends_with(ROLE_SUFFIX) {
+            return Err(Error::Certificate(format!(
+                "{name:?} is reserved: names ending in {ROLE_SUFFIX} state roles"
+            )));
+        }
+        let mut names = vec![SERVER_NAME.to_string(), role.san()];
         if is_dns_name(name) && name != SERVER_NAME {
             names.push(name.to_string());
         }
@@ -71,6 +204,8 @@ impl Authority {
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
+        params.not_before = not_before.into();
+        params.not_after = not_after.into();
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(Credentials {
@@ -184,6 +319,25 @@ mod tests {
         for bad in ["", "local machine 0", "-a", "a-", "127.0.0.1", "a..b", "ü"] {
             assert!(!is_dns_name(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn certificates_state_role_and_name() -> Result<()> {
+        let ca = Authority::new()?;
+        let machine = Identity::of_certificate(&ca.issue("local-3")?.cert)?;
+        assert_eq!(
+            machine,
+            Identity {
+                role: Role::Machine,
+                name: "local-3".into()
+            }
+        );
+        let driver = Identity::of_certificate(&ca.issue_driver()?.cert)?;
+        assert_eq!(driver.role, Role::Driver);
+        assert_eq!(driver.name, DRIVER_NAME);
+        // No machine can be named into another role.
+        assert!(ca.issue("driver.role.bigmachine").is_err());
+        Ok(())
     }
 
     #[test]

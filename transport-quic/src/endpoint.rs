@@ -144,13 +144,34 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// Binds an endpoint to `addr` (`127.0.0.1:0` picks a free port) with `creds`.
+    /// Binds an endpoint to `addr` (`127.0.0.1:0` picks a free port) with `creds`, to serve and
+    /// to dial.
     pub fn bind(addr: SocketAddr, creds: &Credentials, config: TransportConfig) -> Result<Self> {
+        Self::new(addr, creds, config, true)
+    }
+
+    /// Binds an endpoint that only dials (a driver's): incoming connection attempts are refused
+    /// before any handshake work.
+    pub fn client(addr: SocketAddr, creds: &Credentials, config: TransportConfig) -> Result<Self> {
+        Self::new(addr, creds, config, false)
+    }
+
+    fn new(
+        addr: SocketAddr,
+        creds: &Credentials,
+        config: TransportConfig,
+        serves: bool,
+    ) -> Result<Self> {
         let transport = Arc::new(config.quinn()?);
-        let server_crypto = QuicServerConfig::try_from(tls::server_config(creds)?)
-            .map_err(|e| Error::Tls(e.to_string()))?;
-        let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
-        server.transport_config(transport.clone());
+        let server = if serves {
+            let server_crypto = QuicServerConfig::try_from(tls::server_config(creds)?)
+                .map_err(|e| Error::Tls(e.to_string()))?;
+            let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+            server.transport_config(transport.clone());
+            Some(server)
+        } else {
+            None
+        };
         let client_crypto = QuicClientConfig::try_from(tls::client_config(creds)?)
             .map_err(|e| Error::Tls(e.to_string()))?;
         let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
@@ -173,7 +194,7 @@ impl Endpoint {
             .ok_or_else(|| Error::Io(std::io::Error::other("no async runtime found")))?;
         let mut inner = quinn::Endpoint::new(
             quinn::EndpointConfig::default(),
-            Some(server),
+            server,
             socket.into(),
             runtime,
         )?;

@@ -20,9 +20,12 @@
 //!
 //! Every certificate the authority issues names the fixed server name [`SERVER_NAME`]; what makes a
 //! peer trusted is that its certificate chains to the cluster CA, checked by rustls' WebPKI
-//! verifiers in both directions. A peer without such a certificate never completes a handshake,
-//! so nothing is served to it.
+//! verifiers in both directions. A peer without such a certificate (or with an expired one)
+//! never completes a handshake, so nothing is served to it. Within the cluster, a certificate
+//! states its holder's [`Role`] and name ([`Identity::of_connection`]), which the layers above
+//! use to decide who may call what.
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 mod authority;
 mod endpoint;
@@ -30,7 +33,9 @@ mod error;
 mod pool;
 mod tls;
 
-pub use authority::{is_dns_name, Authority, Credentials, SERVER_NAME};
+pub use authority::{
+    is_dns_name, Authority, Credentials, Identity, Role, DEFAULT_LIFETIME, DRIVER_NAME, SERVER_NAME,
+};
 pub use endpoint::{Congestion, Endpoint, TransportConfig};
 pub use error::{is_handshake_refusal, Error, Result};
 pub use pool::Pool;

@@ -32,6 +32,7 @@
 //! Methods with another shape are refused with a compile error that says what is expected.
 
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 use proc_macro::TokenStream;
 use proc_macro2::{Span, TokenStream as TokenStream2};
@@ -372,7 +373,32 @@ fn dispatch(
             }
         }
     });
+    let accepts = methods.iter().map(|m| {
+        let name_str = m.name.to_string();
+        let (arg, reply, body) = (&m.arg, &m.reply, m.body);
+        quote! {
+            #name_str => #p::check_call::<#arg, #reply>(
+                (arg_type, reply_type),
+                (body, #body),
+                #type_name,
+                #name_str,
+            ),
+        }
+    });
     quote! {
+        fn accepts(
+            &self,
+            method: &str,
+            arg_type: u64,
+            reply_type: u64,
+            body: bool,
+        ) -> #p::Result<()> {
+            match method {
+                #(#accepts)*
+                _ => ::core::result::Result::Err(#p::no_such_method(#type_name, method)),
+            }
+        }
+
         fn dispatch(
             self: #p::Arc<Self>,
             method: &str,

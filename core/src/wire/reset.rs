@@ -8,7 +8,8 @@
 pub enum Reset {
     /// A reply dropped on purpose (an injected fault, in tests).
     Dropped = 0,
-    /// The reply could not be encoded.
+    /// The reply could not be encoded. No longer sent (a server always has an outcome to send,
+    /// see the server's `encode`); kept so that code 1 from an older peer still reads.
     Unencodable = 1,
     /// The caller's argument stream failed or its writer was dropped midway.
     ArgumentAborted = 2,

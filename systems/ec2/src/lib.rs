@@ -25,6 +25,7 @@
 //! - `ledger`: what was launched, for shutdown to terminate.
 //! - `monitor`: what becomes of the instances of failing machines.
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 mod api;
 mod config;

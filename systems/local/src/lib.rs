@@ -14,6 +14,7 @@
 //! its exit status, the signal that killed it, or [`Kind::Oom`] when it ran out of memory (an
 //! allocation failure reported on its stderr, or the kernel's OOM killer naming its pid).
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 mod forward;
 mod oom;
@@ -28,12 +29,12 @@ use std::time::Duration;
 
 use bigmachine_core::{Authority, Error, KeepaliveConfig, Kind, Launched, Result, System};
 use bigmachine_supervisor::{
-    write_private, ADDR_MARKER, ENV_CREDENTIALS, ENV_DRIVER_PID, ENV_KEEPALIVE_MS, ENV_MAXPROCS,
-    ENV_MODE, ENV_STORE, ENV_SYSTEM,
+    ADDR_MARKER, CREDENTIALS_ON_STDIN, ENV_CREDENTIALS, ENV_DRIVER_PID, ENV_KEEPALIVE_MS,
+    ENV_MAXPROCS, ENV_MODE, ENV_STORE, ENV_SYSTEM,
 };
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdout, Command};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -168,7 +169,7 @@ impl LocalSystem {
     async fn launch(&self, authority: &Authority, index: usize) -> Result<(Launched, u32)> {
         let settings = &self.inner.settings;
         let name = format!("local-{index}");
-        let creds = write_private(&authority.issue(&name)?.to_pem())?;
+        let creds = authority.issue(&name)?.to_pem();
         let exe = std::env::current_exe()?;
         let mut command = Command::new(&exe);
         command.envs(settings.env.iter().map(|(k, v)| (k, v)));
@@ -181,14 +182,15 @@ impl LocalSystem {
             .env(ENV_SYSTEM, "local")
             // The machine ends with this process, not a keepalive timeout later.
             .env(ENV_DRIVER_PID, std::process::id().to_string())
-            .env(ENV_CREDENTIALS, &creds)
+            // Written to the process's stdin below: nothing on disk.
+            .env(ENV_CREDENTIALS, CREDENTIALS_ON_STDIN)
             .env(ENV_MAXPROCS, settings.maxprocs.to_string())
             .env("TOKIO_WORKER_THREADS", settings.maxprocs.to_string())
             .env(
                 ENV_KEEPALIVE_MS,
                 settings.keepalive.timeout.as_millis().to_string(),
             )
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true)
@@ -196,7 +198,6 @@ impl LocalSystem {
         let mut child = match spawned {
             Ok(child) => child,
             Err(e) => {
-                let _ = std::fs::remove_file(&creds);
                 return Err(Error::new(
                     Kind::Unavailable,
                     format!("spawn {}: {e}", exe.display()),
@@ -204,6 +205,18 @@ impl LocalSystem {
             }
         };
         let pid = child.id().unwrap_or(0);
+        // A few KiB into a fresh pipe, then closed: the machine reads them to their end.
+        let handed = match child.stdin.take() {
+            Some(mut stdin) => stdin.write_all(creds.as_bytes()).await,
+            None => Err(std::io::Error::other("stdin is not piped")),
+        };
+        if let Err(e) = handed {
+            let _ = child.start_kill();
+            return Err(Error::new(
+                Kind::Unavailable,
+                format!("machine process {pid}: handing over its credentials: {e}"),
+            ));
+        }
         // What the kernel logs from now on, to tell an out-of-memory kill of this process.
         let kernel_log = oom::KernelLog::from_now();
         let (stdout, stderr) = match (child.stdout.take(), child.stderr.take()) {
@@ -225,7 +238,6 @@ impl LocalSystem {
         let (addr, early, stdout) = match handshake {
             Ok(found) => found,
             Err(why) => {
-                let _ = std::fs::remove_file(&creds);
                 let _ = child.start_kill();
                 let status = child.wait().await.ok();
                 return Err(Error::new(

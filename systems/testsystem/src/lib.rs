@@ -21,6 +21,7 @@
 //! # Ok(()) }
 //! ```
 #![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 mod relay;
 mod relayed;
@@ -40,13 +41,14 @@ use bigmachine_core::{
 use bigmachine_supervisor::{MachineHandle, MachineOptions};
 use futures::future::BoxFuture;
 
+/// Numbers the test systems' machines, each once in the process.
+static NEXT_MACHINE: AtomicUsize = AtomicUsize::new(0);
+
 #[derive(Debug)]
 struct Inner {
     settings: TestSystemBuilder,
     /// The live machines, by name.
     machines: Mutex<HashMap<String, MachineHandle>>,
-    /// Numbers machines, each once.
-    next: AtomicUsize,
 }
 
 /// A system of in-process machines. Cheap to clone: clones share the machines, so a test keeps
@@ -128,7 +130,6 @@ impl TestSystemBuilder {
             inner: Arc::new(Inner {
                 settings: self,
                 machines: Mutex::new(HashMap::new()),
-                next: AtomicUsize::new(0),
             }),
         }
     }
@@ -161,10 +162,15 @@ impl TestSystem {
     /// it stops serving. The driver sees it exit and stops it. Returns whether the machine was
     /// found alive. The machine is found by name, so this works through [`Relayed`] too.
     pub fn kill(&self, machine: &Machine) -> bool {
-        let Some(name) = machine.name() else {
-            return false;
+        let handle = match machine.name() {
+            Some(name) => self.lock().get(name).cloned(),
+            // A handle from `B::dial` has no name: found by address.
+            None => self
+                .lock()
+                .values()
+                .find(|h| h.addr() == machine.addr())
+                .cloned(),
         };
-        let handle = self.lock().get(name).cloned();
         match handle {
             Some(h) if !h.is_exited() => {
                 h.exit(Error::new(Kind::Unavailable, "machine killed"));
@@ -224,7 +230,8 @@ impl System for TestSystem {
             let mut launched = Vec::with_capacity(n);
             let mut handles: Vec<(String, MachineHandle)> = Vec::with_capacity(n);
             for _ in 0..n {
-                let index = self.inner.next.fetch_add(1, Ordering::Relaxed);
+                // Numbered across the process: machines of two test systems never share a name.
+                let index = NEXT_MACHINE.fetch_add(1, Ordering::Relaxed);
                 let name = format!("test-{index}");
                 let handle = match self.start_one(authority, &name) {
                     Ok(handle) => handle,
