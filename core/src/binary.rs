@@ -41,7 +41,8 @@ pub fn digest_bytes(bytes: &[u8]) -> String {
 /// of a host would dominate start-up, so digests are also kept in a per-user cache in the
 /// temporary directory, keyed by the file's device, inode, size and modification time (as build
 /// tools judge that a file is unchanged); machines started from the same file on the same host
-/// read it instead of hashing.
+/// read it instead of hashing. The cache is used only while its directory is private (see
+/// `private_dir`): another user cannot plant a digest there.
 pub fn current_digest() -> Result<&'static str> {
     static DIGEST: OnceLock<std::result::Result<String, Error>> = OnceLock::new();
     DIGEST
@@ -66,24 +67,33 @@ pub fn cached_digest(path: &Path) -> Result<String> {
         meta.mtime(),
         meta.mtime_nsec()
     );
-    // SAFETY: getuid(2) cannot fail and touches no memory.
-    let uid = unsafe { libc::getuid() };
+    let uid = crate::private_dir::current_uid();
     let dir = std::env::temp_dir().join(format!("bigmachine-digests-{uid}"));
+    // A cache another user could write to would vouch for their binaries: it is used only
+    // when private, and otherwise the file is hashed.
+    let private = match crate::private_dir::private_dir(&dir) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "digest cache not used");
+            false
+        }
+    };
     let entry = dir.join(&key);
-    if let Ok(digest) = std::fs::read_to_string(&entry) {
-        if digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Ok(digest);
+    if private {
+        if let Ok(digest) = std::fs::read_to_string(&entry) {
+            if digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Ok(digest);
+            }
         }
     }
     let digest = digest_file(path)?;
+    if !private {
+        return Ok(digest);
+    }
     // Best effort: a cache that cannot be written only costs time.
     let written = (|| -> std::io::Result<()> {
         use std::io::Write;
-        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)?;
+        use std::os::unix::fs::OpenOptionsExt;
         let tmp = dir.join(format!("{key}.{}", std::process::id()));
         let mut f = std::fs::OpenOptions::new()
             .write(true)

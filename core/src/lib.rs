@@ -63,6 +63,7 @@ mod life;
 mod link;
 mod machine;
 mod outcomes;
+mod private_dir;
 mod provision;
 mod registry;
 mod server;
@@ -107,6 +108,7 @@ pub mod __internal {
     pub use crate::call::Response;
     pub use crate::codec::{decode, encode, type_tag};
     pub use crate::deadline::{from_now, saturating_after};
+    pub use crate::private_dir::{current_uid, private_dir};
     pub use crate::registry::{install, MakeService, Registration};
     pub use crate::server::{serve, ServerConfig};
     pub use crate::service::{Failure, Handler, Outcome, Request, ServiceTable};

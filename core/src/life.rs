@@ -23,9 +23,10 @@ pub(crate) async fn run_owned(
     failed: impl Fn(SocketAddr) + Sync,
 ) {
     machine.link().advance(State::Starting);
+    // The error that ends the machine, and whether it still answers (its boot failed).
     let life = async {
         if let Err(e) = reach(&machine, keepalive, &failed).await {
-            return e;
+            return (e, false);
         }
         // Keepalives start as soon as the machine answers and run beside the boot, which may
         // take long (a binary upload, a service's init).
@@ -36,19 +37,29 @@ pub(crate) async fn run_owned(
                     tracing::debug!(machine = %machine.addr(), "machine running");
                     futures::future::pending().await
                 }
-                Err(e) => e,
+                Err(e) => (e, true),
             }
         };
         tokio::select! {
             e = booted => e,
-            e = keep_alive(&machine, keepalive, true, &failed) => e,
+            e = keep_alive(&machine, keepalive, true, &failed) => (e, false),
         }
     };
     let err = tokio::select! {
         biased;
         _ = machine.canceled() => Error::canceled("machine canceled"),
         e = exited => e,
-        e = life => e,
+        (e, answers) = life => {
+            if answers {
+                // A machine whose boot failed is told to exit now, not left to its watchdog
+                // (best effort: it is Stopped either way).
+                machine.link().record(e.clone());
+                let supervisor = machine.supervisor();
+                let shutdown = supervisor.shutdown(&0).internal();
+                let _ = shutdown.timeout(keepalive.rpc_timeout).await;
+            }
+            e
+        }
     };
     machine.link().stop(err);
 }

@@ -166,7 +166,7 @@ async fn call(
         Ok(service) => service,
         Err(e) => {
             if e.is(Kind::NotAllowed) {
-                tracing::warn!(%peer, caller = %caller.name, %method, "refused a peer's control call");
+                tracing::debug!(%peer, caller = %caller.name, %method, "refused a peer's control call");
             }
             reply(&mut send, Err(Failure::Server(e)), None, faults).await;
             return;

@@ -94,6 +94,10 @@ impl Exec {
     }
 }
 
+/// What a pipe holds without a reader (POSIX guarantees 4 KiB; Linux holds 64 KiB): the
+/// credentials are written whole before the exec, so they must fit.
+const PIPE_BUFFER: usize = 4096;
+
 /// An exec ready to run.
 #[derive(Debug)]
 pub(crate) struct PreparedExec {
@@ -111,6 +115,15 @@ impl PreparedExec {
         // The credentials go through a pipe that becomes the new process's stdin: they fit in
         // its buffer (a few KiB), and the write end closes at the exec (close-on-exec), so
         // the new process reads them to their end. Nothing is written to disk.
+        if self.creds.len() > PIPE_BUFFER {
+            return Error::new(
+                Kind::Other,
+                format!(
+                    "credentials of {} bytes do not fit a pipe's buffer",
+                    self.creds.len()
+                ),
+            );
+        }
         let stdin = match std::io::pipe().and_then(|(reader, mut writer)| {
             writer.write_all(self.creds.as_bytes())?;
             Ok(reader)

@@ -2,7 +2,9 @@
 //! binary again (on this host) uploads nothing, and peers can fetch them.
 //!
 //! The store is a directory (`BIGMACHINE_BINARY_STORE`, default `<tmp>/bigmachine-binaries-<uid>`)
-//! of files named by their hex SHA-256 digest, mode 0755. A binary enters it only after its
+//! of files named by their hex SHA-256 digest, mode 0755. It must be private (this user's,
+//! mode 0700, not a symbolic link; created so): a store another user could write to is refused
+//! with an error, so no binary of theirs is run. A binary enters it only after its
 //! digest was checked; a file whose digest no longer matches its name is ignored.
 //!
 //! The store is bounded: after each binary it receives, it removes the least recently used
@@ -12,11 +14,11 @@
 //! (Linux keeps an open or mapped file until it is closed; a machine serves its own running
 //! binary to peers through `/proc/self/exe`).
 
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use bigmachine_core::__internal::cached_digest;
+use bigmachine_core::__internal::{cached_digest, current_uid, private_dir};
 use bigmachine_core::{digest_file, ByteStream, Error, Kind, Result};
 use tokio::io::AsyncWriteExt;
 
@@ -56,9 +58,7 @@ impl Store {
         let dir = std::env::var_os(ENV_STORE)
             .map(PathBuf::from)
             .unwrap_or_else(|| {
-                // SAFETY: getuid(2) cannot fail and touches no memory.
-                let uid = unsafe { libc::getuid() };
-                std::env::temp_dir().join(format!("bigmachine-binaries-{uid}"))
+                std::env::temp_dir().join(format!("bigmachine-binaries-{}", current_uid()))
             });
         let limit = match std::env::var(ENV_STORE_BYTES) {
             Ok(v) => v.parse().unwrap_or_else(|_| {
@@ -82,6 +82,7 @@ impl Store {
     /// The path of the binary of `digest`, if the store has it (and it still has that digest).
     pub(crate) async fn get(&self, digest: &str) -> Result<Option<PathBuf>> {
         valid_digest(digest)?;
+        private_dir(&self.dir)?;
         let path = self.dir.join(digest);
         if tokio::fs::metadata(&path).await.is_err() {
             return Ok(None);
@@ -108,11 +109,7 @@ impl Store {
     /// its path.
     pub(crate) async fn put(&self, digest: &str, mut body: ByteStream) -> Result<PathBuf> {
         valid_digest(digest)?;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.dir)
-            .map_err(|e| io(&self.dir, e))?;
+        private_dir(&self.dir)?;
         let tmp = self.dir.join(format!(
             "{digest}.{}.{}.partial",
             std::process::id(),

@@ -16,6 +16,7 @@ pub(crate) fn tests() -> Vec<(&'static str, Test)> {
         binaries_come_from_the_store_or_a_peer,
         machines_booted_together_fetch_the_binary_from_each_other,
         a_binary_that_cannot_arrive_in_time_stops_its_machine_at_the_binary_bound,
+        a_planted_binary_store_is_refused,
     ]
 }
 
@@ -221,6 +222,57 @@ async fn a_binary_that_cannot_arrive_in_time_stops_its_machine_at_the_binary_bou
             "the upload finished within its bound",
         )?;
         b.shutdown().await;
+        Ok(())
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&unseen.dir);
+    result
+}
+
+async fn a_planted_binary_store_is_refused() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let unseen = unseen_binary("planted")?;
+    // Stores as another user could have left them: open to the group and others, and (when
+    // this test may chown) private but owned by someone else.
+    let open = unseen.dir.join("open-store");
+    std::fs::create_dir_all(&open)?;
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777))?;
+    let mut stores = vec![(open, "open to other users")];
+    let foreign = unseen.dir.join("foreign-store");
+    std::fs::create_dir_all(&foreign)?;
+    std::fs::set_permissions(&foreign, std::fs::Permissions::from_mode(0o700))?;
+    if std::os::unix::fs::chown(&foreign, Some(65534), Some(65534)).is_ok() {
+        stores.push((foreign, "is owned by uid 65534"));
+    } else {
+        eprintln!("not allowed to chown: the foreign-owner case is not run");
+    }
+    let result = async {
+        for (store, why) in stores {
+            let system = LocalSystem::builder()
+                .keepalive(short_keepalive())
+                .env("BIGMACHINE_BINARY_STORE", store.display().to_string())
+                .build();
+            let b = B::new(system)?;
+            let params = Params::new()
+                .services(Services::new().with("Probe", Probe))
+                .binary(&unseen.copy);
+            let machines = b.start(1, params).await?;
+            let m = &machines[0];
+            tokio::time::timeout(Duration::from_secs(20), m.wait(State::Running))
+                .await
+                .map_err(|_| Error::other("boot neither finished nor failed in 20 s"))?;
+            let err = m
+                .err()
+                .ok_or_else(|| Error::other("a machine booted on a planted store"))?;
+            check(
+                err.is(Kind::Precondition) && err.to_string().contains(why),
+                format!("the machine stopped with {err}, not a refusal of the store ({why})"),
+            )?;
+            // Nothing was put in the store (so nothing of it can have been run).
+            let held = std::fs::read_dir(&store)?.count();
+            check(held == 0, format!("the refused store holds {held} files"))?;
+            b.shutdown().await;
+        }
         Ok(())
     }
     .await;

@@ -67,20 +67,23 @@ impl Identity {
     pub fn of_certificate(cert: &CertificateDer<'_>) -> Result<Self> {
         let parsed = webpki::EndEntityCert::try_from(cert)
             .map_err(|e| Error::Certificate(format!("unreadable peer certificate: {e}")))?;
-        let mut role = None;
+        let mut roles = Vec::new();
         let mut name = None;
         for san in parsed.valid_dns_names() {
             if san == Role::Driver.san() {
-                role = Some(Role::Driver);
+                roles.push(Role::Driver);
             } else if san == Role::Machine.san() {
-                role = Some(Role::Machine);
+                roles.push(Role::Machine);
             } else if san != SERVER_NAME {
                 name = Some(san.to_string());
             }
         }
-        let role = role.ok_or_else(|| {
-            Error::Certificate("the peer's certificate states no role".to_string())
-        })?;
+        let [role] = roles[..] else {
+            return Err(Error::Certificate(format!(
+                "the peer's certificate states {} roles, not one",
+                roles.len()
+            )));
+        };
         Ok(Self {
             role,
             name: name.unwrap_or_default(),
@@ -118,6 +121,9 @@ impl std::fmt::Debug for Authority {
 /// How long the certificates an authority issues are valid by default: 30 days, for long jobs.
 pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
 
+/// How long the authority's own certificate is valid: no certificate it issues may last longer.
+const CA_LIFETIME: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 /// How far back a certificate's validity starts, so that a machine whose clock is behind the
 /// driver's accepts it.
 const CLOCK_SKEW: Duration = Duration::from_secs(3600);
@@ -139,7 +145,7 @@ impl Authority {
         // The authority outlives every certificate it issues (its lifetime may be set later).
         let now = SystemTime::now();
         params.not_before = (now - CLOCK_SKEW).into();
-        params.not_after = (now + Duration::from_secs(100 * 365 * 24 * 3600)).into();
+        params.not_after = (now + CA_LIFETIME).into();
         let key = KeyPair::generate()?;
         let cert = params.self_signed(&key)?;
         Ok(Self {
@@ -149,7 +155,8 @@ impl Authority {
         })
     }
 
-    /// Issues certificates valid for `lifetime` from the moment of issue.
+    /// Issues certificates valid for `lifetime` from the moment of issue (at most 100 years, the
+    /// authority's own; issuing fails beyond).
     pub fn with_lifetime(mut self, lifetime: Duration) -> Self {
         self.lifetime = lifetime;
         self
@@ -165,22 +172,32 @@ impl Authority {
     /// `name` too: a client that connects to a machine by that name accepts no other machine's
     /// certificate, even at the same address. Trust itself comes from the chain to the CA.
     pub fn issue(&self, name: &str) -> Result<Credentials> {
-        let now = SystemTime::now();
-        self.issue_for(name, Role::Machine, now - CLOCK_SKEW, now + self.lifetime)
+        self.issue_now(name, Role::Machine)
     }
 
     /// Issues the driver's credentials: only their holder may control the cluster's machines.
     pub fn issue_driver(&self) -> Result<Credentials> {
-        let now = SystemTime::now();
-        self.issue_for(
-            DRIVER_NAME,
-            Role::Driver,
-            now - CLOCK_SKEW,
-            now + self.lifetime,
-        )
+        self.issue_now(DRIVER_NAME, Role::Driver)
     }
 
-    /// Issues credentials for `name` in `role`, valid from `not_before` to `not_after`.
+    /// Issues credentials valid from now (less the clock skew allowed) for the lifetime.
+    fn issue_now(&self, name: &str, role: Role) -> Result<Credentials> {
+        let now = SystemTime::now();
+        let until = now
+            .checked_add(self.lifetime)
+            .filter(|_| self.lifetime <= CA_LIFETIME)
+            .ok_or_else(|| {
+                Error::Certificate(format!(
+                    "a certificate lifetime of {:?} outlives the authority ({} years)",
+                    self.lifetime,
+                    CA_LIFETIME.as_secs() / (365 * 24 * 3600)
+                ))
+            })?;
+        self.issue_for(name, role, now - CLOCK_SKEW, until)
+    }
+
+    /// Issues credentials for `name` in `role`, valid from `not_before` to `not_after` (which
+    /// must come after it, and within the authority's own 100 years).
     pub fn issue_for(
         &self,
         name: &str,
@@ -188,7 +205,13 @@ impl Authority {
         not_before: SystemTime,
         not_after: SystemTime,
     ) -> Result<Credentials> {
-        if name.ends_with(ROLE_SUFFIX) {
+        if not_before > not_after || not_after > SystemTime::now() + CA_LIFETIME {
+            return Err(Error::Certificate(
+                "a certificate's validity must end after it starts, within the authority's"
+                    .to_string(),
+            ));
+        }
+        if name.to_ascii_lowercase().ends_with(ROLE_SUFFIX) {
             return Err(Error::Certificate(format!(
                 "{name:?} is reserved: names ending in {ROLE_SUFFIX} state roles"
             )));
@@ -337,6 +360,10 @@ mod tests {
         assert_eq!(driver.name, DRIVER_NAME);
         // No machine can be named into another role.
         assert!(ca.issue("driver.role.bigmachine").is_err());
+        assert!(ca.issue("DRIVER.role.bigmachine").is_err());
+        // A lifetime beyond the authority's is refused, not a panic.
+        let forever = Authority::new()?.with_lifetime(Duration::MAX);
+        assert!(forever.issue("m").is_err());
         Ok(())
     }
 
