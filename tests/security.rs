@@ -17,6 +17,7 @@ use bigmachine_core::__internal::{decode, encode, type_tag, KeepaliveReply};
 use bigmachine_quic::{Endpoint, SERVER_NAME};
 use bigmachine_supervisor::MachineOptions;
 use common::echo_cluster;
+use futures::StreamExt;
 
 fn loopback() -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, 0))
@@ -413,6 +414,62 @@ async fn request_payload_is_not_read_for_an_unknown_method() -> Result<()> {
         .err()
         .ok_or_else(|| Error::other("an unknown method replied"))?;
     assert_eq!(err.kind(), Kind::NotSupported, "{err}");
+    assert_eq!(machines[0].state(), State::Running);
+    b.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_flood_is_bounded() -> Result<()> {
+    let (b, machines) = echo_cluster(TestSystem::new(), 1).await?;
+    let cluster_ca = b.authority().ok_or_else(|| Error::other("no authority"))?;
+    let target = machines[0].addr();
+    // 2,000 connection attempts, 400 at a time, by a client the machine must refuse (its
+    // certificate is of another CA): each that gets a handshake costs the machine its crypto.
+    let impostor = forged(&Authority::new()?, cluster_ca)?;
+    let flood = tokio::spawn(async move {
+        let endpoint = Endpoint::bind(loopback(), &impostor, TransportConfig::default())?;
+        let attempts = futures::stream::iter(0..2000)
+            .map(|_| {
+                let endpoint = endpoint.clone();
+                async move {
+                    // A client's side of the handshake ends before the machine has checked
+                    // its certificate: whether it was served shows in a call.
+                    let served = async {
+                        let conn = endpoint.connect(target, SERVER_NAME).await?;
+                        raw_exchange(&conn, &ping_frame()).await
+                    };
+                    matches!(
+                        tokio::time::timeout(Duration::from_secs(20), served).await,
+                        Ok(Ok(_))
+                    )
+                }
+            })
+            .buffer_unordered(400);
+        let outcomes: Vec<bool> = attempts.collect().await;
+        let admitted = outcomes.iter().filter(|served| **served).count();
+        Ok::<_, Error>((outcomes.len(), admitted))
+    });
+    // Meanwhile the driver's calls go on: each must succeed within 5 s.
+    let mut served = 0;
+    let started = std::time::Instant::now();
+    while !flood.is_finished() && served < 2000 {
+        let reply: String = machines[0]
+            .call("Echo.echo", &"during".to_string())
+            .timeout(Duration::from_secs(5))
+            .await?;
+        assert_eq!(reply, "hello, during");
+        served += 1;
+    }
+    let (attempts, admitted) = flood
+        .await
+        .map_err(|e| Error::other(format!("flood task: {e}")))??;
+    eprintln!(
+        "{served} calls served during {attempts} refused connection attempts ({:?})",
+        started.elapsed()
+    );
+    assert_eq!(admitted, 0, "an impostor was served");
+    assert!(served > 0, "no call was served during the flood");
     assert_eq!(machines[0].state(), State::Running);
     b.shutdown().await;
     Ok(())

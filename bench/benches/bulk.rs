@@ -96,11 +96,7 @@ async fn start_sink(
     kind: &str,
     creds: Option<&Credentials>,
 ) -> (SocketAddr, tokio::process::Child) {
-    let mut env = vec![(SINK, kind.to_string())];
-    if let Some(c) = creds {
-        env.push(("BULK_CREDS", c.to_pem()));
-    }
-    support::spawn_self(&env).await
+    support::spawn_self(&[(SINK, kind.to_string())], creds).await
 }
 
 /// The sink side: counts what arrives on one quinn stream or TCP connection, then replies with
@@ -121,8 +117,7 @@ async fn run_sink(kind: &str) {
             while conn.read(&mut buf).await.map(|n| n > 0).unwrap_or(false) {}
         }
         _ => {
-            let pem = std::env::var("BULK_CREDS").unwrap_or_else(|e| panic!("{e}"));
-            let creds = Credentials::from_pem(pem.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+            let creds = support::credentials_from_stdin();
             let ep = Endpoint::bind(local, &creds, TransportConfig::default())
                 .unwrap_or_else(|e| panic!("{e}"));
             println!("{}", ep.local_addr().unwrap_or_else(|e| panic!("{e}")));

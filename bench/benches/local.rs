@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use bigmachine::driver;
 use bigmachine::local::LocalSystem;
 use bigmachine::{Services, State, B};
-use bigmachine_quic::{Authority, Credentials, Endpoint, TransportConfig, SERVER_NAME};
+use bigmachine_quic::{Authority, Endpoint, TransportConfig, SERVER_NAME};
 
 #[path = "../../examples/common/pi.rs"]
 mod pi;
@@ -30,8 +30,7 @@ const BARE: &str = "BIGMACHINE_BENCH_BARE";
 /// The bare process: binds an endpoint with the credentials it was given, prints its address,
 /// completes one handshake and exits when the connection closes.
 async fn bare_process() {
-    let pem = std::env::var(BARE).unwrap_or_else(|e| panic!("{BARE}: {e}"));
-    let creds = Credentials::from_pem(pem.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+    let creds = support::credentials_from_stdin();
     let local = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
     let ep = Endpoint::bind(local, &creds, TransportConfig::default())
         .unwrap_or_else(|e| panic!("bind: {e}"));
@@ -55,7 +54,7 @@ async fn bare_processes(n: usize) -> Duration {
         let creds = ca.issue("bare").unwrap_or_else(|e| panic!("{e}"));
         let ep = &ep;
         async move {
-            let (addr, child) = support::spawn_self(&[(BARE, creds.to_pem())]).await;
+            let (addr, child) = support::spawn_self(&[(BARE, "1".to_string())], Some(&creds)).await;
             let conn = ep
                 .connect(addr, SERVER_NAME)
                 .await

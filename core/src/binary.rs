@@ -15,6 +15,40 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Kind, Result};
 
+/// Hex SHA-256 digest of an open file's contents, read from its start in 1 MiB pieces (without
+/// moving its offset).
+fn digest_of(file: &std::fs::File) -> std::io::Result<String> {
+    use std::os::unix::fs::FileExt;
+    let mut hasher = Digester::default();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut at = 0u64;
+    loop {
+        let n = file.read_at(&mut buf, at)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        at += n as u64;
+    }
+    Ok(hasher.finish())
+}
+
+/// A SHA-256 digest computed piece by piece, as a binary streams in.
+#[derive(Debug, Default, Clone)]
+pub struct Digester(Sha256);
+
+impl Digester {
+    /// Adds `bytes`.
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    /// The hex digest of everything added.
+    pub fn finish(self) -> String {
+        format!("{:x}", self.0.finalize())
+    }
+}
+
 /// Hex SHA-256 digest of the file at `path`, read in 1 MiB pieces.
 pub fn digest_file(path: &Path) -> Result<String> {
     let mut file = std::fs::File::open(path).map_err(|e| io_error(path, e))?;
@@ -47,6 +81,11 @@ pub fn current_digest() -> Result<&'static str> {
     static DIGEST: OnceLock<std::result::Result<String, Error>> = OnceLock::new();
     DIGEST
         .get_or_init(|| {
+            // The running binary itself: its path may since name another file (or none).
+            let proc_exe = Path::new("/proc/self/exe");
+            if proc_exe.exists() {
+                return cached_digest(proc_exe);
+            }
             let exe = std::env::current_exe()
                 .map_err(|e| Error::new(Kind::Other, format!("current executable: {e}")))?;
             cached_digest(&exe)
@@ -57,8 +96,16 @@ pub fn current_digest() -> Result<&'static str> {
 
 /// The digest of `path`, from the cache when its identity is unchanged.
 pub fn cached_digest(path: &Path) -> Result<String> {
+    let file = std::fs::File::open(path).map_err(|e| io_error(path, e))?;
+    cached_digest_of(&file, path)
+}
+
+/// The digest of the open `file` (found at `path`, for messages), from the cache when its
+/// identity is unchanged. What is hashed, or looked up, is this open file, whatever `path` names
+/// meanwhile: the digest vouches for the bytes a caller then runs through the same handle.
+pub fn cached_digest_of(file: &std::fs::File, path: &Path) -> Result<String> {
     use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(path).map_err(|e| io_error(path, e))?;
+    let meta = file.metadata().map_err(|e| io_error(path, e))?;
     let key = format!(
         "{}-{}-{}-{}.{}",
         meta.dev(),
@@ -86,7 +133,7 @@ pub fn cached_digest(path: &Path) -> Result<String> {
             }
         }
     }
-    let digest = digest_file(path)?;
+    let digest = digest_of(file).map_err(|e| io_error(path, e))?;
     if !private {
         return Ok(digest);
     }

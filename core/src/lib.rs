@@ -103,7 +103,7 @@ pub const DEFAULT_MAX_PAYLOAD: u64 = 1 << 30;
 #[doc(hidden)]
 pub mod __internal {
     pub use crate::b::machine_b;
-    pub use crate::binary::cached_digest;
+    pub use crate::binary::{cached_digest, cached_digest_of, Digester};
     pub use crate::buffers::PayloadWriter;
     pub use crate::call::Response;
     pub use crate::codec::{decode, encode, type_tag};

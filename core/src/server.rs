@@ -17,6 +17,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -91,6 +92,8 @@ pub async fn serve(
         outcomes: Outcomes::new(config.exactly_once),
         config,
     });
+    let limit = endpoint.config().max_handshakes.max(1);
+    let handshakes = Arc::new(AtomicUsize::new(0));
     loop {
         let incoming = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -99,12 +102,53 @@ pub async fn serve(
                 None => break,
             },
         };
-        tokio::spawn(connection(incoming, shared.clone(), shutdown.clone()));
+        // Before authentication, work is bounded: past a quarter of the limit an attempt must
+        // prove its address first (a retry costs one packet), past the limit it is refused.
+        let busy = handshakes.load(Ordering::Relaxed);
+        if busy >= limit {
+            tracing::debug!(from = %incoming.remote_address(), "refused a connection attempt: too many handshakes");
+            incoming.refuse();
+            continue;
+        }
+        if busy >= limit / 4 && incoming.may_retry() {
+            let _ = incoming.retry();
+            continue;
+        }
+        let handshake = Handshake::begin(&handshakes);
+        tokio::spawn(connection(
+            incoming,
+            handshake,
+            shared.clone(),
+            shutdown.clone(),
+        ));
     }
 }
 
-async fn connection(incoming: quinn::Incoming, shared: Arc<Shared>, shutdown: CancellationToken) {
-    let conn = match incoming.await {
+/// A handshake in progress, counted until dropped.
+struct Handshake(Arc<AtomicUsize>);
+
+impl Handshake {
+    fn begin(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count.clone())
+    }
+}
+
+impl Drop for Handshake {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn connection(
+    incoming: quinn::Incoming,
+    handshake: Handshake,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    let conn = incoming.await;
+    drop(handshake);
+    let conn = match conn {
         Ok(conn) => conn,
         Err(e) => {
             tracing::debug!(error = %e, "refused a connection");

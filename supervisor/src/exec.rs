@@ -3,20 +3,22 @@
 use std::ffi::OsString;
 use std::io::Write;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bigmachine_core::{Error, Kind, Result};
 use bigmachine_quic::Credentials;
 
 use crate::env::{CREDENTIALS_ON_STDIN, ENV_ADDR, ENV_CREDENTIALS};
+use crate::store::Stored;
 
 #[derive(Debug, Default)]
 struct Next {
     env: Vec<(String, String)>,
     args: Option<Vec<String>>,
-    binary: Option<PathBuf>,
+    binary: Option<Stored>,
 }
 
 /// What the next exec runs. Only machines that are processes of their own can exec.
@@ -61,19 +63,33 @@ impl Exec {
         lock(&self.next).args = Some(args);
     }
 
-    /// Makes the binary at `path` the one the next exec runs.
-    pub(crate) fn setbinary(&self, path: PathBuf) {
-        lock(&self.next).binary = Some(path);
+    /// Makes `binary`, checked and open, the one the next exec runs.
+    pub(crate) fn setbinary(&self, binary: Stored) {
+        lock(&self.next).binary = Some(binary);
     }
 
     /// Fixes what the next exec runs: binary, arguments, environment, and a fresh private copy
     /// of the credentials for the new process.
     pub(crate) fn prepare(&self) -> Result<PreparedExec> {
         let next = lock(&self.next);
-        let binary = match next.binary.clone() {
-            Some(b) => b,
-            None => std::env::current_exe()
-                .map_err(|e| Error::new(Kind::Other, format!("current executable: {e}")))?,
+        // What runs is an open file, through its descriptor: the bytes whose digest was
+        // checked, whatever the path names by now. Without a binary set, the running one.
+        let (binary, program, file) = match next.binary.clone() {
+            Some(stored) => {
+                let program = PathBuf::from(format!("/proc/self/fd/{}", stored.file.as_raw_fd()));
+                (stored.path, program, Some(stored.file))
+            }
+            None => {
+                let exe = std::env::current_exe()
+                    .map_err(|e| Error::new(Kind::Other, format!("current executable: {e}")))?;
+                let proc_exe = PathBuf::from("/proc/self/exe");
+                let program = if proc_exe.exists() {
+                    proc_exe
+                } else {
+                    exe.clone()
+                };
+                (exe, program, None)
+            }
         };
         let args = match &next.args {
             Some(args) => args.iter().map(OsString::from).collect(),
@@ -87,6 +103,8 @@ impl Exec {
         ));
         Ok(PreparedExec {
             binary,
+            program,
+            _file: file,
             args,
             env,
             creds: self.creds.to_pem(),
@@ -101,7 +119,12 @@ const PIPE_BUFFER: usize = 4096;
 /// An exec ready to run.
 #[derive(Debug)]
 pub(crate) struct PreparedExec {
+    /// The binary's path: the new process's `argv[0]`, and for messages.
     binary: PathBuf,
+    /// What is executed: the open binary's descriptor (or the running binary).
+    program: PathBuf,
+    /// Keeps the descriptor open until the exec.
+    _file: Option<Arc<std::fs::File>>,
     args: Vec<OsString>,
     env: Vec<(String, String)>,
     /// The credentials (PEM), for the new process's stdin.
@@ -131,7 +154,8 @@ impl PreparedExec {
             Ok(reader) => reader,
             Err(e) => return Error::new(Kind::Other, format!("credentials pipe: {e}")),
         };
-        let err = std::process::Command::new(&self.binary)
+        let err = std::process::Command::new(&self.program)
+            .arg0(&self.binary)
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(stdin)

@@ -16,10 +16,11 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use bigmachine_core::__internal::{cached_digest, current_uid, private_dir};
-use bigmachine_core::{digest_file, ByteStream, Error, Kind, Result};
+use bigmachine_core::__internal::{cached_digest_of, current_uid, private_dir, Digester};
+use bigmachine_core::{ByteStream, Error, Kind, Result};
 use tokio::io::AsyncWriteExt;
 
 /// The environment variable naming the store's directory.
@@ -79,35 +80,41 @@ impl Store {
         }
     }
 
-    /// The path of the binary of `digest`, if the store has it (and it still has that digest).
-    pub(crate) async fn get(&self, digest: &str) -> Result<Option<PathBuf>> {
+    /// The binary of `digest`, if the store has it (and it still has that digest), opened: what
+    /// was checked is that open file, which an exec then runs (see [`Stored`]).
+    pub(crate) async fn get(&self, digest: &str) -> Result<Option<Stored>> {
         valid_digest(digest)?;
         private_dir(&self.dir)?;
         let path = self.dir.join(digest);
-        if tokio::fs::metadata(&path).await.is_err() {
-            return Ok(None);
-        }
-        let checked = path.clone();
-        let actual = tokio::task::spawn_blocking(move || {
-            let digest = cached_digest(&checked)?;
+        let opened = path.clone();
+        let found = tokio::task::spawn_blocking(move || {
+            let file = match std::fs::File::open(&opened) {
+                Ok(file) => file,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(io(&opened, e)),
+            };
+            let digest = cached_digest_of(&file, &opened)?;
             // Marks the binary used, for the store's bound: its access time, set explicitly
             // (mounts may not keep it) and never its modification time, which keys the digest
             // cache. Read-only: a running binary cannot be opened for writing, and futimens
             // needs ownership, not a writable descriptor. Best effort: without it the binary is
             // merely evicted sooner.
-            let _ = std::fs::File::open(&checked).and_then(|f| {
-                f.set_times(std::fs::FileTimes::new().set_accessed(SystemTime::now()))
-            });
-            Ok::<_, Error>(digest)
+            let _ = file.set_times(std::fs::FileTimes::new().set_accessed(SystemTime::now()));
+            Ok::<_, Error>(Some((digest, file)))
         })
         .await
         .map_err(|e| Error::new(Kind::Other, format!("digest task: {e}")))??;
-        Ok((actual == digest).then_some(path))
+        Ok(found.and_then(|(actual, file)| {
+            (actual == digest).then(|| Stored {
+                path,
+                file: Arc::new(file),
+            })
+        }))
     }
 
-    /// Writes `body` into the store as the binary of `digest`, checking the digest; returns
-    /// its path.
-    pub(crate) async fn put(&self, digest: &str, mut body: ByteStream) -> Result<PathBuf> {
+    /// Writes `body` into the store as the binary of `digest`, hashing it as it arrives and
+    /// refusing it as soon as it is larger than the store may hold; returns it, opened.
+    pub(crate) async fn put(&self, digest: &str, mut body: ByteStream) -> Result<Stored> {
         valid_digest(digest)?;
         private_dir(&self.dir)?;
         let tmp = self.dir.join(format!(
@@ -120,21 +127,28 @@ impl Store {
             let mut file = tokio::fs::File::create(&tmp)
                 .await
                 .map_err(|e| io(&tmp, e))?;
+            let mut hasher = Digester::default();
             let mut total = 0u64;
             while let Some(chunk) = body.next_chunk().await {
                 let chunk = chunk?;
                 total += chunk.len() as u64;
+                if total > self.limit {
+                    return Err(Error::fatal(
+                        Kind::Invalid,
+                        format!(
+                            "a binary of more than {} bytes, the store's bound ({ENV_STORE_BYTES})",
+                            self.limit
+                        ),
+                    ));
+                }
+                hasher.update(&chunk);
                 file.write_all(&chunk).await.map_err(|e| io(&tmp, e))?;
             }
             file.sync_all().await.map_err(|e| io(&tmp, e))?;
-            Ok::<_, Error>(total)
+            Ok::<_, Error>((total, hasher.finish()))
         }
         .await;
-        let total = written?;
-        let hashed = tmp.clone();
-        let actual = tokio::task::spawn_blocking(move || digest_file(&hashed))
-            .await
-            .map_err(|e| Error::new(Kind::Other, format!("digest task: {e}")))??;
+        let (total, actual) = written?;
         if actual != digest {
             return Err(Error::fatal(
                 Kind::Invalid,
@@ -144,6 +158,9 @@ impl Store {
         tokio::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))
             .await
             .map_err(|e| io(&tmp, e))?;
+        // Opened before it takes its name: the file the digest was computed over (in this
+        // private directory nobody else can have written to it).
+        let file = std::fs::File::open(&tmp).map_err(|e| io(&tmp, e))?;
         let path = self.dir.join(digest);
         tokio::fs::rename(&tmp, &path)
             .await
@@ -158,7 +175,27 @@ impl Store {
             Ok(Err(e)) => tracing::warn!(error = %e, "bounding the binary store"),
             Err(e) => tracing::warn!(error = %e, "bounding the binary store"),
         }
-        Ok(path)
+        Ok(Stored {
+            path,
+            file: Arc::new(file),
+        })
+    }
+}
+
+/// A binary of the store, open: its digest was checked on this open file, so running it
+/// through this handle ([`crate::exec`]) runs the bytes checked, whatever its path names
+/// meanwhile.
+#[derive(Debug, Clone)]
+pub(crate) struct Stored {
+    /// Where it is kept (for messages, and for peers to read).
+    pub(crate) path: PathBuf,
+    /// The file, open for reading.
+    pub(crate) file: Arc<std::fs::File>,
+}
+
+impl PartialEq for Stored {
+    fn eq(&self, other: &Self) -> bool {
+        self.path == other.path
     }
 }
 
@@ -234,13 +271,24 @@ mod tests {
             .put(&wrong, ByteStream::from_bytes(data.clone()))
             .await
             .is_err());
-        let path = store
+        let stored = store
             .put(&digest, ByteStream::from_bytes(data.clone()))
             .await?;
-        assert_eq!(store.get(&digest).await?, Some(path.clone()));
-        let back = ByteStream::from_file(path).read_to_end(16 << 20).await?;
+        assert_eq!(store.get(&digest).await?, Some(stored.clone()));
+        let back = ByteStream::from_file(stored.path.clone())
+            .read_to_end(16 << 20)
+            .await?;
         assert_eq!(back, data);
         assert!(store.get("not-a-digest").await.is_err());
+        // Past the store's bound, a binary is refused as it streams in.
+        let small = Store::new(&dir, 1 << 20);
+        let refused = small.put(&digest, ByteStream::from_bytes(data)).await;
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|e| e.to_string().contains("store's bound")),
+            "{refused:?}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
         Ok(())
     }
@@ -257,7 +305,7 @@ mod tests {
         for fill in 1..=3u8 {
             let data = vec![fill; mib as usize];
             let digest = bigmachine_core::digest_bytes(&data);
-            let path = store.put(&digest, ByteStream::from_bytes(data)).await?;
+            let path = store.put(&digest, ByteStream::from_bytes(data)).await?.path;
             // Binaries 1 and 2 were last used an hour ago, 2 after 1.
             let at = hour_ago + Duration::from_secs(u64::from(fill));
             std::fs::File::open(&path)?.set_times(std::fs::FileTimes::new().set_accessed(at))?;
@@ -268,10 +316,11 @@ mod tests {
         assert!(!stored[0].1.exists(), "least recently used binary kept");
         assert!(stored[1].1.exists() && stored[2].1.exists());
         // Using binary 2 makes binary 3 the least recently used; a fourth put evicts it.
-        assert_eq!(store.get(&stored[1].0).await?, Some(stored[1].1.clone()));
+        let used = store.get(&stored[1].0).await?.map(|s| s.path);
+        assert_eq!(used, Some(stored[1].1.clone()));
         let data = vec![4u8; mib as usize];
         let digest = bigmachine_core::digest_bytes(&data);
-        let fourth = store.put(&digest, ByteStream::from_bytes(data)).await?;
+        let fourth = store.put(&digest, ByteStream::from_bytes(data)).await?.path;
         assert!(
             !stored[2].1.exists(),
             "binary 3 was the least recently used"

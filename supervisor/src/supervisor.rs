@@ -147,8 +147,8 @@ impl Supervisor for MachineSupervisor {
     /// Receives a binary into the store, for the next exec.
     async fn setbinary(&self, _ctx: &Context, digest: String, body: ByteStream) -> Result<()> {
         let exec = self.exec_support()?;
-        let path = self.store.put(&digest, body).await?;
-        exec.setbinary(path);
+        let stored = self.store.put(&digest, body).await?;
+        exec.setbinary(stored);
         Ok(())
     }
 
@@ -156,8 +156,8 @@ impl Supervisor for MachineSupervisor {
     async fn usebinary(&self, _ctx: &Context, digest: String) -> Result<bool> {
         let exec = self.exec_support()?;
         match self.store.get(&digest).await? {
-            Some(path) => {
-                exec.setbinary(path);
+            Some(stored) => {
+                exec.setbinary(stored);
                 Ok(true)
             }
             None => Ok(false),
@@ -176,9 +176,9 @@ impl Supervisor for MachineSupervisor {
             .getbinary(&fetch.digest)
             .context(ctx)
             .await?;
-        let path = self.store.put(&fetch.digest, body).await?;
+        let stored = self.store.put(&fetch.digest, body).await?;
         tracing::info!(peer = %fetch.peer, "binary fetched from a peer");
-        exec.setbinary(path);
+        exec.setbinary(stored);
         Ok(())
     }
 
@@ -197,12 +197,14 @@ impl Supervisor for MachineSupervisor {
                 std::env::current_exe()?
             }
         } else {
-            self.store.get(&digest).await?.ok_or_else(|| {
+            let stored = self.store.get(&digest).await?.ok_or_else(|| {
                 Error::fatal(
                     Kind::NotSupported,
                     format!("no binary with digest {digest} here"),
                 )
-            })?
+            })?;
+            // The peer checks the digest of what it receives.
+            stored.path
         };
         Ok(ByteStream::from_file(path))
     }

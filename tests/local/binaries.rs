@@ -6,7 +6,7 @@ use std::time::Duration;
 use bigmachine::binary::{current_digest, digest_bytes};
 use bigmachine::local::LocalSystem;
 use bigmachine::testsystem::{LinkFaults, Relayed};
-use bigmachine::{BootTimeouts, Error, Kind, Params, Result, Services, State, B};
+use bigmachine::{BootTimeouts, ByteStream, Error, Kind, Params, Result, Services, State, B};
 
 use crate::support::{check, running, short_keepalive, tests, Probe, Test};
 
@@ -17,6 +17,7 @@ pub(crate) fn tests() -> Vec<(&'static str, Test)> {
         machines_booted_together_fetch_the_binary_from_each_other,
         a_binary_that_cannot_arrive_in_time_stops_its_machine_at_the_binary_bound,
         a_planted_binary_store_is_refused,
+        the_binary_executed_is_the_one_checked,
     ]
 }
 
@@ -277,5 +278,61 @@ async fn a_planted_binary_store_is_refused() -> Result<()> {
     }
     .await;
     let _ = std::fs::remove_dir_all(&unseen.dir);
+    result
+}
+
+async fn the_binary_executed_is_the_one_checked() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let checked = unseen_binary("checked")?;
+    let swapped = unseen_binary("swapped")?;
+    let result = async {
+        let stores = checked.dir.join("stores");
+        let system = LocalSystem::builder()
+            .keepalive(short_keepalive())
+            .isolated_stores(&stores)
+            .build();
+        let b = B::new(system)?;
+        let machines = running(&b, 1, Services::new().with("Probe", Probe)).await?;
+        let m = &machines[0];
+        let before = m.info().await?;
+        // The driver hands the machine a binary, which it checks and keeps for its next exec.
+        let copy = checked.copy.clone();
+        let (): () = m
+            .call("Supervisor.setbinary", &checked.digest)
+            .body(move || ByteStream::from_file(copy.clone()))
+            .await?;
+        // Then another binary takes its name in the store, before the exec.
+        let kept = stores.join("machine-0").join(&checked.digest);
+        check(kept.exists(), format!("{} was not stored", kept.display()))?;
+        let planted = kept.with_extension("planted");
+        std::fs::copy(&swapped.copy, &planted)?;
+        std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o755))?;
+        std::fs::rename(&planted, &kept)?;
+        let (): () = m.call("Supervisor.exec", &()).await?;
+        // The machine comes back (same address) running what was checked.
+        let mut after = None;
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if let Ok(info) = m.info().await {
+                if info.incarnation != before.incarnation {
+                    after = Some(info);
+                    break;
+                }
+            }
+        }
+        let after = after.ok_or_else(|| Error::other("the machine did not come back in 10 s"))?;
+        check(
+            after.digest == checked.digest,
+            format!(
+                "the machine runs {}, not the binary checked ({}; the swapped one is {})",
+                after.digest, checked.digest, swapped.digest
+            ),
+        )?;
+        b.shutdown().await;
+        Ok(())
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&checked.dir);
+    let _ = std::fs::remove_dir_all(&swapped.dir);
     result
 }

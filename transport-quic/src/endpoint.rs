@@ -54,6 +54,11 @@ pub struct TransportConfig {
     pub initial_rtt: Duration,
     /// The congestion controller of what this side sends. Default: [`Congestion::Cubic`].
     pub congestion: Congestion,
+    /// Connection attempts a serving endpoint handles at once, before authentication: beyond
+    /// it, attempts are refused at once; beyond a quarter of it, an attempt must first prove
+    /// its address (a QUIC retry), so a flood from spoofed addresses costs no handshakes.
+    /// Default: 256.
+    pub max_handshakes: usize,
 }
 
 /// A congestion controller: how fast a connection sends, judged from acknowledgements, losses
@@ -103,6 +108,7 @@ impl Default for TransportConfig {
             max_mtu: 1452,
             segmentation_offload: true,
             congestion: Congestion::Cubic,
+            max_handshakes: 256,
         }
     }
 }
@@ -168,6 +174,12 @@ impl Endpoint {
                 .map_err(|e| Error::Tls(e.to_string()))?;
             let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
             server.transport_config(transport.clone());
+            // Attempts not yet taken up by the server, and their buffered packets: bounded
+            // well below quinn's defaults (65,536 attempts, 100 MiB).
+            server
+                .max_incoming(config.max_handshakes.max(1) * 4)
+                .incoming_buffer_size(64 << 10)
+                .incoming_buffer_size_total(16 << 20);
             Some(server)
         } else {
             None

@@ -8,7 +8,6 @@ use bigmachine_quic::Credentials;
 use crate::support;
 
 const SERVER: &str = "COMPARE_SERVER";
-const CREDS: &str = "COMPARE_CREDS";
 
 /// The peer this process must serve, when it is a server.
 pub(crate) fn role() -> Option<String> {
@@ -17,8 +16,7 @@ pub(crate) fn role() -> Option<String> {
 
 /// The credentials the driver handed to this server process.
 pub(crate) fn credentials() -> Credentials {
-    let pem = std::env::var(CREDS).unwrap_or_else(|e| panic!("{CREDS}: {e}"));
-    Credentials::from_pem(pem.as_bytes()).unwrap_or_else(|e| panic!("{CREDS}: {e}"))
+    support::credentials_from_stdin()
 }
 
 /// Announces the server's address to the parent.
@@ -28,5 +26,5 @@ pub(crate) fn announce(addr: SocketAddr) {
 
 /// Starts this binary as the server of `peer`; returns its address and the child (killed on drop).
 pub(crate) async fn spawn(peer: &str, creds: &Credentials) -> (SocketAddr, tokio::process::Child) {
-    support::spawn_self(&[(SERVER, peer.to_string()), (CREDS, creds.to_pem())]).await
+    support::spawn_self(&[(SERVER, peer.to_string())], Some(creds)).await
 }

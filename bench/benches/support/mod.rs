@@ -83,17 +83,31 @@ impl Record {
     }
 }
 
-/// Starts this binary again with `env` set: the child prints the address it serves on as its
-/// first line of stdout. Returns that address and the child (killed when dropped).
-pub(crate) async fn spawn_self(env: &[(&str, String)]) -> (SocketAddr, tokio::process::Child) {
-    use tokio::io::AsyncBufReadExt;
+/// Starts this binary again with `env` set and `creds` (if any) written to its stdin, never
+/// to its environment, which others may read in `/proc`: the child prints the address it
+/// serves on as its first line of stdout. Returns that address and the child (killed when
+/// dropped).
+pub(crate) async fn spawn_self(
+    env: &[(&str, String)],
+    creds: Option<&bigmachine_quic::Credentials>,
+) -> (SocketAddr, tokio::process::Child) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
     let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current exe: {e}"));
     let mut child = tokio::process::Command::new(exe)
         .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap_or_else(|e| panic!("spawn {env:?}: {e}"));
+    let mut stdin = child.stdin.take().unwrap_or_else(|| panic!("no stdin"));
+    if let Some(creds) = creds {
+        stdin
+            .write_all(creds.to_pem().as_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("credentials to the child: {e}"));
+    }
+    drop(stdin);
     let stdout = child.stdout.take().unwrap_or_else(|| panic!("no stdout"));
     let mut line = String::new();
     tokio::io::BufReader::new(stdout)
@@ -105,4 +119,15 @@ pub(crate) async fn spawn_self(env: &[(&str, String)]) -> (SocketAddr, tokio::pr
         .parse()
         .unwrap_or_else(|e| panic!("child's address {line:?}: {e}"));
     (addr, child)
+}
+
+/// The credentials the parent wrote to this process's stdin ([`spawn_self`]).
+#[allow(dead_code)] // not every bench spawns children with credentials
+pub(crate) fn credentials_from_stdin() -> bigmachine_quic::Credentials {
+    use std::io::Read;
+    let mut pem = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut pem)
+        .unwrap_or_else(|e| panic!("credentials from stdin: {e}"));
+    bigmachine_quic::Credentials::from_pem(&pem).unwrap_or_else(|e| panic!("credentials: {e}"))
 }
