@@ -110,7 +110,7 @@ pub mod testsystem {
 /// driver ships its own (or [`Params::binary`](crate::Params::binary)) to machines that run
 /// another.
 pub mod binary {
-    pub use bigmachine_core::{current_digest, digest_bytes, digest_file};
+    pub use bigmachine_core::{current_digest, digest_bytes, digest_file, running_binary};
 }
 
 /// Large payload buffers are reused rather than faulted in afresh; the engine counts the bytes

@@ -421,7 +421,12 @@ async fn request_payload_is_not_read_for_an_unknown_method() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshake_flood_is_bounded() -> Result<()> {
-    let (b, machines) = echo_cluster(TestSystem::new(), 1).await?;
+    // A small bound, so that the flood goes past it: retries past 4 handshakes, refusals
+    // past 16.
+    let mut transport = TransportConfig::default();
+    transport.max_handshakes = 16;
+    let system = TestSystem::builder().transport(transport).build();
+    let (b, machines) = echo_cluster(system, 1).await?;
     let cluster_ca = b.authority().ok_or_else(|| Error::other("no authority"))?;
     let target = machines[0].addr();
     // 2,000 connection attempts, 400 at a time, by a client the machine must refuse (its
@@ -450,8 +455,10 @@ async fn handshake_flood_is_bounded() -> Result<()> {
         let admitted = outcomes.iter().filter(|served| **served).count();
         Ok::<_, Error>((outcomes.len(), admitted))
     });
-    // Meanwhile the driver's calls go on: each must succeed within 5 s.
+    // Meanwhile the driver's calls go on (each must succeed within 5 s), and new connections
+    // of the cluster get through (each within 5 s, trying again when refused at the bound).
     let mut served = 0;
+    let mut connected = 0;
     let started = std::time::Instant::now();
     while !flood.is_finished() && served < 2000 {
         let reply: String = machines[0]
@@ -460,14 +467,32 @@ async fn handshake_flood_is_bounded() -> Result<()> {
             .await?;
         assert_eq!(reply, "hello, during");
         served += 1;
+        if served % 10 == 1 {
+            let until = std::time::Instant::now() + Duration::from_secs(5);
+            loop {
+                match raw_client(&b, &machines[0]).await {
+                    Ok(_) => break,
+                    Err(e) if std::time::Instant::now() > until => {
+                        return Err(Error::other(format!(
+                            "a cluster connection was refused for 5 s during the flood: {e}"
+                        )))
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+            connected += 1;
+        }
     }
     let (attempts, admitted) = flood
         .await
         .map_err(|e| Error::other(format!("flood task: {e}")))??;
     eprintln!(
-        "{served} calls served during {attempts} refused connection attempts ({:?})",
+        "{served} calls served and {connected} cluster connections made during {attempts} \
+         refused connection attempts ({:?})",
         started.elapsed()
     );
+    // After the flood, the bound holds no slot: a connection gets through at once.
+    raw_client(&b, &machines[0]).await?;
     assert_eq!(admitted, 0, "an impostor was served");
     assert!(served > 0, "no call was served during the flood");
     assert_eq!(machines[0].state(), State::Running);

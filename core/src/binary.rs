@@ -80,18 +80,21 @@ pub fn digest_bytes(bytes: &[u8]) -> String {
 pub fn current_digest() -> Result<&'static str> {
     static DIGEST: OnceLock<std::result::Result<String, Error>> = OnceLock::new();
     DIGEST
-        .get_or_init(|| {
-            // The running binary itself: its path may since name another file (or none).
-            let proc_exe = Path::new("/proc/self/exe");
-            if proc_exe.exists() {
-                return cached_digest(proc_exe);
-            }
-            let exe = std::env::current_exe()
-                .map_err(|e| Error::new(Kind::Other, format!("current executable: {e}")))?;
-            cached_digest(&exe)
-        })
+        .get_or_init(|| cached_digest(&running_binary()?))
         .as_deref()
         .map_err(Clone::clone)
+}
+
+/// A path that opens the binary this process runs: `/proc/self/exe`, which names the running
+/// file itself even once its path names another file (a rebuild, a deploy) or none, else
+/// [`std::env::current_exe`]. What this process hashes, uploads and starts machines from is
+/// this one file.
+pub fn running_binary() -> Result<std::path::PathBuf> {
+    let proc_exe = Path::new("/proc/self/exe");
+    if proc_exe.exists() {
+        return Ok(proc_exe.to_path_buf());
+    }
+    std::env::current_exe().map_err(|e| Error::new(Kind::Other, format!("current executable: {e}")))
 }
 
 /// The digest of `path`, from the cache when its identity is unchanged.

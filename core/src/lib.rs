@@ -38,10 +38,13 @@
 //! - `service`: the `Service` trait (implemented by `#[service]`) and the table a server
 //!   dispatches from.
 //! - `context`: the [`Context`] of an incoming call.
-//! - `server`: accepting streams and running calls concurrently, with deadlines.
+//! - `server`: accepting connections (bounded before authentication) and streams, deciding
+//!   from a call's head who may call what ([`Identity`], [`Kind::NotAllowed`]) and running
+//!   calls concurrently, with deadlines.
 //! - `outcomes`: the outcomes kept of exactly-once calls ([`OutcomeLimits`]).
 //! - `fault`: [`ReplyFaults`] a server injects, for tests.
-//! - `binary`: digests of binaries.
+//! - `binary`: digests of binaries, of open files; `private_dir`: the directories (binary
+//!   store, digest cache) only this user may write.
 #![deny(missing_docs)]
 // The few `unsafe` blocks (system calls, one validated archive) each say why they are sound.
 #![deny(clippy::undocumented_unsafe_blocks)]
@@ -77,7 +80,7 @@ mod wire;
 
 pub use b::{Builder, B};
 pub use bigmachine_quic::{Authority, Congestion, Credentials, Identity, Role, TransportConfig};
-pub use binary::{current_digest, digest_bytes, digest_file};
+pub use binary::{current_digest, digest_bytes, digest_file, running_binary};
 pub use boot_timeouts::BootTimeouts;
 pub use buffers::{pool_limit, pooled_bytes, set_pool_limit, Payload, DEFAULT_POOL_LIMIT};
 pub use call::{Call, Reply, RetryPolicy};

@@ -45,22 +45,28 @@ pub(crate) async fn run_owned(
             e = keep_alive(&machine, keepalive, true, &failed) => (e, false),
         }
     };
-    let err = tokio::select! {
+    let mut exited = exited;
+    let (err, answers) = tokio::select! {
         biased;
-        _ = machine.canceled() => Error::canceled("machine canceled"),
-        e = exited => e,
-        (e, answers) = life => {
-            if answers {
-                // A machine whose boot failed is told to exit now, not left to its watchdog
-                // (best effort: it is Stopped either way).
-                machine.link().record(e.clone());
-                let supervisor = machine.supervisor();
-                let shutdown = supervisor.shutdown(&0).internal();
-                let _ = shutdown.timeout(keepalive.rpc_timeout).await;
-            }
-            e
-        }
+        _ = machine.canceled() => (Error::canceled("machine canceled"), false),
+        e = &mut exited => (e, false),
+        ended = life => ended,
     };
+    if answers {
+        // A machine whose boot failed is told to exit now, not left to its watchdog (best
+        // effort, and cut short by its exit or a cancel: it is Stopped either way).
+        machine.link().record(err.clone());
+        let supervisor = machine.supervisor();
+        let shutdown = supervisor
+            .shutdown(&0)
+            .internal()
+            .timeout(keepalive.rpc_timeout);
+        tokio::select! {
+            _ = shutdown => {}
+            _ = &mut exited => {}
+            _ = machine.canceled() => {}
+        }
+    }
     machine.link().stop(err);
 }
 

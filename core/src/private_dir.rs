@@ -16,6 +16,10 @@ pub fn current_uid() -> u32 {
 /// Creates `dir` (and its missing parents) with mode 0700 if it does not exist, then checks it
 /// is private: a real directory (not a symbolic link), owned by this user, with no permission
 /// for the group or others. Anything else is a fatal [`Kind::Precondition`] error saying why.
+///
+/// Only `dir` itself is checked, and entries are then opened by path: its parent must not let
+/// other users rename its entries (the sticky `/tmp` does not; a directory others may write
+/// without the sticky bit would let them swap `dir` after the check).
 pub fn private_dir(dir: &Path) -> Result<()> {
     let refuse = |why: String| {
         Err(Error::fatal(

@@ -115,9 +115,11 @@ pub async fn serve(
             continue;
         }
         let handshake = Handshake::begin(&handshakes);
+        let within = endpoint.config().connect_timeout;
         tokio::spawn(connection(
             incoming,
             handshake,
+            within,
             shared.clone(),
             shutdown.clone(),
         ));
@@ -143,15 +145,21 @@ impl Drop for Handshake {
 async fn connection(
     incoming: quinn::Incoming,
     handshake: Handshake,
+    within: Duration,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
-    let conn = incoming.await;
+    // A handshake holds its slot for `within` at most: a peer that stalls in it is dropped.
+    let conn = tokio::time::timeout(within, incoming).await;
     drop(handshake);
     let conn = match conn {
-        Ok(conn) => conn,
-        Err(e) => {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => {
             tracing::debug!(error = %e, "refused a connection");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("dropped a connection attempt that did not finish its handshake");
             return;
         }
     };

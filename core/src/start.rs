@@ -155,8 +155,8 @@ impl B {
                 (path.clone(), digest)
             }
             None => {
-                let exe = std::env::current_exe()
-                    .map_err(|e| Error::new(Kind::Other, format!("current executable: {e}")))?;
+                // The file hashed is the file uploaded, whatever its path names meanwhile.
+                let exe = binary::running_binary()?;
                 let digest = tokio::task::spawn_blocking(binary::current_digest)
                     .await
                     .map_err(|e| Error::new(Kind::Other, format!("digest task: {e}")))??;

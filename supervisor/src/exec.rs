@@ -5,10 +5,10 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use bigmachine_core::{Error, Kind, Result};
+use bigmachine_core::{running_binary, Error, Kind, Result};
 use bigmachine_quic::Credentials;
 
 use crate::env::{CREDENTIALS_ON_STDIN, ENV_ADDR, ENV_CREDENTIALS};
@@ -75,6 +75,12 @@ impl Exec {
         // What runs is an open file, through its descriptor: the bytes whose digest was
         // checked, whatever the path names by now. Without a binary set, the running one.
         let (binary, program, file) = match next.binary.clone() {
+            Some(_) if !Path::new("/proc/self/fd").exists() => {
+                return Err(Error::fatal(
+                    Kind::NotSupported,
+                    "running a stored binary needs /proc (it is run through its descriptor)",
+                ));
+            }
             Some(stored) => {
                 let program = PathBuf::from(format!("/proc/self/fd/{}", stored.file.as_raw_fd()));
                 (stored.path, program, Some(stored.file))
@@ -82,13 +88,7 @@ impl Exec {
             None => {
                 let exe = std::env::current_exe()
                     .map_err(|e| Error::new(Kind::Other, format!("current executable: {e}")))?;
-                let proc_exe = PathBuf::from("/proc/self/exe");
-                let program = if proc_exe.exists() {
-                    proc_exe
-                } else {
-                    exe.clone()
-                };
-                (exe, program, None)
+                (exe, running_binary()?, None)
             }
         };
         let args = match &next.args {
@@ -136,8 +136,8 @@ impl PreparedExec {
     pub(crate) fn run(self) -> Error {
         tracing::info!(binary = %self.binary.display(), "re-executing");
         // The credentials go through a pipe that becomes the new process's stdin: they fit in
-        // its buffer (a few KiB), and the write end closes at the exec (close-on-exec), so
-        // the new process reads them to their end. Nothing is written to disk.
+        // its buffer (a few KiB), and the write end is dropped before the exec, so the new
+        // process reads them to their end. Nothing is written to disk.
         if self.creds.len() > PIPE_BUFFER {
             return Error::new(
                 Kind::Other,

@@ -144,7 +144,17 @@ impl Store {
                 hasher.update(&chunk);
                 file.write_all(&chunk).await.map_err(|e| io(&tmp, e))?;
             }
+            // Flushed first: a failed last write is reported here (sync_all would drop it),
+            // and the file on disk must be as long as what was hashed.
+            file.flush().await.map_err(|e| io(&tmp, e))?;
             file.sync_all().await.map_err(|e| io(&tmp, e))?;
+            let on_disk = file.metadata().await.map_err(|e| io(&tmp, e))?.len();
+            if on_disk != total {
+                return Err(Error::new(
+                    Kind::Other,
+                    format!("{}: {on_disk} bytes written of {total}", tmp.display()),
+                ));
+            }
             Ok::<_, Error>((total, hasher.finish()))
         }
         .await;

@@ -7,7 +7,8 @@ use bigmachine_core::__internal::{
     SupervisorClient, SUPERVISOR,
 };
 use bigmachine_core::{
-    current_digest, ByteStream, Context, DiskInfo, Error, Info, Kind, LoadInfo, MemInfo, Result, B,
+    current_digest, running_binary, ByteStream, Context, DiskInfo, Error, Info, Kind, LoadInfo,
+    MemInfo, Result, B,
 };
 
 use crate::exec::Exec;
@@ -190,12 +191,7 @@ impl Supervisor for MachineSupervisor {
         let path = if running == digest {
             // Not current_exe(): once the store evicted the file this process runs from, its
             // path ends in " (deleted)", while /proc/self/exe still opens the running binary.
-            let proc_exe = std::path::PathBuf::from("/proc/self/exe");
-            if proc_exe.exists() {
-                proc_exe
-            } else {
-                std::env::current_exe()?
-            }
+            running_binary()?
         } else {
             let stored = self.store.get(&digest).await?.ok_or_else(|| {
                 Error::fatal(

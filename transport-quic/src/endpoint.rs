@@ -54,9 +54,10 @@ pub struct TransportConfig {
     pub initial_rtt: Duration,
     /// The congestion controller of what this side sends. Default: [`Congestion::Cubic`].
     pub congestion: Congestion,
-    /// Connection attempts a serving endpoint handles at once, before authentication: beyond
-    /// it, attempts are refused at once; beyond a quarter of it, an attempt must first prove
-    /// its address (a QUIC retry), so a flood from spoofed addresses costs no handshakes.
+    /// Connection attempts a serving endpoint handles at once, before authentication (each for
+    /// [`TransportConfig::connect_timeout`] at most): beyond it, attempts are refused at once;
+    /// beyond a quarter of it, an attempt must first prove its address (a QUIC retry), so that
+    /// under load a flood from spoofed addresses costs a packet each, not a handshake.
     /// Default: 256.
     pub max_handshakes: usize,
 }

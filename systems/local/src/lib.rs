@@ -27,7 +27,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bigmachine_core::{Authority, Error, KeepaliveConfig, Kind, Launched, Result, System};
+use bigmachine_core::{
+    running_binary, Authority, Error, KeepaliveConfig, Kind, Launched, Result, System,
+};
 use bigmachine_supervisor::{
     ADDR_MARKER, CREDENTIALS_ON_STDIN, ENV_CREDENTIALS, ENV_DRIVER_PID, ENV_KEEPALIVE_MS,
     ENV_MAXPROCS, ENV_MODE, ENV_STORE, ENV_SYSTEM,
@@ -170,8 +172,10 @@ impl LocalSystem {
         let settings = &self.inner.settings;
         let name = format!("local-{index}");
         let creds = authority.issue(&name)?.to_pem();
-        let exe = std::env::current_exe()?;
+        // The very file this driver runs (and hashed), named as the driver is named.
+        let exe = running_binary()?;
         let mut command = Command::new(&exe);
+        command.arg0(std::env::current_exe()?);
         command.envs(settings.env.iter().map(|(k, v)| (k, v)));
         if let Some(stores) = &settings.stores {
             command.env(ENV_STORE, stores.join(format!("machine-{index}")));
