@@ -425,6 +425,9 @@ async fn handshake_flood_is_bounded() -> Result<()> {
     // past 16.
     let mut transport = TransportConfig::default();
     transport.max_handshakes = 16;
+    // A stalled handshake holds its slot this long at most (well within the 5 s a cluster
+    // connection is given below).
+    transport.connect_timeout = Duration::from_secs(2);
     let system = TestSystem::builder().transport(transport).build();
     let (b, machines) = echo_cluster(system, 1).await?;
     let cluster_ca = b.authority().ok_or_else(|| Error::other("no authority"))?;
@@ -470,7 +473,11 @@ async fn handshake_flood_is_bounded() -> Result<()> {
         if served % 10 == 1 {
             let until = std::time::Instant::now() + Duration::from_secs(5);
             loop {
-                match raw_client(&b, &machines[0]).await {
+                let attempt =
+                    tokio::time::timeout(Duration::from_secs(3), raw_client(&b, &machines[0]))
+                        .await
+                        .unwrap_or_else(|_| Err(Error::other("connection attempt took 3 s")));
+                match attempt {
                     Ok(_) => break,
                     Err(e) if std::time::Instant::now() > until => {
                         return Err(Error::other(format!(

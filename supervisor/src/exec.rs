@@ -155,7 +155,12 @@ impl PreparedExec {
             Err(e) => return Error::new(Kind::Other, format!("credentials pipe: {e}")),
         };
         let err = std::process::Command::new(&self.program)
-            .arg0(&self.binary)
+            // Named as this process is (the program's name, not a digest or a descriptor).
+            .arg0(
+                std::env::args_os()
+                    .next()
+                    .unwrap_or_else(|| self.binary.clone().into()),
+            )
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(stdin)

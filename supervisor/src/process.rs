@@ -84,6 +84,27 @@ fn read_credentials() -> Result<Credentials> {
     Ok(Credentials::from_pem(&pem)?)
 }
 
+/// Names this process after its `argv[0]`, as `ps` and `pkill` show it: the kernel names a
+/// process after the file it executed, which for a machine started through `/proc/self/exe`
+/// or a stored binary's descriptor is `exe` or a number.
+fn name_process() {
+    use std::os::unix::ffi::OsStrExt;
+    let Some(arg0) = std::env::args_os().next() else {
+        return;
+    };
+    let Some(base) = std::path::Path::new(&arg0).file_name() else {
+        return;
+    };
+    // The kernel keeps 15 bytes and a NUL.
+    let bytes: Vec<u8> = base.as_bytes().iter().copied().take(15).collect();
+    let Ok(name) = std::ffi::CString::new(bytes) else {
+        return;
+    };
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string (at most 16 bytes) from the pointer,
+    // which `name` keeps valid through the call; it changes nothing else.
+    unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr() as libc::c_ulong, 0, 0, 0) };
+}
+
 /// Runs this process as a machine of `system` until it exits, then exits the process: status 0
 /// when shut down by the driver, 1 otherwise (keepalives stopped, bad setup).
 ///
@@ -106,6 +127,7 @@ pub async fn run(system: Arc<dyn System>) -> ! {
 }
 
 async fn serve(system: Arc<dyn System>) -> Result<Error> {
+    name_process();
     let creds = read_credentials()?;
     let bind = env_or(ENV_ADDR, SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
     let maxprocs = env_or(

@@ -105,6 +105,13 @@ async fn machines_report_their_host() -> Result<()> {
         info.pid != std::process::id() && info.os == std::env::consts::OS,
         format!("{info:?}"),
     )?;
+    // Started through /proc/self/exe, the machine still goes by the program's name.
+    let comm = |pid: &str| std::fs::read_to_string(format!("/proc/{pid}/comm"));
+    let (ours, its) = (comm("self")?, comm(&info.pid.to_string())?);
+    check(
+        ours == its,
+        format!("the machine is named {its:?}, not {ours:?}"),
+    )?;
     let workers: Option<String> = m
         .call("Probe.env", &"TOKIO_WORKER_THREADS".to_string())
         .timeout(Duration::from_secs(10))

@@ -3,7 +3,8 @@
 //!
 //! Starting a machine: the driver issues the machine's credentials and writes them to the
 //! machine's stdin, a pipe (nothing on disk; the CA key never leaves the driver); it starts
-//! `current_exe()` with the machine environment (see [`bigmachine_supervisor::run`]) and reads
+//! the very binary it runs (`running_binary()`, named as the driver is) with the machine
+//! environment (see [`bigmachine_supervisor::run`]) and reads
 //! the machine's address from its first line of the handshake on stdout. From then on every
 //! line the machine writes to stdout or stderr reaches the driver's stderr, prefixed with the
 //! machine's address, in order; shutting the system down waits until the last line is out.
@@ -175,7 +176,9 @@ impl LocalSystem {
         // The very file this driver runs (and hashed), named as the driver is named.
         let exe = running_binary()?;
         let mut command = Command::new(&exe);
-        command.arg0(std::env::current_exe()?);
+        if let Some(arg0) = std::env::args_os().next() {
+            command.arg0(arg0);
+        }
         command.envs(settings.env.iter().map(|(k, v)| (k, v)));
         if let Some(stores) = &settings.stores {
             command.env(ENV_STORE, stores.join(format!("machine-{index}")));
