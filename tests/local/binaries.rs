@@ -187,6 +187,23 @@ async fn machines_booted_together_fetch_the_binary_from_each_other() -> Result<(
     result
 }
 
+/// Starts one machine of `b` that must run `binary`; returns it once its boot ended, Running
+/// or Stopped (20 s at most).
+async fn boot_outcome(b: &B, binary: &std::path::Path) -> Result<bigmachine::Machine> {
+    let params = Params::new()
+        .services(Services::new().with("Probe", Probe))
+        .binary(binary);
+    let machines = b.start(1, params).await?;
+    let m = machines
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::other("no machine"))?;
+    tokio::time::timeout(Duration::from_secs(20), m.wait(State::Running))
+        .await
+        .map_err(|_| Error::other("boot neither finished nor failed in 20 s"))?;
+    Ok(m)
+}
+
 async fn a_binary_that_cannot_arrive_in_time_stops_its_machine_at_the_binary_bound() -> Result<()> {
     // Tens of MiB to upload through a link with 200 ms of round trip, within 500 ms: impossible.
     let unseen = unseen_binary("bound")?;
@@ -200,14 +217,7 @@ async fn a_binary_that_cannot_arrive_in_time_stops_its_machine_at_the_binary_bou
         let mut timeouts = BootTimeouts::default();
         timeouts.binary = Duration::from_millis(500);
         let b = B::builder(system).boot_timeouts(timeouts).driver()?;
-        let params = Params::new()
-            .services(Services::new().with("Probe", Probe))
-            .binary(&unseen.copy);
-        let machines = b.start(1, params).await?;
-        let m = &machines[0];
-        tokio::time::timeout(Duration::from_secs(20), m.wait(State::Running))
-            .await
-            .map_err(|_| Error::other("boot neither finished nor failed in 20 s"))?;
+        let m = &boot_outcome(&b, &unseen.copy).await?;
         check(
             m.state() == State::Stopped,
             format!("a binary in flight left the machine {:?}", m.state()),
@@ -254,14 +264,7 @@ async fn a_planted_binary_store_is_refused() -> Result<()> {
                 .env("BIGMACHINE_BINARY_STORE", store.display().to_string())
                 .build();
             let b = B::new(system)?;
-            let params = Params::new()
-                .services(Services::new().with("Probe", Probe))
-                .binary(&unseen.copy);
-            let machines = b.start(1, params).await?;
-            let m = &machines[0];
-            tokio::time::timeout(Duration::from_secs(20), m.wait(State::Running))
-                .await
-                .map_err(|_| Error::other("boot neither finished nor failed in 20 s"))?;
+            let m = &boot_outcome(&b, &unseen.copy).await?;
             let err = m
                 .err()
                 .ok_or_else(|| Error::other("a machine booted on a planted store"))?;
