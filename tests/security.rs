@@ -3,20 +3,21 @@
 mod common;
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bigmachine::testsystem::TestSystem;
 use bigmachine::{
-    service, Authority, Context, Credentials, Error, KeepaliveConfig, Kind, Machine, Result, Role,
-    Services, State, TransportConfig, B,
+    service, Archived, Authority, Context, Credentials, Error, KeepaliveConfig, Kind, Machine,
+    Result, Role, Services, State, TransportConfig, B,
 };
 use bigmachine_core::__internal::io::read_reply;
 use bigmachine_core::__internal::wire::{self, RequestHeader, Status};
 use bigmachine_core::__internal::{decode, encode, type_tag, KeepaliveReply};
 use bigmachine_quic::{Endpoint, SERVER_NAME};
 use bigmachine_supervisor::MachineOptions;
-use common::echo_cluster;
+use common::{echo_cluster, eventually};
 use futures::StreamExt;
 
 fn loopback() -> SocketAddr {
@@ -376,35 +377,65 @@ async fn slow_request_is_cut_by_its_time_bound() -> Result<()> {
 async fn request_payload_is_not_read_for_an_unknown_method() -> Result<()> {
     let (b, machines) = echo_cluster(TestSystem::new(), 1).await?;
     let (_endpoint, conn) = raw_client(&b, &machines[0]).await?;
-    // Heads that announce 64 MiB of argument, of which nothing is sent: an unknown method, an
-    // unknown service, a wrong argument type. Each is answered from its head alone.
+    // Heads that announce 64 MiB of argument awaiting a grant, of which nothing is sent: an
+    // unknown method, an unknown service, a wrong argument type. Each is answered from its
+    // head alone: no grant, then the error.
     let string_tag = type_tag::<String>();
-    for (method, arg_type, kind) in [
+    let cases = [
         (&b"Echo.nosuch"[..], string_tag, Kind::NotSupported),
         (&b"Nosuch.echo"[..], string_tag, Kind::NotSupported),
         (&b"Echo.echo"[..], type_tag::<u64>(), Kind::Invalid),
-    ] {
-        let mut head = RequestHeader {
-            flags: 0,
+    ];
+    for (method, arg_type, kind) in cases {
+        let head = RequestHeader {
+            flags: wire::FLAG_AWAIT_GRANT,
             method_len: method.len() as u16,
             timeout_us: 0,
             arg_type,
             reply_type: string_tag,
             payload_len: 64 << 20,
             call_id: 9,
-        }
-        .encode()
-        .to_vec();
-        head.extend_from_slice(method);
+        };
         let (mut send, mut recv) = conn.open_bi().await?;
-        send.write_all(&head).await?;
-        let reply = tokio::time::timeout(Duration::from_secs(5), read_reply(&mut recv, 1 << 20))
+        send.write_all(&head.encode()).await?;
+        send.write_all(method).await?;
+        let answer = async {
+            let mut grant = [0u8; 1];
+            recv.read_exact(&mut grant).await.map_err(Error::other)?;
+            assert_eq!(grant[0], wire::NO_GRANT, "{method:?}");
+            read_reply(&mut recv, 1 << 20).await
+        };
+        let reply = tokio::time::timeout(Duration::from_secs(5), answer)
             .await
             .map_err(|_| Error::other("the machine waits for the argument"))??;
         assert_eq!(reply.0, Status::ServerError);
         let err = wire::decode_error(&reply.1);
         assert_eq!(err.kind(), kind, "{err}");
     }
+    // A large argument that does not await a grant is refused from its header.
+    let mut unasked = RequestHeader {
+        flags: 0,
+        method_len: 8,
+        timeout_us: 0,
+        arg_type: type_tag::<Vec<u8>>(),
+        reply_type: type_tag::<u64>(),
+        payload_len: 64 << 20,
+        call_id: 10,
+    }
+    .encode()
+    .to_vec();
+    unasked.extend_from_slice(b"Echo.len");
+    let (mut send, mut recv) = conn.open_bi().await?;
+    send.write_all(&unasked).await?;
+    let reply = tokio::time::timeout(Duration::from_secs(5), read_reply(&mut recv, 1 << 20))
+        .await
+        .map_err(|_| Error::other("the machine waits for an unasked argument"))??;
+    assert_eq!(reply.0, Status::ServerError);
+    let err = wire::decode_error(&reply.1);
+    assert!(
+        err.is(Kind::Invalid) && err.to_string().contains("grant"),
+        "{err}"
+    );
     // Through the call path, with the argument sent: the caller gets the machine's refusal, not
     // the error of a write the machine stopped.
     let big = vec![7u8; 64 << 20];
@@ -417,6 +448,119 @@ async fn request_payload_is_not_read_for_an_unknown_method() -> Result<()> {
     assert_eq!(machines[0].state(), State::Running);
     b.shutdown().await;
     Ok(())
+}
+
+/// Holds large arguments until its gate opens; counts the calls whose handler got them. Each
+/// test has a gate of its own (`slot`).
+#[derive(Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct Holder {
+    slot: usize,
+}
+
+struct Gate {
+    entered: AtomicUsize,
+    open: tokio::sync::Semaphore,
+}
+
+static GATES: [Gate; 2] = [Gate::new(), Gate::new()];
+
+impl Gate {
+    const fn new() -> Self {
+        Self {
+            entered: AtomicUsize::new(0),
+            open: tokio::sync::Semaphore::const_new(0),
+        }
+    }
+}
+
+#[service]
+impl Holder {
+    async fn hold(&self, _ctx: &Context, bytes: Archived<Vec<u8>>) -> Result<u64> {
+        let gate = &GATES[self.slot];
+        gate.entered.fetch_add(1, Ordering::SeqCst);
+        gate.open.acquire().await.map_err(Error::other)?.forget();
+        Ok(bytes.get().len() as u64)
+    }
+
+    async fn ping(&self, _ctx: &Context, n: u64) -> Result<u64> {
+        Ok(n)
+    }
+}
+
+/// Three calls of 2 MiB at once to a machine whose budget (its own, or a connection's, as
+/// `system` and `transport` set it) holds one: one gets in; the others wait for room while
+/// small calls pass and a large call with a short deadline gives up; once the first lets go,
+/// the others get in in turn.
+async fn large_arguments_wait_for_room(
+    slot: usize,
+    system: TestSystem,
+    transport: TransportConfig,
+) -> Result<()> {
+    const ARG: usize = 2 << 20;
+    let b = B::builder(system).transport(transport).driver()?;
+    let machines = b
+        .start(1, Services::new().with("Holder", Holder { slot }))
+        .await?;
+    let m = machines[0].clone();
+    assert_eq!(m.wait(State::Running).await, State::Running);
+    let gate = &GATES[slot];
+    let arg = vec![1u8; ARG];
+    let calls: Vec<_> = (0..3)
+        .map(|_| {
+            let (m, arg) = (m.clone(), arg.clone());
+            tokio::spawn(async move { m.call::<Vec<u8>, u64>("Holder.hold", &arg).await })
+        })
+        .collect();
+    let entered = || gate.entered.load(Ordering::SeqCst);
+    assert!(
+        eventually(Duration::from_secs(10), || entered() >= 1).await,
+        "no large call got in"
+    );
+    for n in 0..20u64 {
+        let echoed: u64 = m
+            .call("Holder.ping", &n)
+            .timeout(Duration::from_secs(5))
+            .await?;
+        assert_eq!(echoed, n);
+    }
+    let late = m
+        .call::<Vec<u8>, u64>("Holder.hold", &arg)
+        .timeout(Duration::from_millis(300))
+        .await
+        .err()
+        .ok_or_else(|| Error::other("a large call got room past the budget"))?;
+    assert_eq!(late.kind(), Kind::DeadlineExceeded, "{late}");
+    assert_eq!(entered(), 1, "large arguments got in past the budget");
+    gate.open.add_permits(3);
+    for call in calls {
+        let len = tokio::time::timeout(Duration::from_secs(10), call)
+            .await
+            .map_err(|_| Error::other("a waiting call never got room"))?
+            .map_err(Error::other)??;
+        assert_eq!(len, ARG as u64);
+    }
+    assert_eq!(entered(), 3);
+    b.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_arguments_wait_for_room_in_the_machines_budget() -> Result<()> {
+    let system = TestSystem::builder()
+        .inflight_bytes(3 << 20, 1 << 30)
+        .build();
+    large_arguments_wait_for_room(0, system, TransportConfig::default()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_arguments_wait_for_room_in_a_connections_budget() -> Result<()> {
+    let system = TestSystem::builder()
+        .inflight_bytes(1 << 30, 3 << 20)
+        .build();
+    // One connection from the driver, so that all calls draw on its budget.
+    let mut transport = TransportConfig::default();
+    transport.pool_size = 1;
+    large_arguments_wait_for_room(1, system, transport).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

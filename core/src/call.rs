@@ -27,7 +27,9 @@ use crate::error::{Error, Kind, Result};
 use crate::io;
 use crate::link::{Link, State};
 use crate::stream::{AbortOnDrop, ByteStream};
-use crate::wire::{self, MethodName, RequestHeader, Status, FLAG_EXACTLY_ONCE, FLAG_STREAM_ARG};
+use crate::wire::{
+    self, MethodName, RequestHeader, Status, FLAG_AWAIT_GRANT, FLAG_EXACTLY_ONCE, FLAG_STREAM_ARG,
+};
 
 /// How [`crate::Machine::retry_call`] retries calls that fail with a temporary error:
 /// exponential back-off with jitter (each wait is drawn between half and all of the policy's),
@@ -316,6 +318,9 @@ where
         if self.exactly_once {
             flags |= FLAG_EXACTLY_ONCE;
         }
+        if io::awaits_grant(arg.len()) {
+            flags |= FLAG_AWAIT_GRANT;
+        }
         let header = RequestHeader {
             flags,
             arg_type: type_tag::<A>(),
@@ -479,7 +484,7 @@ async fn exchange(request: Request<'_>, body: Option<ByteStream>) -> Result<Resp
     header.encode_head(name.0, name.1, &mut head)?;
     let conn = link.pool().get().await?;
     let (mut send, mut recv) = conn.open_bi().await?;
-    let reading = io::write_request(&mut send, head, arg).await?;
+    let reading = io::write_request(&mut send, &mut recv, head, arg).await?;
     let (writer, source_failed) = match body {
         // Refused from its head: nothing more to send; the reply says why.
         _ if !reading => (None, None),

@@ -97,19 +97,37 @@ fn stalled(what: &str, limit: std::time::Duration) -> Error {
 /// Payloads up to this size are sent in the same write as the request's head.
 const INLINE: usize = 16 << 10;
 
+/// Whether an argument of `len` bytes waits for the machine's grant (room in its budget of
+/// request bytes, see [`crate::server::ServerConfig::inflight_bytes`]) before it is sent: those above
+/// [`wire::GRANT_ABOVE`], for which one round trip more is small next to the transfer. Smaller
+/// ones are sent at once; what they hold is bounded by the transport (streams per connection
+/// times that size).
+pub(crate) fn awaits_grant(len: usize) -> bool {
+    len as u64 > wire::GRANT_ABOVE
+}
+
 /// Writes a request: its `head` (header and method name, see
 /// [`RequestHeader::encode_head`]), then the argument's archive, which is handed to the
-/// transport without a copy (small ones go in the head's write). Returns whether the machine
-/// still reads: `false` if it stopped the stream, having refused the call from its head (its
-/// reply says why, and is to be read rather than this write's error).
+/// transport without a copy (small ones go in the head's write; large ones, see
+/// [`awaits_grant`], once the machine grants them room, read from `recv`). Returns whether the
+/// machine still reads: `false` if it refused the call from its head (stopped the stream, or
+/// answered the grant with a refusal), in which case its reply says why and is to be read
+/// rather than this write's error.
 pub(crate) async fn write_request(
     send: &mut SendStream,
+    recv: &mut RecvStream,
     mut head: Vec<u8>,
     arg: &Bytes,
 ) -> Result<bool> {
     let written = if arg.len() <= INLINE {
         head.extend_from_slice(arg);
         send.write_chunk(head.into()).await
+    } else if awaits_grant(arg.len()) {
+        match send.write_chunk(head.into()).await {
+            Ok(()) if !granted(recv).await? => return Ok(false),
+            Ok(()) => send.write_chunk(arg.clone()).await,
+            Err(e) => Err(e),
+        }
     } else {
         send.write_all_chunks(&mut [head.into(), arg.clone()]).await
     };
@@ -118,6 +136,27 @@ pub(crate) async fn write_request(
         Err(quinn::WriteError::Stopped(_)) => Ok(false),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Reads the machine's answer to a request awaiting a grant: whether the argument may come.
+async fn granted(recv: &mut RecvStream) -> Result<bool> {
+    let mut answer = [0u8; 1];
+    read_exact(recv, &mut answer, Kind::Net).await?;
+    match answer[0] {
+        wire::GRANT => Ok(true),
+        wire::NO_GRANT => Ok(false),
+        other => Err(Error::fatal(
+            Kind::Invalid,
+            format!("the machine answered a request awaiting a grant with byte {other:#04x}"),
+        )),
+    }
+}
+
+/// Answers a request awaiting a grant (see [`awaits_grant`]): `go` lets its argument come.
+pub(crate) async fn write_grant(send: &mut SendStream, go: bool) -> Result<()> {
+    let answer = if go { wire::GRANT } else { wire::NO_GRANT };
+    send.write_all(&[answer]).await?;
+    Ok(())
 }
 
 /// Room to reserve for a request's head, with a small argument in the same buffer.

@@ -53,6 +53,7 @@ mod b;
 mod binary;
 mod boot;
 mod boot_timeouts;
+mod budget;
 mod buffers;
 mod call;
 mod codec;

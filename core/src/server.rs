@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 use bytes::Bytes;
 
+use crate::budget::{Budget, Drawn};
 use crate::buffers::{Payload, Pooled};
 use crate::context::{with_reply_slot, Context};
 use crate::error::{Error, Kind};
@@ -57,6 +58,17 @@ pub struct ServerConfig {
     /// [`Kind::DeadlineExceeded`]; one later than this limit with a temporary
     /// [`Kind::Unavailable`] (the transfer stalled: a retry may do better). Default: 5 minutes.
     pub request_timeout: Duration,
+    /// Bytes of large arguments (over 256 KiB each) the machine holds at once, over all its
+    /// calls. Such an argument is sent only once the machine grants it room, so many large
+    /// calls at once wait their turn, their callers held back, rather than filling memory;
+    /// one larger than the whole budget waits until it can run alone. The wait counts against
+    /// the request's time to arrive (its deadline, or `request_timeout`). Smaller arguments
+    /// are not counted: the transport bounds them (streams per connection times 256 KiB).
+    /// Default: 1 GiB.
+    pub inflight_bytes: u64,
+    /// The same bound for the calls of one connection, so that one peer cannot take the whole
+    /// machine's budget. Default: 256 MiB.
+    pub connection_inflight_bytes: u64,
 }
 
 impl Default for ServerConfig {
@@ -66,6 +78,8 @@ impl Default for ServerConfig {
             faults: None,
             exactly_once: OutcomeLimits::default(),
             request_timeout: Duration::from_secs(5 * 60),
+            inflight_bytes: 1 << 30,
+            connection_inflight_bytes: 256 << 20,
         }
     }
 }
@@ -76,6 +90,8 @@ struct Shared {
     table: ServiceTable,
     config: ServerConfig,
     outcomes: Outcomes,
+    /// The machine's budget of argument bytes.
+    inflight: Budget,
 }
 
 /// Serves calls arriving at `endpoint` from the services in `table` until `shutdown` is canceled
@@ -90,6 +106,7 @@ pub async fn serve(
     let shared = Arc::new(Shared {
         table,
         outcomes: Outcomes::new(config.exactly_once),
+        inflight: Budget::new(config.inflight_bytes),
         config,
     });
     let limit = endpoint.config().max_handshakes.max(1);
@@ -173,6 +190,11 @@ async fn connection(
             return;
         }
     };
+    let link = Link {
+        peer,
+        caller,
+        inflight: Budget::new(shared.config.connection_inflight_bytes),
+    };
     loop {
         let (send, recv) = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -184,17 +206,26 @@ async fn connection(
                 }
             },
         };
-        tokio::spawn(call(send, recv, peer, caller.clone(), shared.clone()));
+        tokio::spawn(call(send, recv, link.clone(), shared.clone()));
     }
 }
 
-async fn call(
-    mut send: SendStream,
-    mut recv: RecvStream,
+/// What a call knows of the connection it came on.
+#[derive(Clone)]
+struct Link {
     peer: SocketAddr,
+    /// Who the peer is, as its verified certificate states.
     caller: Arc<Identity>,
-    shared: Arc<Shared>,
-) {
+    /// The connection's budget of argument bytes.
+    inflight: Budget,
+}
+
+async fn call(mut send: SendStream, mut recv: RecvStream, link: Link, shared: Arc<Shared>) {
+    let Link {
+        peer,
+        caller,
+        inflight,
+    } = link;
     let arrived = Instant::now();
     let config = &shared.config;
     let head = match io::read_head(
@@ -220,10 +251,22 @@ async fn call(
             if e.is(Kind::NotAllowed) {
                 tracing::debug!(%peer, caller = %caller.name, %method, "refused a peer's control call");
             }
-            reply(&mut send, Err(Failure::Server(e)), None, faults).await;
-            return;
+            return refuse_head(&mut send, &head, e, faults).await;
         }
     };
+    // A large argument comes once the connection's budget and the machine's have room for it;
+    // a caller that goes away meanwhile leaves the queue.
+    let drawn = tokio::select! {
+        drawn = draw(&head, &inflight, &shared.inflight) => drawn,
+        _ = send.stopped() => return,
+    };
+    let drawn = match drawn {
+        Ok(drawn) => drawn,
+        Err(e) => return refuse_head(&mut send, &head, e, faults).await,
+    };
+    if head.header.awaits_grant() && io::write_grant(&mut send, true).await.is_err() {
+        return; // the caller went away
+    }
     let arg = match io::read_argument(&mut recv, &head).await {
         Ok(arg) => arg,
         Err(e) => return refuse(&mut send, peer, e).await,
@@ -275,7 +318,7 @@ async fn call(
             return;
         }
         Some(Begin::Running(first)) => {
-            drop(handler);
+            drop((handler, drawn));
             repeat_of_running(send, first, method.as_str(), deadline, timeout, faults).await;
             return;
         }
@@ -298,6 +341,8 @@ async fn call(
         &token,
     ))
     .await;
+    // The handler, and with it the argument, is gone.
+    drop(drawn);
     let Some(outcome) = outcome else {
         tracing::trace!(%peer, %method, "caller went away; call canceled");
         return;
@@ -346,6 +391,52 @@ async fn refuse(send: &mut SendStream, peer: SocketAddr, e: Error) {
     }
     tracing::debug!(%peer, error = %e, "malformed request");
     reply(send, Err(Failure::Server(e)), None, None).await;
+}
+
+/// Answers `e` to a request refused from its head, before any of its argument was read: a
+/// request awaiting a grant is told first that it gets none.
+async fn refuse_head(
+    send: &mut SendStream,
+    head: &io::RequestHead,
+    e: Error,
+    faults: Option<Arc<ReplyFaults>>,
+) {
+    if head.header.awaits_grant() && io::write_grant(send, false).await.is_err() {
+        return;
+    }
+    reply(send, Err(Failure::Server(e)), None, faults).await;
+}
+
+/// Room for the argument of the request whose head is `head`, if it awaits a grant: drawn
+/// from the connection's budget, then the machine's, within the time the request has to
+/// arrive. Too late: the request's deadline ([`Kind::DeadlineExceeded`]) or, without one, a
+/// temporary [`Kind::Unavailable`] (the machine is busy; a later try may find room).
+async fn draw(
+    head: &io::RequestHead,
+    connection: &Budget,
+    machine: &Budget,
+) -> Result<Option<(Drawn, Drawn)>, Error> {
+    if !head.header.awaits_grant() {
+        return Ok(None);
+    }
+    let len = head.header.payload_len;
+    let both = async { (connection.draw(len).await, machine.draw(len).await) };
+    match tokio::time::timeout_at(head.rest_by, both).await {
+        Ok(drawn) => Ok(Some(drawn)),
+        Err(_) => Err(match head.header.timeout() {
+            Some(t) => Error::deadline_exceeded(
+                &format!("{} waiting for room for its argument", head.method),
+                Some(t),
+            ),
+            None => Error::temporary(
+                Kind::Unavailable,
+                format!(
+                    "{}: the machine had no room for an argument of {len} bytes in time",
+                    head.method
+                ),
+            ),
+        }),
+    }
 }
 
 /// The service a request's head calls, if `caller` may call it and it has the method with the

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use bigmachine_core::__internal::wire::{
     data_header, encode_error, end_err, end_ok, ReplyHeader, RequestHeader, Status,
-    FLAG_EXACTLY_ONCE, FLAG_STREAM_ARG,
+    FLAG_AWAIT_GRANT, FLAG_EXACTLY_ONCE, FLAG_STREAM_ARG,
 };
 use bigmachine_core::__internal::{encode, Expvar, FetchBinary, KeepaliveReply, ServiceSpec};
 use bigmachine_core::{Error, Info, Kind, LoadInfo, MemInfo};
@@ -43,6 +43,15 @@ fn main() {
         .encode_head("Echo", "echo", &mut plain)
         .expect("head");
     write("request_header", "echo", &plain);
+    let mut large = Vec::new();
+    RequestHeader {
+        flags: FLAG_AWAIT_GRANT,
+        payload_len: 64 << 20,
+        ..Default::default()
+    }
+    .encode_head("Echo", "len", &mut large)
+    .expect("head");
+    write("request_header", "large", &large);
 
     for (name, status) in [
         ("ok", Status::Ok),

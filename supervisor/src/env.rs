@@ -25,6 +25,9 @@ pub const ENV_EXACTLY_ONCE_CALLS: &str = "BIGMACHINE_EXACTLY_ONCE_CALLS";
 pub const ENV_EXACTLY_ONCE_AGE_MS: &str = "BIGMACHINE_EXACTLY_ONCE_AGE_MS";
 /// Bytes of exactly-once outcomes the machine keeps at most (default 256 MiB).
 pub const ENV_EXACTLY_ONCE_BYTES: &str = "BIGMACHINE_EXACTLY_ONCE_BYTES";
+/// Bytes of call arguments the machine holds at once (default 1 GiB; see
+/// `ServerConfig::inflight_bytes`).
+pub const ENV_INFLIGHT_BYTES: &str = "BIGMACHINE_INFLIGHT_BYTES";
 /// The congestion controller of the machine's transport: `cubic` (the default), `newreno` or
 /// `bbr` (see `TransportConfig::congestion`).
 pub const ENV_CONGESTION: &str = "BIGMACHINE_CONGESTION";

@@ -17,8 +17,8 @@ use bigmachine_core::{Credentials, Error, Kind, ReplyFaults, Result, System};
 
 use crate::env::{
     ADDR_MARKER, CREDENTIALS_ON_STDIN, ENV_ADDR, ENV_CONGESTION, ENV_CREDENTIALS, ENV_DRIVER_PID,
-    ENV_EXACTLY_ONCE_AGE_MS, ENV_EXACTLY_ONCE_BYTES, ENV_EXACTLY_ONCE_CALLS, ENV_KEEPALIVE_MS,
-    ENV_MAXPROCS, ENV_REPLY_FAULTS,
+    ENV_EXACTLY_ONCE_AGE_MS, ENV_EXACTLY_ONCE_BYTES, ENV_EXACTLY_ONCE_CALLS, ENV_INFLIGHT_BYTES,
+    ENV_KEEPALIVE_MS, ENV_MAXPROCS, ENV_REPLY_FAULTS,
 };
 use crate::machine::{start, MachineOptions};
 
@@ -144,6 +144,7 @@ async fn serve(system: Arc<dyn System>) -> Result<Error> {
     )?);
     once.max_bytes = env_or(ENV_EXACTLY_ONCE_BYTES, once.max_bytes)?;
     options.transport.congestion = env_or(ENV_CONGESTION, options.transport.congestion)?;
+    options.server.inflight_bytes = env_or(ENV_INFLIGHT_BYTES, options.server.inflight_bytes)?;
     options.server.faults = reply_faults()?;
     options.bind = bind;
     options.maxprocs = maxprocs;

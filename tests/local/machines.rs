@@ -14,6 +14,7 @@ pub(crate) fn tests() -> Vec<(&'static str, Test)> {
         environ_and_user_flags_reach_the_machine,
         machines_report_their_host,
         credentials_leave_nothing_on_disk,
+        inflight_request_bytes_are_bounded,
     ]
 }
 
@@ -183,6 +184,57 @@ async fn credentials_leave_nothing_on_disk() -> Result<()> {
             .await?;
         check(exec.is_some(), "the machine did not re-execute")?;
     }
+    b.shutdown().await;
+    Ok(())
+}
+
+/// The peak resident memory of process `pid`, in bytes (its VmHWM).
+fn peak_rss(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kib| kib << 10)
+        .ok_or_else(|| bigmachine::Error::other(format!("no VmHWM for {pid}")))
+}
+
+async fn inflight_request_bytes_are_bounded() -> Result<()> {
+    const MIB: u64 = 1 << 20;
+    let budget = 128 * MIB;
+    let system = LocalSystem::builder()
+        .keepalive(short_keepalive())
+        .env("BIGMACHINE_INFLIGHT_BYTES", budget.to_string())
+        .build();
+    let b = B::new(system)?;
+    let machines = running(&b, 1, Services::new().with("Probe", Probe)).await?;
+    let m = &machines[0];
+    let pid = m.info().await?.pid;
+    let before = peak_rss(pid)?;
+    // 16 calls of 64 MiB at once (1 GiB), each holding its argument for 100 ms.
+    let arg = vec![3u8; (64 * MIB) as usize];
+    let calls = (0..16).map(|_| async {
+        m.call::<Vec<u8>, u64>("Probe.hold", &arg)
+            .timeout(Duration::from_secs(120))
+            .await
+    });
+    for len in futures::future::join_all(calls).await {
+        check(len? == 64 * MIB, "a call saw another length")?;
+    }
+    let grew = peak_rss(pid)?.saturating_sub(before);
+    eprintln!(
+        "machine peak RSS grew by {} MiB for 1 GiB of arguments at once, budget {} MiB",
+        grew / MIB,
+        budget / MIB
+    );
+    check(
+        grew < budget + 96 * MIB,
+        format!(
+            "the machine's peak RSS grew by {} MiB, over its budget of {} MiB plus 96",
+            grew / MIB,
+            budget / MIB
+        ),
+    )?;
     b.shutdown().await;
     Ok(())
 }

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bigmachine::{
-    service, ByteStream, Context, Error, KeepaliveConfig, Kind, Machine, Params, Result, Services,
-    State, B,
+    service, Archived, ByteStream, Context, Error, KeepaliveConfig, Kind, Machine, Params, Result,
+    Services, State, B,
 };
 
 /// The environment variable that makes this binary a sub-driver playing a role.
@@ -70,6 +70,12 @@ impl Probe {
 
     async fn echo(&self, _ctx: &Context, text: String) -> Result<String> {
         Ok(text)
+    }
+
+    /// Holds its argument (without a copy) for 100 ms; returns its length.
+    async fn hold(&self, _ctx: &Context, bytes: Archived<Vec<u8>>) -> Result<u64> {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Ok(bytes.get().len() as u64)
     }
 
     /// An endless reply stream of 64 KiB chunks.

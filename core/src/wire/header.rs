@@ -7,7 +7,7 @@ use crate::error::{Error, Kind, Result};
 /// Marks the start of every header.
 pub const MAGIC: u16 = 0xB16A;
 /// The version of this format.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 /// Length of a request header.
 pub const REQUEST_HEADER_LEN: usize = 56;
 /// Length of a reply header.
@@ -19,12 +19,26 @@ pub const FLAG_STREAM_ARG: u8 = 0x01;
 /// Request flag: the call is exactly-once; the server runs its method at most once per
 /// `call_id` and answers repeats with the outcome it kept.
 pub const FLAG_EXACTLY_ONCE: u8 = 0x02;
-const KNOWN_FLAGS: u8 = FLAG_STREAM_ARG | FLAG_EXACTLY_ONCE;
+/// Request flag: the argument follows the head only once the server grants it room in its
+/// budget of request bytes: the server answers the head with [`GRANT`] (send the argument) or
+/// [`NO_GRANT`] (the call is refused; its reply follows), before anything else.
+pub const FLAG_AWAIT_GRANT: u8 = 0x04;
+const KNOWN_FLAGS: u8 = FLAG_STREAM_ARG | FLAG_EXACTLY_ONCE | FLAG_AWAIT_GRANT;
+/// Arguments larger than this must await the server's grant ([`FLAG_AWAIT_GRANT`]): a request
+/// that announces more without the flag is refused, so that no peer can send a large argument
+/// past the server's budget.
+pub const GRANT_ABOVE: u64 = 256 << 10;
+/// A server's answer to a request awaiting a grant: the argument may come.
+pub const GRANT: u8 = b'G';
+/// A server's answer to a request awaiting a grant: it will not read the argument; the reply
+/// (an error) follows.
+pub const NO_GRANT: u8 = b'N';
 
 /// The fixed part of a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RequestHeader {
-    /// Flags ([`FLAG_STREAM_ARG`], [`FLAG_EXACTLY_ONCE`]); unknown flags are refused.
+    /// Flags ([`FLAG_STREAM_ARG`], [`FLAG_EXACTLY_ONCE`], [`FLAG_AWAIT_GRANT`]); unknown flags
+    /// are refused.
     pub flags: u8,
     /// Length of the method name that follows the header.
     pub method_len: u16,
@@ -54,6 +68,11 @@ impl RequestHeader {
     /// Whether the call is exactly-once.
     pub fn exactly_once(&self) -> bool {
         self.flags & FLAG_EXACTLY_ONCE != 0
+    }
+
+    /// Whether the argument waits for the server's grant.
+    pub fn awaits_grant(&self) -> bool {
+        self.flags & FLAG_AWAIT_GRANT != 0
     }
 
     /// The header's bytes.
@@ -114,6 +133,12 @@ impl RequestHeader {
             )));
         }
         check_len(h.payload_len, max_payload, "argument")?;
+        if h.payload_len > GRANT_ABOVE && !h.awaits_grant() {
+            return Err(invalid(format!(
+                "an argument of {} bytes sent without awaiting a grant (above {GRANT_ABOVE} bytes it must)",
+                h.payload_len
+            )));
+        }
         Ok(h)
     }
 }
@@ -276,7 +301,7 @@ mod tests {
     #[test]
     fn request_head_round_trip() -> Result<()> {
         let h = RequestHeader {
-            flags: FLAG_STREAM_ARG | FLAG_EXACTLY_ONCE,
+            flags: FLAG_STREAM_ARG | FLAG_EXACTLY_ONCE | FLAG_AWAIT_GRANT,
             timeout_us: 2_000_000,
             arg_type: 1,
             reply_type: u64::MAX,
@@ -292,7 +317,7 @@ mod tests {
         let back = RequestHeader::decode(&fixed, 1 << 20)?;
         assert_eq!(back, RequestHeader { method_len: 9, ..h });
         assert_eq!(back.timeout(), Some(Duration::from_secs(2)));
-        assert!(back.has_stream() && back.exactly_once());
+        assert!(back.has_stream() && back.exactly_once() && back.awaits_grant());
         let name = MethodName::parse(head[REQUEST_HEADER_LEN..].to_vec())?;
         assert_eq!((name.service(), name.method()), ("Echo", "echo"));
         Ok(())
@@ -328,6 +353,11 @@ mod tests {
             .encode(),
             RequestHeader {
                 flags: 0x80,
+                ..good
+            }
+            .encode(),
+            RequestHeader {
+                payload_len: GRANT_ABOVE + 1,
                 ..good
             }
             .encode(),

@@ -73,6 +73,8 @@ pub struct TestSystemBuilder {
     max_payload: u64,
     exactly_once: OutcomeLimits,
     request_timeout: Duration,
+    /// Budgets of large arguments: the machine's, a connection's.
+    inflight_bytes: (u64, u64),
     maxprocs: usize,
 }
 
@@ -107,6 +109,14 @@ impl TestSystemBuilder {
     /// a temporary [`Kind::Unavailable`] error. Default: 5 minutes.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
+        self
+    }
+
+    /// Bytes of large arguments each machine holds at once, over all its calls and over the
+    /// calls of one connection (see `ServerConfig::inflight_bytes`). Default: 1 GiB and
+    /// 256 MiB.
+    pub fn inflight_bytes(mut self, machine: u64, connection: u64) -> Self {
+        self.inflight_bytes = (machine, connection);
         self
     }
 
@@ -147,13 +157,15 @@ impl TestSystem {
         keepalive.period = Duration::from_secs(1);
         keepalive.timeout = Duration::from_secs(5);
         keepalive.rpc_timeout = Duration::from_secs(1);
+        let server = bigmachine_core::__internal::ServerConfig::default();
         TestSystemBuilder {
             keepalive,
             faults: None,
             transport: TransportConfig::default(),
             max_payload: bigmachine_core::DEFAULT_MAX_PAYLOAD,
             exactly_once: OutcomeLimits::default(),
-            request_timeout: bigmachine_core::__internal::ServerConfig::default().request_timeout,
+            request_timeout: server.request_timeout,
+            inflight_bytes: (server.inflight_bytes, server.connection_inflight_bytes),
             maxprocs: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
@@ -195,6 +207,10 @@ impl TestSystem {
         options.server.faults = settings.faults.clone();
         options.server.exactly_once = settings.exactly_once;
         options.server.request_timeout = settings.request_timeout;
+        (
+            options.server.inflight_bytes,
+            options.server.connection_inflight_bytes,
+        ) = settings.inflight_bytes;
         options.maxprocs = settings.maxprocs;
         options.first_keepalive = settings.keepalive.timeout;
         bigmachine_supervisor::start(options)
