@@ -381,19 +381,36 @@ async fn request_payload_is_not_read_for_an_unknown_method() -> Result<()> {
     // unknown method, an unknown service, a wrong argument type. Each is answered from its
     // head alone: no grant, then the error.
     let string_tag = type_tag::<String>();
+    // And one that announces more than the machine takes at all, refused from its header.
     let cases = [
-        (&b"Echo.nosuch"[..], string_tag, Kind::NotSupported),
-        (&b"Nosuch.echo"[..], string_tag, Kind::NotSupported),
-        (&b"Echo.echo"[..], type_tag::<u64>(), Kind::Invalid),
+        (
+            &b"Echo.nosuch"[..],
+            string_tag,
+            64 << 20,
+            Kind::NotSupported,
+        ),
+        (
+            &b"Nosuch.echo"[..],
+            string_tag,
+            64 << 20,
+            Kind::NotSupported,
+        ),
+        (
+            &b"Echo.echo"[..],
+            type_tag::<u64>(),
+            64 << 20,
+            Kind::Invalid,
+        ),
+        (&b"Echo.echo"[..], string_tag, 4 << 30, Kind::Invalid),
     ];
-    for (method, arg_type, kind) in cases {
+    for (method, arg_type, payload_len, kind) in cases {
         let head = RequestHeader {
             flags: wire::FLAG_AWAIT_GRANT,
             method_len: method.len() as u16,
             timeout_us: 0,
             arg_type,
             reply_type: string_tag,
-            payload_len: 64 << 20,
+            payload_len,
             call_id: 9,
         };
         let (mut send, mut recv) = conn.open_bi().await?;
@@ -487,16 +504,23 @@ impl Holder {
     }
 }
 
-/// Three calls of 2 MiB at once to a machine whose budget (its own, or a connection's, as
-/// `system` and `transport` set it) holds one: one gets in; the others wait for room while
-/// small calls pass and a large call with a short deadline gives up; once the first lets go,
-/// the others get in in turn.
-async fn large_arguments_wait_for_room(
-    slot: usize,
-    system: TestSystem,
-    transport: TransportConfig,
-) -> Result<()> {
-    const ARG: usize = 2 << 20;
+/// Which budget a test fills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Full {
+    Machine,
+    Connection,
+}
+
+/// Three calls of 400 KiB at once to a machine whose budget (its own, or a connection's, as
+/// `full` and `system` set it; 600 KiB) holds one: one gets in; the others wait for room, as
+/// do 300 more of 300 KiB (more than a connection has streams), while small calls pass and a
+/// large call with a short deadline gives up; once the first lets go, the others get in in
+/// turn. The driver has one connection to the machine.
+async fn large_arguments_wait_for_room(slot: usize, full: Full, system: TestSystem) -> Result<()> {
+    const ARG: usize = 400 << 10;
+    const CROWD: usize = 300;
+    let mut transport = TransportConfig::default();
+    transport.pool_size = 1;
     let b = B::builder(system).transport(transport).driver()?;
     let machines = b
         .start(1, Services::new().with("Holder", Holder { slot }))
@@ -516,6 +540,14 @@ async fn large_arguments_wait_for_room(
         eventually(Duration::from_secs(10), || entered() >= 1).await,
         "no large call got in"
     );
+    let small = vec![2u8; 300 << 10];
+    let crowd: Vec<_> = (0..CROWD)
+        .map(|_| {
+            let (m, small) = (m.clone(), small.clone());
+            tokio::spawn(async move { m.call::<Vec<u8>, u64>("Holder.hold", &small).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
     for n in 0..20u64 {
         let echoed: u64 = m
             .call("Holder.ping", &n)
@@ -530,16 +562,55 @@ async fn large_arguments_wait_for_room(
         .err()
         .ok_or_else(|| Error::other("a large call got room past the budget"))?;
     assert_eq!(late.kind(), Kind::DeadlineExceeded, "{late}");
+    // From another connection: with the machine's budget full, the machine itself ends the
+    // wait at the request's deadline (a raw request allowing 200 ms, whose caller waits as
+    // long as it takes, is refused its grant, with the reason); with only the driver's
+    // connection's budget full, the other connection has room of its own.
+    let (_endpoint, conn) = raw_client(&b, &m).await?;
+    let head = RequestHeader {
+        flags: wire::FLAG_AWAIT_GRANT,
+        method_len: 11,
+        timeout_us: 200_000,
+        arg_type: type_tag::<Vec<u8>>(),
+        reply_type: type_tag::<u64>(),
+        payload_len: ARG as u64,
+        call_id: 11,
+    };
+    let (mut send, mut recv) = conn.open_bi().await?;
+    send.write_all(&head.encode()).await?;
+    send.write_all(b"Holder.hold").await?;
+    let mut grant = [0u8; 1];
+    tokio::time::timeout(Duration::from_secs(10), recv.read_exact(&mut grant))
+        .await
+        .map_err(|_| Error::other("the machine kept a request past its deadline"))?
+        .map_err(Error::other)?;
+    if full == Full::Machine {
+        assert_eq!(grant[0], wire::NO_GRANT);
+        let (status, payload) = read_reply(&mut recv, 1 << 20).await?;
+        assert_eq!(status, Status::ServerError);
+        let err = wire::decode_error(&payload);
+        assert!(
+            err.is(Kind::DeadlineExceeded) && err.to_string().contains("room"),
+            "{err}"
+        );
+    } else {
+        assert_eq!(grant[0], wire::GRANT, "another connection found no room");
+    }
+    drop((send, recv, conn));
     assert_eq!(entered(), 1, "large arguments got in past the budget");
-    gate.open.add_permits(3);
-    for call in calls {
-        let len = tokio::time::timeout(Duration::from_secs(10), call)
+    gate.open.add_permits(3 + CROWD);
+    for (call, want) in calls
+        .into_iter()
+        .map(|c| (c, ARG))
+        .chain(crowd.into_iter().map(|c| (c, small.len())))
+    {
+        let len = tokio::time::timeout(Duration::from_secs(30), call)
             .await
             .map_err(|_| Error::other("a waiting call never got room"))?
             .map_err(Error::other)??;
-        assert_eq!(len, ARG as u64);
+        assert_eq!(len, want as u64);
     }
-    assert_eq!(entered(), 3);
+    assert_eq!(entered(), 3 + CROWD);
     b.shutdown().await;
     Ok(())
 }
@@ -547,20 +618,17 @@ async fn large_arguments_wait_for_room(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_arguments_wait_for_room_in_the_machines_budget() -> Result<()> {
     let system = TestSystem::builder()
-        .inflight_bytes(3 << 20, 1 << 30)
+        .inflight_bytes(600 << 10, 1 << 30)
         .build();
-    large_arguments_wait_for_room(0, system, TransportConfig::default()).await
+    large_arguments_wait_for_room(0, Full::Machine, system).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_arguments_wait_for_room_in_a_connections_budget() -> Result<()> {
     let system = TestSystem::builder()
-        .inflight_bytes(1 << 30, 3 << 20)
+        .inflight_bytes(1 << 30, 600 << 10)
         .build();
-    // One connection from the driver, so that all calls draw on its budget.
-    let mut transport = TransportConfig::default();
-    transport.pool_size = 1;
-    large_arguments_wait_for_room(1, system, transport).await
+    large_arguments_wait_for_room(1, Full::Connection, system).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,7 @@
-//! Budgets of request bytes a server holds at once: a call's argument is read only once the
-//! budget has room for it, so many large calls at once wait their turn (the transport's flow
-//! control holds their senders back) instead of filling the machine's memory.
+//! Budgets of request bytes a server holds at once: a large argument is granted (and then
+//! sent and read) only once the budget has room for it, so many large calls at once wait
+//! their turn, their senders holding their arguments back, instead of filling the machine's
+//! memory.
 
 use std::sync::Arc;
 

@@ -482,12 +482,24 @@ async fn exchange(request: Request<'_>, body: Option<ByteStream>) -> Result<Resp
         arg.len(),
     ));
     header.encode_head(name.0, name.1, &mut head)?;
+    // Calls awaiting the machine's grant take few of the connection's streams, so that the
+    // others (keepalives among them) always find one.
+    let large = if io::awaits_grant(arg.len()) {
+        Some(link.large_calls().await)
+    } else {
+        None
+    };
     let conn = link.pool().get().await?;
     let (mut send, mut recv) = conn.open_bi().await?;
-    let reading = io::write_request(&mut send, &mut recv, head, arg).await?;
+    let sent = io::write_request(&mut send, &mut recv, head, arg).await?;
+    drop(large);
+    let answered = match sent {
+        io::Sent::Answered(first) => Some(first),
+        _ => None,
+    };
     let (writer, source_failed) = match body {
         // Refused from its head: nothing more to send; the reply says why.
-        _ if !reading => (None, None),
+        _ if sent != io::Sent::Whole => (None, None),
         Some(body) => {
             let (failed, source_failed) = oneshot::channel();
             let writer = tokio::spawn(async move {
@@ -502,7 +514,7 @@ async fn exchange(request: Request<'_>, body: Option<ByteStream>) -> Result<Resp
             (None, None)
         }
     };
-    let read = io::read_reply(&mut recv, link.max_reply());
+    let read = io::read_reply_after(&mut recv, link.max_reply(), answered);
     let (status, payload) = match source_failed {
         None => read.await?,
         Some(source_failed) => {

@@ -23,8 +23,31 @@ pub(crate) struct RequestHead {
     pub(crate) method: MethodName,
     /// When the rest of the request (the argument) must have arrived.
     pub(crate) rest_by: tokio::time::Instant,
-    /// The server's own limit, for error messages.
+    /// The request's own deadline, if it has one.
+    deadline: Option<tokio::time::Instant>,
+    /// The server's own limit.
     limit: std::time::Duration,
+}
+
+impl RequestHead {
+    /// Notes that the request was granted room for its argument: the argument must now arrive
+    /// within the server's limit (and the request's deadline), however long the wait was and
+    /// whatever deadline the caller set, so a granted request holds the server's budget for a
+    /// bounded time.
+    pub(crate) fn granted(&mut self) {
+        let fresh = crate::deadline::saturating_after(tokio::time::Instant::now(), self.limit);
+        self.rest_by = self.deadline.map_or(fresh, |d| d.min(fresh));
+    }
+}
+
+/// A request that could not be read, and whether the server owes its caller a refused grant
+/// (see [`RequestHeader::asks_grant`]) before the error reply.
+#[derive(Debug)]
+pub(crate) struct HeadError {
+    /// What was wrong.
+    pub(crate) error: Error,
+    /// Whether the request awaits a grant.
+    pub(crate) owes_grant: bool,
 }
 
 /// Reads a request's header and method name, so that the server can refuse a call (unknown
@@ -37,34 +60,39 @@ pub(crate) async fn read_head(
     max_payload: u64,
     arrived: tokio::time::Instant,
     limit: std::time::Duration,
-) -> Result<RequestHead> {
+) -> Result<RequestHead, HeadError> {
     let head_by = crate::deadline::saturating_after(arrived, limit);
+    let mut owes_grant = false;
     let read = async {
         let mut hb = [0u8; REQUEST_HEADER_LEN];
         read_exact(recv, &mut hb, Kind::Invalid).await?;
+        owes_grant = RequestHeader::asks_grant(&hb);
         let header = RequestHeader::decode(&hb, max_payload)?;
         let mut name = vec![0u8; usize::from(header.method_len)];
         read_exact(recv, &mut name, Kind::Invalid).await?;
         Ok::<_, Error>((header, MethodName::parse(name)?))
     };
-    let (header, method) = tokio::time::timeout_at(head_by, read)
+    let read = tokio::time::timeout_at(head_by, read)
         .await
-        .map_err(|_| stalled("header", limit))??;
-    let rest_by = header
+        .map_err(|_| stalled("header", limit))
+        .and_then(|read| read);
+    let (header, method) = read.map_err(|error| HeadError { error, owes_grant })?;
+    let deadline = header
         .timeout()
-        .map_or(head_by, |t| crate::deadline::saturating_after(arrived, t));
+        .map(|t| crate::deadline::saturating_after(arrived, t));
     Ok(RequestHead {
         header,
         method,
-        rest_by,
+        rest_by: deadline.unwrap_or(head_by),
+        deadline,
         limit,
     })
 }
 
 /// Reads the argument of the request whose head is `head` (and, unless a byte stream follows,
-/// the end of the stream), by the time [`read_head`] set. Late: a fatal
-/// [`Kind::DeadlineExceeded`] error if the request's own deadline passed, else a temporary
-/// [`Kind::Unavailable`] one.
+/// the end of the stream), by the time [`read_head`] (or [`RequestHead::granted`]) set. Late: a
+/// fatal [`Kind::DeadlineExceeded`] error if the request's own deadline passed, else a
+/// temporary [`Kind::Unavailable`] one.
 pub(crate) async fn read_argument(recv: &mut RecvStream, head: &RequestHead) -> Result<Payload> {
     let header = &head.header;
     let read = async {
@@ -76,12 +104,12 @@ pub(crate) async fn read_argument(recv: &mut RecvStream, head: &RequestHead) -> 
     };
     tokio::time::timeout_at(head.rest_by, read)
         .await
-        .map_err(|_| match header.timeout() {
-            Some(t) => Error::fatal(
+        .map_err(|_| match (header.timeout(), head.deadline) {
+            (Some(t), Some(d)) if d <= head.rest_by => Error::fatal(
                 Kind::DeadlineExceeded,
                 format!("the request's argument did not arrive within the call's timeout ({t:?})"),
             ),
-            None => stalled("argument", head.limit),
+            _ => stalled("argument", head.limit),
         })?
 }
 
@@ -100,55 +128,62 @@ const INLINE: usize = 16 << 10;
 /// Whether an argument of `len` bytes waits for the machine's grant (room in its budget of
 /// request bytes, see [`crate::server::ServerConfig::inflight_bytes`]) before it is sent: those above
 /// [`wire::GRANT_ABOVE`], for which one round trip more is small next to the transfer. Smaller
-/// ones are sent at once; what they hold is bounded by the transport (streams per connection
-/// times that size).
+/// ones are sent at once; what they hold is bounded per connection (its streams times that
+/// size).
 pub(crate) fn awaits_grant(len: usize) -> bool {
     len as u64 > wire::GRANT_ABOVE
+}
+
+/// How far a request got: see [`write_request`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sent {
+    /// All of it: the machine reads it.
+    Whole,
+    /// Its head only: the machine refused the call from it (stopped the stream, or answered
+    /// its grant with a refusal); the reply says why.
+    Refused,
+    /// Its head only, and the machine's reply began at once with this byte, in place of a
+    /// grant: a machine that could not read the head well enough to see that it awaits one.
+    Answered(u8),
 }
 
 /// Writes a request: its `head` (header and method name, see
 /// [`RequestHeader::encode_head`]), then the argument's archive, which is handed to the
 /// transport without a copy (small ones go in the head's write; large ones, see
-/// [`awaits_grant`], once the machine grants them room, read from `recv`). Returns whether the
-/// machine still reads: `false` if it refused the call from its head (stopped the stream, or
-/// answered the grant with a refusal), in which case its reply says why and is to be read
-/// rather than this write's error.
+/// [`awaits_grant`], once the machine grants them room, read from `recv`). When the machine
+/// refused the call from its head, its reply is to be read rather than this write's error.
 pub(crate) async fn write_request(
     send: &mut SendStream,
     recv: &mut RecvStream,
     mut head: Vec<u8>,
     arg: &Bytes,
-) -> Result<bool> {
+) -> Result<Sent> {
     let written = if arg.len() <= INLINE {
         head.extend_from_slice(arg);
         send.write_chunk(head.into()).await
     } else if awaits_grant(arg.len()) {
-        match send.write_chunk(head.into()).await {
-            Ok(()) if !granted(recv).await? => return Ok(false),
-            Ok(()) => send.write_chunk(arg.clone()).await,
-            Err(e) => Err(e),
+        if let Err(e) = send.write_chunk(head.into()).await {
+            return written_or_refused(Err(e));
+        }
+        let mut answer = [0u8; 1];
+        read_exact(recv, &mut answer, Kind::Net).await?;
+        match answer[0] {
+            wire::GRANT => send.write_chunk(arg.clone()).await,
+            wire::NO_GRANT => return Ok(Sent::Refused),
+            other => return Ok(Sent::Answered(other)),
         }
     } else {
         send.write_all_chunks(&mut [head.into(), arg.clone()]).await
     };
-    match written {
-        Ok(()) => Ok(true),
-        Err(quinn::WriteError::Stopped(_)) => Ok(false),
-        Err(e) => Err(e.into()),
-    }
+    written_or_refused(written)
 }
 
-/// Reads the machine's answer to a request awaiting a grant: whether the argument may come.
-async fn granted(recv: &mut RecvStream) -> Result<bool> {
-    let mut answer = [0u8; 1];
-    read_exact(recv, &mut answer, Kind::Net).await?;
-    match answer[0] {
-        wire::GRANT => Ok(true),
-        wire::NO_GRANT => Ok(false),
-        other => Err(Error::fatal(
-            Kind::Invalid,
-            format!("the machine answered a request awaiting a grant with byte {other:#04x}"),
-        )),
+/// A write's outcome: a stream the machine stopped means it refused the call from its head.
+fn written_or_refused(written: Result<(), quinn::WriteError>) -> Result<Sent> {
+    match written {
+        Ok(()) => Ok(Sent::Whole),
+        Err(quinn::WriteError::Stopped(_)) => Ok(Sent::Refused),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -167,8 +202,24 @@ pub(crate) fn head_capacity(name_len: usize, arg_len: usize) -> usize {
 /// Reads a reply: header and payload (and, unless a stream follows, the end of the stream). A
 /// stream that ends early is [`Kind::Net`]: the stream broke and another try may succeed.
 pub async fn read_reply(recv: &mut RecvStream, max_payload: u64) -> Result<(Status, Payload)> {
+    read_reply_after(recv, max_payload, None).await
+}
+
+/// [`read_reply`] of a reply whose `first` byte was read already.
+pub(crate) async fn read_reply_after(
+    recv: &mut RecvStream,
+    max_payload: u64,
+    first: Option<u8>,
+) -> Result<(Status, Payload)> {
     let mut hb = [0u8; REPLY_HEADER_LEN];
-    read_exact(recv, &mut hb, Kind::Net).await?;
+    let start = match first {
+        Some(byte) => {
+            hb[0] = byte;
+            1
+        }
+        None => 0,
+    };
+    read_exact(recv, &mut hb[start..], Kind::Net).await?;
     let header = ReplyHeader::decode(&hb, max_payload)?;
     let payload = read_payload(recv, header.payload_len, Kind::Net).await?;
     if header.status != Status::Stream {

@@ -3,10 +3,10 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use bigmachine_quic::Pool;
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Kind};
@@ -44,7 +44,14 @@ pub(crate) struct Link {
     state: watch::Sender<State>,
     err: Mutex<Option<Error>>,
     stopped: CancellationToken,
+    /// Calls whose argument awaits the machine's grant, at most [`LARGE_CALLS`] at once.
+    large_calls: Arc<Semaphore>,
 }
+
+/// How many calls to one machine may await its grant for their argument (and send it) at
+/// once: a small share of the streams of the machine's connections, so that a crowd of large
+/// calls waiting for room cannot take the streams small calls and keepalives need.
+pub(crate) const LARGE_CALLS: usize = 64;
 
 impl Link {
     pub(crate) fn new(addr: SocketAddr, pool: Pool, max_reply: u64) -> Self {
@@ -55,7 +62,15 @@ impl Link {
             state: watch::Sender::new(State::Unstarted),
             err: Mutex::new(None),
             stopped: CancellationToken::new(),
+            large_calls: Arc::new(Semaphore::new(LARGE_CALLS)),
         }
+    }
+
+    /// A place among the calls awaiting the machine's grant (see [`LARGE_CALLS`]), held until
+    /// dropped.
+    pub(crate) async fn large_calls(&self) -> Option<OwnedSemaphorePermit> {
+        // Never closed: acquiring fails only if it were.
+        self.large_calls.clone().acquire_owned().await.ok()
     }
 
     pub(crate) fn addr(&self) -> SocketAddr {

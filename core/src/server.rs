@@ -62,12 +62,17 @@ pub struct ServerConfig {
     /// calls. Such an argument is sent only once the machine grants it room, so many large
     /// calls at once wait their turn, their callers held back, rather than filling memory;
     /// one larger than the whole budget waits until it can run alone. The wait counts against
-    /// the request's time to arrive (its deadline, or `request_timeout`). Smaller arguments
-    /// are not counted: the transport bounds them (streams per connection times 256 KiB).
-    /// Default: 1 GiB.
+    /// the request's time to arrive (its deadline, or `request_timeout`: a call without a
+    /// deadline that finds no room in that time fails with a temporary [`Kind::Unavailable`]);
+    /// once granted, the argument must arrive within `request_timeout`. An argument is counted
+    /// until its call's method returns. A method that makes a large call back to its own
+    /// machine while the budget is full waits for room it may itself hold: keep such budgets
+    /// larger than what one call chain needs. Smaller arguments are not counted; each
+    /// connection bounds them (its streams, 256 by default, times 256 KiB). Default: 1 GiB.
     pub inflight_bytes: u64,
-    /// The same bound for the calls of one connection, so that one peer cannot take the whole
-    /// machine's budget. Default: 256 MiB.
+    /// The same bound for the calls of one connection, so that one connection cannot take
+    /// the whole machine's budget (a peer has as many shares as connections: the driver's
+    /// pool has 2 by default). Default: 256 MiB.
     pub connection_inflight_bytes: u64,
 }
 
@@ -237,21 +242,25 @@ async fn call(mut send: SendStream, mut recv: RecvStream, link: Link, shared: Ar
     .await
     {
         Ok(head) => head,
-        Err(e) => return refuse(&mut send, peer, e).await,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e.error, "malformed request");
+            return refuse(&mut send, e.error, e.owes_grant, None).await;
+        }
     };
     let method = &head.method;
     let faults = (method.service() != SUPERVISOR)
         .then(|| config.faults.clone())
         .flatten();
-    // Refused before a byte of the argument is read: the stream is dropped unread, which
-    // tells the caller to stop sending it.
+    // Refused before a byte of the argument is read: a request awaiting a grant is refused
+    // one; another's stream is dropped unread, which tells the caller to stop sending it.
+    let owes_grant = head.header.awaits_grant();
     let service = match admit(&head, &caller, &shared.table) {
         Ok(service) => service,
         Err(e) => {
             if e.is(Kind::NotAllowed) {
                 tracing::debug!(%peer, caller = %caller.name, %method, "refused a peer's control call");
             }
-            return refuse_head(&mut send, &head, e, faults).await;
+            return refuse(&mut send, e, owes_grant, faults).await;
         }
     };
     // A large argument comes once the connection's budget and the machine's have room for it;
@@ -262,14 +271,21 @@ async fn call(mut send: SendStream, mut recv: RecvStream, link: Link, shared: Ar
     };
     let drawn = match drawn {
         Ok(drawn) => drawn,
-        Err(e) => return refuse_head(&mut send, &head, e, faults).await,
+        Err(e) => return refuse(&mut send, e, owes_grant, faults).await,
     };
-    if head.header.awaits_grant() && io::write_grant(&mut send, true).await.is_err() {
-        return; // the caller went away
+    let mut head = head;
+    if owes_grant {
+        if io::write_grant(&mut send, true).await.is_err() {
+            return; // the caller went away
+        }
+        head.granted();
     }
     let arg = match io::read_argument(&mut recv, &head).await {
         Ok(arg) => arg,
-        Err(e) => return refuse(&mut send, peer, e).await,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "malformed request");
+            return refuse(&mut send, e, false, None).await;
+        }
     };
     let io::RequestHead { header, method, .. } = head;
     let timeout = header.timeout();
@@ -288,6 +304,7 @@ async fn call(mut send: SendStream, mut recv: RecvStream, link: Link, shared: Ar
     let handler = match service.dispatch(method.method(), dispatched) {
         Ok(handler) => handler,
         Err(e) => {
+            drop(drawn);
             reply(&mut send, Err(Failure::Server(e)), None, faults).await;
             return;
         }
@@ -301,12 +318,12 @@ async fn call(mut send: SendStream, mut recv: RecvStream, link: Link, shared: Ar
         None => None,
         Some(Begin::First(recorder)) => Some(recorder),
         Some(Begin::Done(kept)) => {
-            drop(handler);
+            drop((handler, drawn));
             send_reply(&mut send, kept, faults).await;
             return;
         }
         Some(Begin::Conflict) => {
-            drop(handler);
+            drop((handler, drawn));
             let e = Error::fatal(
                 Kind::Invalid,
                 format!(
@@ -341,7 +358,9 @@ async fn call(mut send: SendStream, mut recv: RecvStream, link: Link, shared: Ar
         &token,
     ))
     .await;
-    // The handler, and with it the argument, is gone.
+    // The handler is gone, and the argument with it unless the method handed it on (to its
+    // reply stream or a task of its own): the budget counts arguments until their call's
+    // method returns.
     drop(drawn);
     let Some(outcome) = outcome else {
         tracing::trace!(%peer, %method, "caller went away; call canceled");
@@ -383,25 +402,19 @@ async fn call(mut send: SendStream, mut recv: RecvStream, link: Link, shared: Ar
     }
 }
 
-/// Answers a request that could not be read: a broken stream gets no answer (nobody is there
-/// to read it), anything else an error saying what was wrong.
-async fn refuse(send: &mut SendStream, peer: SocketAddr, e: Error) {
+/// Answers a request refused before it ran with `e`: one that `owes_grant` (it awaits a grant
+/// for its argument) is first told it gets none. A broken stream gets no answer (nobody is
+/// there to read it).
+async fn refuse(
+    send: &mut SendStream,
+    e: Error,
+    owes_grant: bool,
+    faults: Option<Arc<ReplyFaults>>,
+) {
     if e.kind() == Kind::Net {
         return;
     }
-    tracing::debug!(%peer, error = %e, "malformed request");
-    reply(send, Err(Failure::Server(e)), None, None).await;
-}
-
-/// Answers `e` to a request refused from its head, before any of its argument was read: a
-/// request awaiting a grant is told first that it gets none.
-async fn refuse_head(
-    send: &mut SendStream,
-    head: &io::RequestHead,
-    e: Error,
-    faults: Option<Arc<ReplyFaults>>,
-) {
-    if head.header.awaits_grant() && io::write_grant(send, false).await.is_err() {
+    if owes_grant && io::write_grant(send, false).await.is_err() {
         return;
     }
     reply(send, Err(Failure::Server(e)), None, faults).await;

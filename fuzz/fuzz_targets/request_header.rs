@@ -19,6 +19,7 @@ fuzz_target!(|data: &[u8]| {
             assert!(header.payload_len <= max_payload);
             assert!(header.payload_len <= GRANT_ABOVE || header.awaits_grant());
             assert!(header.method_len > 0);
+            assert_eq!(RequestHeader::asks_grant(fixed), header.awaits_grant());
             let again = RequestHeader::decode(&header.encode(), max_payload);
             assert_eq!(again.ok(), Some(header));
             decoded = Some(header);

@@ -215,7 +215,7 @@ async fn inflight_request_bytes_are_bounded() -> Result<()> {
     let arg = vec![3u8; (64 * MIB) as usize];
     let calls = (0..16).map(|_| async {
         m.call::<Vec<u8>, u64>("Probe.hold", &arg)
-            .timeout(Duration::from_secs(120))
+            .timeout(Duration::from_secs(600))
             .await
     });
     for len in futures::future::join_all(calls).await {

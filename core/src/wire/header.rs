@@ -111,6 +111,13 @@ impl RequestHeader {
         Ok(())
     }
 
+    /// Whether the header in `b` asks for a grant, even if it does not decode (its magic and
+    /// version are this format's, and its flags hold [`FLAG_AWAIT_GRANT`]): the server owes
+    /// such a request a [`NO_GRANT`] before the error reply that refuses it.
+    pub fn asks_grant(b: &[u8; REQUEST_HEADER_LEN]) -> bool {
+        check_preamble(b[0], b[1], b[2]).is_ok() && b[3] & FLAG_AWAIT_GRANT != 0
+    }
+
     /// Parses and checks a header received from the network.
     pub fn decode(b: &[u8; REQUEST_HEADER_LEN], max_payload: u64) -> Result<Self> {
         check_preamble(b[0], b[1], b[2])?;
