@@ -111,7 +111,7 @@ fn html(status: &Value) -> String {
             .map(|us| format!("{:.1} ms", us as f64 / 1000.0))
             .unwrap_or_default();
         rows.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{latest}</td><td>{}</td></tr>\n",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{latest}</td><td class=\"error\">{}</td></tr>\n",
             text(&m["addr"]),
             text(&m["name"]),
             text(&m["state"]),
@@ -121,7 +121,8 @@ fn html(status: &Value) -> String {
     }
     format!(
         "<!doctype html><html><head><title>bigmachine status</title>\
-         <style>body{{font-family:sans-serif}}td,th{{padding:2px 12px;text-align:left}}</style>\
+         <style>body{{font-family:sans-serif}}td,th{{padding:2px 12px;text-align:left;vertical-align:top}}\
+         td.error{{white-space:pre-wrap;font-family:monospace}}</style>\
          </head><body><h1>bigmachine</h1><p>system {}, driver at {}</p>\
          <table><tr><th>machine</th><th>name</th><th>state</th><th>cores</th><th>last keepalive</th>\
          <th>error</th></tr>\n{rows}</table></body></html>\n",

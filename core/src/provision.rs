@@ -114,6 +114,34 @@ async fn fetch_from(
         .await
 }
 
+/// How often a long upload says how far it got.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `stream`, logging every [`PROGRESS_EVERY`] how much of its `total` bytes went to `machine`
+/// and at what rate.
+fn with_progress(stream: ByteStream, machine: std::net::SocketAddr, total: u64) -> ByteStream {
+    use futures::StreamExt;
+    let started = Instant::now();
+    let mut sent = 0u64;
+    let mut next_report = started + PROGRESS_EVERY;
+    ByteStream::from_stream(stream.inspect(move |chunk| {
+        if let Ok(chunk) = chunk {
+            sent += chunk.len() as u64;
+            let now = Instant::now();
+            if now >= next_report {
+                next_report = now + PROGRESS_EVERY;
+                let mib = sent as f64 / 1048576.0;
+                tracing::info!(
+                    %machine,
+                    "uploading the binary: {mib:.1} of {:.1} MiB ({:.0} MiB/s)",
+                    total as f64 / 1048576.0,
+                    mib / (now - started).as_secs_f64().max(1e-9)
+                );
+            }
+        }
+    }))
+}
+
 /// Streams the binary from the driver to the machine.
 async fn upload(
     machine: &Machine,
@@ -131,10 +159,11 @@ async fn upload(
         "machine runs another binary; uploading {}", binary.path.display()
     );
     let path = binary.path.clone();
+    let addr = machine.addr();
     supervisor
         .setbinary(&binary.digest)
         .internal()
-        .body(move || ByteStream::from_file(path.clone()))
+        .body(move || with_progress(ByteStream::from_file(path.clone()), addr, total))
         .await?;
     b.count_upload(total);
     let secs = started.elapsed().as_secs_f64();

@@ -142,6 +142,7 @@ impl B {
             machines.push(m);
         }
         self.add_machines(&machines);
+        tokio::spawn(report_boot(machines.clone()));
         Ok(machines)
     }
 
@@ -187,5 +188,32 @@ impl B {
         dialed.retain(|_, m| m.state() != State::Stopped);
         dialed.insert(addr, m.clone());
         m
+    }
+}
+
+/// Logs how the machines of one start come up: how many are Running (and how many stopped
+/// instead), at most once a second while they boot, and once when all have settled.
+async fn report_boot(machines: Vec<Machine>) {
+    use futures::StreamExt;
+    let n = machines.len();
+    let started = tokio::time::Instant::now();
+    let mut settling: futures::stream::FuturesUnordered<_> =
+        machines.iter().map(|m| m.wait(State::Running)).collect();
+    let (mut running, mut stopped) = (0, 0);
+    let mut last = started;
+    while let Some(state) = settling.next().await {
+        if state == State::Running {
+            running += 1;
+        } else {
+            stopped += 1;
+        }
+        let now = tokio::time::Instant::now();
+        if running + stopped == n || now - last >= std::time::Duration::from_secs(1) {
+            last = now;
+            tracing::info!(
+                "{running} of {n} machines running, {stopped} stopped, {:.2?} after start",
+                now - started
+            );
+        }
     }
 }

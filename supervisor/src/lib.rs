@@ -23,6 +23,7 @@
 //! - `host`: memory, disk and load of the machine's host.
 //! - `watchdog`: the keepalive watchdog.
 //! - `parent`: the watch on a driver whose child process the machine is.
+//! - `panic`: a machine's panics, recorded on stderr for its driver ([`PanicRecord`]).
 #![deny(missing_docs)]
 // The few `unsafe` blocks (system calls, one validated archive) each say why they are sound.
 #![deny(clippy::undocumented_unsafe_blocks)]
@@ -32,6 +33,7 @@ mod exec;
 mod handle;
 mod host;
 mod machine;
+mod panic;
 mod parent;
 mod process;
 mod store;
@@ -45,5 +47,6 @@ pub use env::{
 };
 pub use handle::MachineHandle;
 pub use machine::{start, MachineOptions};
+pub use panic::{install_hook as install_panic_hook, PanicRecord, PANIC_MARKER};
 pub use process::run;
 pub use store::{ENV_STORE, ENV_STORE_BYTES};

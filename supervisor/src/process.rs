@@ -18,7 +18,7 @@ use bigmachine_core::{Credentials, Error, Kind, ReplyFaults, Result, System};
 use crate::env::{
     ADDR_MARKER, CREDENTIALS_ON_STDIN, ENV_ADDR, ENV_CONGESTION, ENV_CREDENTIALS, ENV_DRIVER_PID,
     ENV_EXACTLY_ONCE_AGE_MS, ENV_EXACTLY_ONCE_BYTES, ENV_EXACTLY_ONCE_CALLS, ENV_INFLIGHT_BYTES,
-    ENV_KEEPALIVE_MS, ENV_MAXPROCS, ENV_REPLY_FAULTS,
+    ENV_KEEPALIVE_MS, ENV_MAXPROCS, ENV_REPLY_FAULTS, ENV_SYSTEM,
 };
 use crate::machine::{start, MachineOptions};
 
@@ -128,6 +128,10 @@ pub async fn run(system: Arc<dyn System>) -> ! {
 
 async fn serve(system: Arc<dyn System>) -> Result<Error> {
     name_process();
+    // Its records are read by the local system alone (elsewhere they would only be noise).
+    if std::env::var(ENV_SYSTEM).is_ok_and(|s| s == "local") {
+        crate::panic::install_hook();
+    }
     let creds = read_credentials()?;
     let bind = env_or(ENV_ADDR, SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
     let maxprocs = env_or(

@@ -8,7 +8,7 @@ pub(crate) fn tests() -> Vec<(&'static str, Test)> {
     tests![
         bigpi_estimates_pi,
         bigpi_refuses_zero_machines_and_zero_samples,
-        bigoom_reports_out_of_memory,
+        oom_machine_reports_memory_at_death,
         four_machines_shuffle_256_mib_to_each_other,
         four_gib_stream_keeps_the_receiver_small,
     ]
@@ -64,7 +64,7 @@ async fn bigpi_refuses_zero_machines_and_zero_samples() -> Result<()> {
     Ok(())
 }
 
-async fn bigoom_reports_out_of_memory() -> Result<()> {
+async fn oom_machine_reports_memory_at_death() -> Result<()> {
     // The memory limit: bigoom's machine limits its address space to 600 MiB.
     let (stdout, _) = run_example(
         "bigoom",
@@ -74,6 +74,27 @@ async fn bigoom_reports_out_of_memory() -> Result<()> {
     check(
         stdout.contains("out of memory"),
         format!("no OOM error in {stdout:?}"),
+    )?;
+    // The memory it held when it died, read by its driver from the kernel: at least what its
+    // last line says it held, at most its limit.
+    let peak = stdout
+        .split("peak resident memory was ")
+        .nth(1)
+        .and_then(|rest| rest.split(" MiB").next())
+        .and_then(|mib| mib.parse::<f64>().ok())
+        .ok_or_else(|| fail(format!("no peak memory in {stdout:?}")))?;
+    let held = stdout
+        .rsplit("INFO holding ")
+        .next()
+        .and_then(|rest| rest.split(" MiB").next())
+        .and_then(|mib| mib.parse::<f64>().ok())
+        .ok_or_else(|| fail(format!("no last line of what it held in {stdout:?}")))?;
+    println!("    bigoom's machine died at a peak of {peak:.1} MiB, its last line saying {held} MiB (limit 600 MiB)");
+    check(
+        (held..=600.0).contains(&peak),
+        format!(
+            "a peak of {peak} MiB for a machine that held {held} MiB, limited to 600: {stdout:?}"
+        ),
     )
 }
 

@@ -19,6 +19,7 @@ pub(crate) fn tests() -> Vec<(&'static str, Test)> {
         machine_sigkill_fails_its_call_and_says_how_it_died,
         driver_sigkill_local_machines_gone_within_1s,
         kernel_oom_kill_is_reported_as_oom,
+        panicking_machine_reports_panic_and_log_tail,
     ]
 }
 
@@ -136,10 +137,17 @@ async fn kernel_oom_kill_is_reported_as_oom() -> Result<()> {
         m.wait(State::Stopped).await;
         let err = m.err().ok_or_else(|| fail("no machine error"))?;
         check(err.is(Kind::Oom), format!("not an OOM error: {err}"))?;
-        check(
-            err.to_string().contains("out-of-memory killer"),
-            format!("{err}"),
-        )?;
+        // With the kernel's figures, and the peak its driver read when it died.
+        for want in [
+            "out-of-memory killer",
+            "anon-rss:",
+            "peak resident memory was",
+        ] {
+            check(
+                err.to_string().contains(want),
+                format!("no {want:?} in {err}"),
+            )?;
+        }
         b.shutdown().await;
         Ok(())
     }
@@ -150,4 +158,46 @@ async fn kernel_oom_kill_is_reported_as_oom() -> Result<()> {
     })
     .await;
     result
+}
+
+async fn panicking_machine_reports_panic_and_log_tail() -> Result<()> {
+    // Without the default hook's backtrace, so the last lines stay the machine's own.
+    let system = LocalSystem::builder()
+        .keepalive(short_keepalive())
+        .env("RUST_BACKTRACE", "0")
+        .build();
+    let b = B::new(system)?;
+    let machines = running(&b, 1, Services::new().with("Probe", Probe)).await?;
+    let m = &machines[0];
+    let words = "the widget count is 7 and falling".to_string();
+    let message = "no more widgets".to_string();
+    let call = m
+        .call::<(String, String), ()>("Probe.die", &(words.clone(), message.clone()))
+        .await;
+    check(call.is_err(), "the dying call returned")?;
+    m.wait(State::Stopped).await;
+    let err = m.err().ok_or_else(|| fail("no machine error"))?;
+    let text = err.to_string();
+    println!("    the machine's error: {text}");
+    // The panic, from the record its hook handed over (the default report names the thread
+    // with its id: "thread 'doomed' (1234) panicked").
+    let panicked = "it panicked: thread 'doomed' panicked at tests/local/support.rs:";
+    for (what, want) in [
+        ("how it died", "SIGABRT"),
+        ("the panic, its thread and location", panicked),
+        ("the panic's message", message.as_str()),
+        ("its last line before the panic", words.as_str()),
+    ] {
+        check(
+            err.message().contains(want),
+            format!("{what} ({want:?}) is not in the machine's error: {text}"),
+        )?;
+    }
+    let backtrace = err.cause().map(ToString::to_string).unwrap_or_default();
+    check(
+        backtrace.contains("backtrace") && backtrace.contains("Probe::die"),
+        format!("no backtrace through the panicking method in the error's cause: {backtrace}"),
+    )?;
+    b.shutdown().await;
+    Ok(())
 }

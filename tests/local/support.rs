@@ -88,6 +88,21 @@ impl Probe {
         Ok(stream)
     }
 
+    /// Prints `words` on stderr, then panics with `message` in a thread of its own and
+    /// aborts the process.
+    async fn die(&self, _ctx: &Context, (words, message): (String, String)) -> Result<()> {
+        {
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "{words}");
+        }
+        let doomed = std::thread::Builder::new()
+            .name("doomed".into())
+            .spawn(move || std::panic::panic_any(message))
+            .map_err(Error::other)?;
+        let _ = doomed.join();
+        std::process::abort()
+    }
+
     /// Allocates (and touches) 16 MiB at a time until the process is killed.
     async fn hog(&self, _ctx: &Context, _arg: ()) -> Result<()> {
         let mut hoard = Vec::new();

@@ -15,10 +15,15 @@
 //! its exit status, the signal that killed it, or [`Kind::Oom`] when it ran out of memory (an
 //! allocation failure reported on its stderr, or the kernel's OOM killer naming its pid).
 #![deny(missing_docs)]
-#![forbid(unsafe_code)]
+// `unsafe` lives in `reap` alone (system calls, a descriptor handed to the runtime), each block
+// saying why it is sound.
+#![deny(unsafe_code)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 mod forward;
 mod oom;
+mod reap;
+mod tail;
 
 use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
@@ -29,7 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bigmachine_core::{
-    running_binary, Authority, Error, KeepaliveConfig, Kind, Launched, Result, System,
+    running_binary, Authority, Error, KeepaliveConfig, Kind, Launched, Result, Severity, System,
 };
 use bigmachine_supervisor::{
     ADDR_MARKER, CREDENTIALS_ON_STDIN, ENV_CREDENTIALS, ENV_DRIVER_PID, ENV_KEEPALIVE_MS,
@@ -41,6 +46,8 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdout, Command};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
+
+use tail::{Remains, Tail};
 
 /// How long a new machine may take to report its address.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -231,7 +238,8 @@ impl LocalSystem {
         // stderr is read from the start, so a machine that logs much before it reports its
         // address never blocks on a full pipe.
         let (addr_tx, addr_rx) = watch::channel(None);
-        let stderr = tokio::spawn(pump(stderr, pid, addr_rx.clone()));
+        let tail = Tail::default();
+        let stderr = tokio::spawn(pump(stderr, pid, addr_rx.clone(), tail.clone(), true));
         let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(stdout))
             .await
             .unwrap_or_else(|_| {
@@ -245,15 +253,27 @@ impl LocalSystem {
             Err(why) => {
                 let _ = child.start_kill();
                 let status = child.wait().await.ok();
+                // What it printed (a panic, say) says why, once its stderr has drained.
+                let _ = tokio::time::timeout(DRAIN_TIMEOUT, stderr).await;
+                let remains = tail.remains();
+                let panic = remains
+                    .panic
+                    .as_ref()
+                    .map_or_else(String::new, |p| format!("; it panicked: {}", p.summary()));
                 return Err(Error::new(
                     Kind::Unavailable,
-                    format!("machine process {pid} did not start (status {status:?})"),
+                    format!(
+                        "machine process {pid} did not start (status {status:?}){panic}{}",
+                        remains.quoted_lines()
+                    ),
                 )
                 .caused_by(why));
             }
         };
         for line in early {
-            forward::line(addr, &line).await;
+            if tail.line(&line, false) {
+                forward::line(addr, &line).await;
+            }
         }
         addr_tx.send_replace(Some(addr));
         let (exit_tx, exit_rx) = watch::channel(None::<Error>);
@@ -262,6 +282,7 @@ impl LocalSystem {
             pid,
             kernel_log,
             addr: addr_rx,
+            tail,
             stdout,
             stderr,
             exit: exit_tx,
@@ -328,18 +349,21 @@ async fn next_line(reader: &mut (impl AsyncBufRead + Unpin)) -> Result<Option<St
     Ok(Some(String::from_utf8_lossy(&buf).into_owned()))
 }
 
-/// Forwards `reader` line by line until it ends; returns whether a line reported a failed
-/// allocation.
-/// Lines are prefixed with the machine's address once `addr` holds it, with its pid before.
+/// Forwards `reader` line by line until it ends, noting each in `tail` (and taking panic
+/// records out of it if it is the machine's stderr); returns whether a line reported a failed
+/// allocation. Lines are prefixed with the machine's address once `addr` holds it, with its pid before.
 async fn pump(
     mut reader: impl AsyncBufRead + Unpin,
     pid: u32,
     addr: watch::Receiver<Option<SocketAddr>>,
+    tail: Tail,
+    from_stderr: bool,
 ) -> bool {
     let mut alloc_failed = false;
     loop {
         match next_line(&mut reader).await {
             Ok(Some(line)) if line.starts_with(ADDR_MARKER) => {} // a re-executed machine's handshake
+            Ok(Some(line)) if !tail.line(&line, from_stderr) => {} // a panic's record, kept
             Ok(Some(line)) => {
                 alloc_failed |= oom::is_allocation_failure(&line);
                 let prefix = *addr.borrow();
@@ -363,6 +387,8 @@ struct Watch {
     /// The kernel log since the process started.
     kernel_log: Option<oom::KernelLog>,
     addr: watch::Receiver<Option<SocketAddr>>,
+    /// Its last lines, last panic and memory.
+    tail: Tail,
     stdout: BufReader<ChildStdout>,
     stderr: JoinHandle<bool>,
     exit: watch::Sender<Option<Error>>,
@@ -375,13 +401,14 @@ async fn watch_child(mut child: Child, watch: Watch) {
         pid,
         kernel_log,
         addr,
+        tail,
         stdout,
         stderr: err,
         exit,
         killed,
     } = watch;
     let alloc_failed = Arc::new(AtomicBool::new(false));
-    let out = tokio::spawn(pump(stdout, pid, addr.clone()));
+    let out = tokio::spawn(pump(stdout, pid, addr.clone(), tail.clone(), false));
     let flag = alloc_failed.clone();
     let err = async move {
         if err.await.unwrap_or(false) {
@@ -389,14 +416,31 @@ async fn watch_child(mut child: Child, watch: Watch) {
         }
     };
     let mut ours = false;
-    let status = tokio::select! {
-        status = child.wait() => status,
-        Ok(()) = killed => {
-            // Not yet waited for, the child still holds its pid: the kill cannot hit another.
-            ours = true;
-            let _ = child.start_kill();
+    // Seen to end before it is reaped where pidfds exist, so that its peak memory can be read.
+    let mut peak_rss = None;
+    let status = match reap::ExitWatch::open(pid) {
+        Some(watch) => {
+            let exited = watch.exited();
+            tokio::pin!(exited);
+            peak_rss = tokio::select! {
+                peak = &mut exited => peak,
+                Ok(()) = killed => {
+                    // Not yet reaped, the child still holds its pid: the kill cannot hit another.
+                    ours = true;
+                    let _ = child.start_kill();
+                    exited.await
+                }
+            };
             child.wait().await
         }
+        None => tokio::select! {
+            status = child.wait() => status,
+            Ok(()) = killed => {
+                ours = true;
+                let _ = child.start_kill();
+                child.wait().await
+            }
+        },
     };
     // The output ends when the process does (unless it left children holding the pipes).
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
@@ -410,16 +454,20 @@ async fn watch_child(mut child: Child, watch: Watch) {
         (Ok(status), Some(log)) if status.signal() == Some(libc::SIGKILL) && !ours => {
             tokio::task::spawn_blocking(move || log.killed(pid))
                 .await
-                .unwrap_or(false)
+                .unwrap_or(None)
         }
-        _ => false,
+        _ => None,
     };
     let reason = match status {
         Ok(status) => exit_error(
             pid,
-            status,
-            alloc_failed.load(Ordering::Relaxed),
-            oom_killed,
+            Death {
+                status,
+                alloc_failed: alloc_failed.load(Ordering::Relaxed),
+                oom_killed,
+                peak_rss,
+                remains: tail.remains(),
+            },
         ),
         Err(e) => Error::new(
             Kind::Unavailable,
@@ -439,36 +487,97 @@ async fn exited(mut rx: watch::Receiver<Option<Error>>) -> Error {
     }
 }
 
-/// How a machine's process ended, as an error.
-fn exit_error(pid: u32, status: ExitStatus, alloc_failed: bool, oom_killed: bool) -> Error {
-    match status.signal() {
-        Some(libc::SIGKILL) if oom_killed => Error::fatal(
-            Kind::Oom,
-            format!("machine process {pid} was killed by the kernel's out-of-memory killer"),
+/// What is known of the end of a machine's process.
+struct Death {
+    status: ExitStatus,
+    /// A line of its output reported a failed allocation.
+    alloc_failed: bool,
+    /// The kernel's report of its out-of-memory kill, if it was one.
+    oom_killed: Option<String>,
+    /// Its peak resident size in bytes, if known.
+    peak_rss: Option<u64>,
+    /// Its last lines and last panic.
+    remains: Remains,
+}
+
+/// How a machine's process ended, as an error. One that did not exit cleanly also carries its
+/// peak memory (when it died of a signal), its last lines, and, when it died of a panic (an
+/// abort, or exit status 101), that panic, with the panic's backtrace as the error's cause.
+fn exit_error(pid: u32, death: Death) -> Error {
+    let Death {
+        status,
+        alloc_failed,
+        oom_killed,
+        peak_rss,
+        remains,
+    } = death;
+    let peak = match (status.signal(), peak_rss) {
+        (Some(_), Some(bytes)) => format!(
+            "; its peak resident memory was {:.1} MiB",
+            bytes as f64 / f64::from(1u32 << 20)
         ),
-        Some(libc::SIGABRT) if alloc_failed => Error::fatal(
+        _ => String::new(),
+    };
+    let (kind, severity, how) = match (status.signal(), oom_killed) {
+        (Some(libc::SIGKILL), Some(report)) => (
             Kind::Oom,
-            format!("machine process {pid} ran out of memory (an allocation failed)"),
+            Severity::Fatal,
+            format!("was killed by the kernel's out-of-memory killer ({report})"),
         ),
-        Some(signal) => Error::new(
+        (Some(libc::SIGABRT), _) if alloc_failed => (
+            Kind::Oom,
+            Severity::Fatal,
+            "ran out of memory (an allocation failed)".to_string(),
+        ),
+        (Some(signal), _) => (
             Kind::Unavailable,
-            format!(
-                "machine process {pid} was killed by signal {signal} ({})",
-                signal_name(signal)
-            ),
+            Severity::Unknown,
+            format!("was killed by signal {signal} ({})", signal_name(signal)),
         ),
-        None => match status.code() {
-            Some(0) => Error::new(Kind::Unavailable, format!("machine process {pid} exited")),
-            code => Error::new(
-                Kind::Unavailable,
-                format!(
-                    "machine process {pid} exited with status {}",
-                    code.unwrap_or(-1)
-                ),
+        (None, _) if status.code() == Some(0) => {
+            // A clean exit (the driver shut it down): nothing more to say.
+            return Error::new(Kind::Unavailable, format!("machine process {pid} exited"));
+        }
+        (None, _) => (
+            Kind::Unavailable,
+            Severity::Unknown,
+            format!("exited with status {}", status.code().unwrap_or(-1)),
+        ),
+    };
+    // A panic recorded earlier (one a handler's call caught, say) is no cause of another death.
+    let died_of_panic = status.signal() == Some(libc::SIGABRT) || status.code() == Some(101);
+    let panic = remains
+        .panic
+        .clone()
+        .filter(|_| died_of_panic && !alloc_failed);
+    let panicked = panic
+        .as_ref()
+        .map_or_else(String::new, |p| format!("; it panicked: {}", p.summary()));
+    let lines = if remains.lines.is_empty() {
+        String::new()
+    } else {
+        format!("; its last lines:{}", remains.quoted_lines())
+    };
+    let error = Error::new(
+        kind,
+        format!("machine process {pid} {how}{peak}{panicked}{lines}"),
+    )
+    .with_severity(severity);
+    match panic {
+        Some(panic) => error.caused_by(Error::new(
+            Kind::Other,
+            format!(
+                "the panic's backtrace:\n{}",
+                panic.backtrace_head(BACKTRACE_BYTES)
             ),
-        },
+        )),
+        None => error,
     }
 }
+
+/// The most bytes of a panic's backtrace a machine's death error carries (such errors are
+/// kept, logged, and copied into the errors of calls to the machine).
+const BACKTRACE_BYTES: usize = 4 << 10;
 
 fn signal_name(signal: i32) -> &'static str {
     match signal {
@@ -561,15 +670,71 @@ impl System for LocalSystem {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bigmachine_supervisor::PanicRecord;
 
     #[test]
     fn exit_reasons_name_how_the_process_died() {
-        let killed = exit_error(42, ExitStatus::from_raw(libc::SIGKILL), false, false);
+        let death = |status: i32, alloc_failed, oom_killed: Option<&str>| Death {
+            status: ExitStatus::from_raw(status),
+            alloc_failed,
+            oom_killed: oom_killed.map(str::to_string),
+            peak_rss: None,
+            remains: Remains::default(),
+        };
+        let killed = exit_error(42, death(libc::SIGKILL, false, None));
         assert_eq!(killed.kind(), Kind::Unavailable);
         assert!(killed.message().contains("SIGKILL"), "{killed}");
-        let aborted_oom = exit_error(42, ExitStatus::from_raw(libc::SIGABRT), true, false);
+        let aborted_oom = exit_error(42, death(libc::SIGABRT, true, None));
         assert_eq!(aborted_oom.kind(), Kind::Oom);
-        let code = exit_error(42, ExitStatus::from_raw(3 << 8), false, false);
+        let kernel_oom = exit_error(42, death(libc::SIGKILL, false, Some("Killed process 42")));
+        assert_eq!(kernel_oom.kind(), Kind::Oom);
+        assert!(
+            kernel_oom.message().contains("(Killed process 42)"),
+            "{kernel_oom}"
+        );
+        let code = exit_error(42, death(3 << 8, false, None));
         assert!(code.message().contains("status 3"), "{code}");
+    }
+
+    #[test]
+    fn a_death_carries_the_last_lines_the_panic_and_the_memory() {
+        let panic = PanicRecord {
+            thread: "worker".into(),
+            location: "src/work.rs:7:9".into(),
+            message: "no more widgets".into(),
+            backtrace: "   0: work::run".into(),
+        };
+        let death = |signal: i32| Death {
+            status: ExitStatus::from_raw(signal),
+            alloc_failed: false,
+            oom_killed: None,
+            peak_rss: Some(300 << 20),
+            remains: Remains {
+                lines: vec!["first".into(), "last words".into()],
+                panic: Some(panic.clone()),
+            },
+        };
+        let aborted = exit_error(7, death(libc::SIGABRT));
+        let text = aborted.to_string();
+        for want in [
+            "SIGABRT",
+            "300.0 MiB",
+            "it panicked: thread 'worker' panicked at src/work.rs:7:9: no more widgets",
+            "| last words",
+        ] {
+            assert!(text.contains(want), "{want:?} not in {text}");
+        }
+        let cause = aborted.cause().map(ToString::to_string).unwrap_or_default();
+        assert!(cause.contains("work::run"), "{cause}");
+        // Killed otherwise: an earlier panic (one a call caught) is not blamed.
+        let killed = exit_error(7, death(libc::SIGKILL)).to_string();
+        assert!(!killed.contains("no more widgets"), "{killed}");
+        assert!(killed.contains("| last words"), "{killed}");
+        // A clean exit says nothing more.
+        let clean = Death {
+            status: ExitStatus::from_raw(0),
+            ..death(0)
+        };
+        assert!(!exit_error(7, clean).to_string().contains("last words"));
     }
 }

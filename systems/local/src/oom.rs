@@ -29,35 +29,36 @@ impl KernelLog {
         Some(Self(kmsg))
     }
 
-    /// Whether the out-of-memory killer killed `pid` since the log was opened. Blocking: call
-    /// it off the async workers.
-    pub(crate) fn killed(mut self, pid: u32) -> bool {
+    /// The kernel's report that the out-of-memory killer killed `pid` since the log was
+    /// opened (with the memory the process held), if it did. Blocking: call it off the async
+    /// workers.
+    pub(crate) fn killed(mut self, pid: u32) -> Option<String> {
         let mut record = vec![0u8; 8192];
         // Each read returns one record; the loop ends at the end of the log (EAGAIN).
         for _ in 0..1_000_000 {
             match self.0.read(&mut record) {
-                Ok(0) => return false,
+                Ok(0) => return None,
                 Ok(n) => {
-                    if says_killed(&String::from_utf8_lossy(&record[..n]), pid) {
-                        return true;
+                    if let Some(report) = kill_report(&String::from_utf8_lossy(&record[..n]), pid) {
+                        return Some(report);
                     }
                 }
                 // EPIPE: records were overwritten while the machine ran; read on from the
                 // oldest left.
                 Err(e) if e.raw_os_error() == Some(libc::EPIPE) => {}
-                Err(_) => return false,
+                Err(_) => return None,
             }
         }
-        false
+        None
     }
 }
 
-/// Whether a `/dev/kmsg` record (`priority,sequence,microseconds,flags;message`) says the
-/// out-of-memory killer killed `pid`.
-fn says_killed(record: &str, pid: u32) -> bool {
-    record
-        .split_once(';')
-        .is_some_and(|(_, message)| message.contains(&format!("Killed process {pid} ")))
+/// The message of a `/dev/kmsg` record (`priority,sequence,microseconds,flags;message`) that
+/// says the out-of-memory killer killed `pid`, from `Killed process` on.
+fn kill_report(record: &str, pid: u32) -> Option<String> {
+    let (_, message) = record.split_once(';')?;
+    let at = message.find(&format!("Killed process {pid} "))?;
+    Some(message[at..].trim_end().to_string())
 }
 
 #[cfg(test)]
@@ -75,15 +76,18 @@ mod tests {
     #[test]
     fn a_live_pid_was_not_oom_killed() {
         if let Some(log) = KernelLog::from_now() {
-            assert!(!log.killed(std::process::id()));
+            assert_eq!(log.killed(std::process::id()), None);
         }
     }
 
     #[test]
     fn only_the_pid_named_counts() {
-        let record = "3,1234,5000000,-;Out of memory: Killed process 4242 (bigoom) total-vm:1kB";
-        assert!(says_killed(record, 4242));
-        assert!(!says_killed(record, 424), "another pid's prefix");
-        assert!(!says_killed("garbage", 4242));
+        let record = "3,1234,5000000,-;Out of memory: Killed process 4242 (bigoom) total-vm:1kB\n";
+        assert_eq!(
+            kill_report(record, 4242).as_deref(),
+            Some("Killed process 4242 (bigoom) total-vm:1kB")
+        );
+        assert_eq!(kill_report(record, 424), None, "another pid's prefix");
+        assert_eq!(kill_report("garbage", 4242), None);
     }
 }
