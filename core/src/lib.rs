@@ -39,8 +39,10 @@
 //!   dispatches from.
 //! - `context`: the [`Context`] of an incoming call.
 //! - `server`: accepting connections (bounded before authentication) and streams, deciding
-//!   from a call's head who may call what ([`Identity`], [`Kind::NotAllowed`]) and running
-//!   calls concurrently, with deadlines.
+//!   from a call's head who may call what ([`Identity`], [`Kind::NotAllowed`]), granting large
+//!   arguments room, and running calls concurrently, with deadlines.
+//! - `budget`: the budgets of request bytes (per connection, per machine) large arguments
+//!   draw on.
 //! - `outcomes`: the outcomes kept of exactly-once calls ([`OutcomeLimits`]).
 //! - `fault`: [`ReplyFaults`] a server injects, for tests.
 //! - `binary`: digests of binaries, of open files; `private_dir`: the directories (binary

@@ -13,7 +13,15 @@
 //!
 //! When a machine's process ends, the driver stops the machine with an error that says how:
 //! its exit status, the signal that killed it, or [`Kind::Oom`] when it ran out of memory (an
-//! allocation failure reported on its stderr, or the kernel's OOM killer naming its pid).
+//! allocation failure reported on its stderr, or the kernel's OOM killer naming its pid), with
+//! its peak memory, its last lines and the panic that killed it.
+//!
+//! # Layout
+//!
+//! - `forward`: machine output on its way to the driver's stderr.
+//! - `tail`: a machine's last lines and last panic record, taken from its output.
+//! - `reap`: seeing a machine's process end before it is reaped, to read its peak memory.
+//! - `oom`: recognizing a machine that ran out of memory.
 #![deny(missing_docs)]
 // `unsafe` lives in `reap` alone (system calls, a descriptor handed to the runtime), each block
 // saying why it is sound.
