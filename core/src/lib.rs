@@ -27,7 +27,8 @@
 //! - `boot` and `provision`: booting an owned machine, and getting its binary onto it;
 //!   `boot_timeouts`: [`BootTimeouts`], the bounds of its steps.
 //! - `keepalive`: [`KeepaliveConfig`], and the loop that keeps machines alive.
-//! - `deadline`: instants after durations of any length, without overflow.
+//! - `deadline`: instants after durations of any length, without overflow; `text`: text cut
+//!   to a length on a character boundary.
 //! - `life`: the task that follows a machine from boot to Stopped.
 //! - `b`: [`B`] and its [`Builder`]; `start`: [`B::start`], [`B::dial`] and [`Params`].
 //! - `system`: the [`System`] trait and [`Launched`].
@@ -79,6 +80,7 @@ mod start;
 mod stream;
 mod supervisor;
 mod system;
+mod text;
 mod wire;
 
 pub use b::{Builder, B};
@@ -123,6 +125,7 @@ pub mod __internal {
         Expvar, FetchBinary, KeepaliveReply, Supervisor, SupervisorClient, SupervisorServer,
         SUPERVISOR,
     };
+    pub use crate::text::{prefix, shortened};
 
     /// The wire format (see the crate's `wire` module), for fuzzing and hostile-input tests.
     pub mod wire {

@@ -265,21 +265,24 @@ async fn call(mut send: SendStream, mut recv: RecvStream, link: Link, shared: Ar
     };
     // A large argument comes once the connection's budget and the machine's have room for it;
     // a caller that goes away meanwhile leaves the queue.
-    let drawn = tokio::select! {
-        drawn = draw(&head, &inflight, &shared.inflight) => drawn,
-        _ = send.stopped() => return,
-    };
-    let drawn = match drawn {
-        Ok(drawn) => drawn,
-        Err(e) => return refuse(&mut send, e, owes_grant, faults).await,
-    };
     let mut head = head;
-    if owes_grant {
+    let drawn = if owes_grant {
+        let drawn = tokio::select! {
+            drawn = draw(&head, &inflight, &shared.inflight) => drawn,
+            _ = send.stopped() => return,
+        };
+        let drawn = match drawn {
+            Ok(drawn) => drawn,
+            Err(e) => return refuse(&mut send, e, owes_grant, faults).await,
+        };
         if io::write_grant(&mut send, true).await.is_err() {
             return; // the caller went away
         }
         head.granted();
-    }
+        Some(drawn)
+    } else {
+        None
+    };
     let arg = match io::read_argument(&mut recv, &head).await {
         Ok(arg) => arg,
         Err(e) => {
@@ -420,7 +423,7 @@ async fn refuse(
     reply(send, Err(Failure::Server(e)), None, faults).await;
 }
 
-/// Room for the argument of the request whose head is `head`, if it awaits a grant: drawn
+/// Room for the argument of the request whose head is `head` (one awaiting a grant): drawn
 /// from the connection's budget, then the machine's, within the time the request has to
 /// arrive. Too late: the request's deadline ([`Kind::DeadlineExceeded`]) or, without one, a
 /// temporary [`Kind::Unavailable`] (the machine is busy; a later try may find room).
@@ -428,14 +431,11 @@ async fn draw(
     head: &io::RequestHead,
     connection: &Budget,
     machine: &Budget,
-) -> Result<Option<(Drawn, Drawn)>, Error> {
-    if !head.header.awaits_grant() {
-        return Ok(None);
-    }
+) -> Result<(Drawn, Drawn), Error> {
     let len = head.header.payload_len;
     let both = async { (connection.draw(len).await, machine.draw(len).await) };
     match tokio::time::timeout_at(head.rest_by, both).await {
-        Ok(drawn) => Ok(Some(drawn)),
+        Ok(drawn) => Ok(drawn),
         Err(_) => Err(match head.header.timeout() {
             Some(t) => Error::deadline_exceeded(
                 &format!("{} waiting for room for its argument", head.method),

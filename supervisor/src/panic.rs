@@ -208,16 +208,8 @@ fn backtrace_due() -> bool {
     true
 }
 
-fn truncate(mut s: String, max: usize) -> String {
-    if s.len() > max {
-        let mut end = max;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-        s.push_str(" …");
-    }
-    s
+fn truncate(s: String, max: usize) -> String {
+    bigmachine_core::__internal::shortened(&s, max).into_owned()
 }
 
 fn escape(field: &str, out: &mut String) {

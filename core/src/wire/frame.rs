@@ -45,13 +45,12 @@ pub fn end_err(err: &Error) -> Vec<u8> {
         Ok(archive) if archive.len() <= MAX_ERROR as usize => archive,
         _ => {
             let text = err.to_string();
-            let mut end = text.len().min(CUT);
-            while !text.is_char_boundary(end) {
-                end -= 1;
-            }
             let cut = Error::new(
                 err.kind(),
-                format!("{} (error cut to fit a stream's end)", &text[..end]),
+                format!(
+                    "{} (error cut to fit a stream's end)",
+                    crate::text::prefix(&text, CUT)
+                ),
             )
             .with_severity(err.severity());
             // An archive of a few KiB; should even it fail, the reader sees an undecodable error.

@@ -44,15 +44,7 @@ impl Tail {
                 return false;
             }
         }
-        let kept = if line.len() > LINE_BYTES {
-            let mut end = LINE_BYTES;
-            while !line.is_char_boundary(end) {
-                end -= 1;
-            }
-            format!("{} …", &line[..end])
-        } else {
-            line.to_string()
-        };
+        let kept = bigmachine_core::__internal::shortened(line, LINE_BYTES).into_owned();
         let mut inner = self.lock();
         if inner.lines.len() == LINES {
             inner.lines.pop_front();
