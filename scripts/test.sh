@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, docs, every test (the EC2 system's included, against
 # the moto emulator), the benches in quick mode (so they cannot rot) and every fuzz target for a
-# few seconds. Needs a Rust toolchain with rustfmt and clippy, python3, crates.io and PyPI
-# (cargo-fuzz and moto are installed when missing).
+# few seconds. Needs a Rust toolchain with rustfmt and clippy, python3, crates.io, PyPI and
+# Debian's packages (cargo-fuzz, moto and Chromium are installed when missing).
 #
 # Every cargo command builds the workspace with all its features at once (the `ec2` feature
 # compiles the AWS SDK: once, about 15 CPU-minutes and 10 GB of memory at its peak).
@@ -18,6 +18,14 @@ echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 echo "== cargo doc -D warnings"
 RUSTDOCFLAGS=-Dwarnings cargo doc --workspace --all-features --no-deps --quiet
+if [ ! -x /usr/bin/chromium ]; then
+    echo "== installing Debian's chromium (status_page_in_headless_chromium loads the status page in it)"
+    sudo=""
+    if [ "$(id -u)" -ne 0 ]; then sudo=sudo; fi
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+fi
+export BIGMACHINE_REQUIRE_CHROMIUM=1
 echo "== cargo test (the EC2 tests install and start the moto emulator themselves)"
 # This cargo test builds the examples; the EC2 tests use its ec2boot rather than build one.
 BIGMACHINE_EXAMPLES_BUILT=1 cargo test --workspace --all-features

@@ -50,7 +50,9 @@
 //! - [`driver`]: [`driver::start`] and its [`driver::Flags`] (`--bigm.*`).
 //! - [`local`]: [`local::LocalSystem`], machines as processes of this binary on this host.
 //! - [`testsystem`]: [`testsystem::TestSystem`], in-process machines with fault injection.
-//! - [`debug`]: the driver's debug pages.
+//! - [`debug`]: the driver's debug pages (status, metrics, vars, last lines).
+//! - [`metrics`]: the cluster's metrics merged into one Prometheus scrape.
+//! - [`profile`]: CPU and heap profiles of the whole cluster, merged into one pprof profile.
 //! - [`binary`]: digests of binaries, as machines report them.
 //! - [`buffers`]: the reuse of large payload buffers, and the account of copies.
 //!
@@ -81,6 +83,8 @@ pub mod debug;
 pub mod driver;
 #[cfg(feature = "ec2")]
 mod ec2_flags;
+pub mod metrics;
+pub mod profile;
 
 /// Machines as EC2 instances (cargo feature `ec2`); see the README, "Running on EC2".
 #[cfg(feature = "ec2")]

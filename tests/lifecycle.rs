@@ -465,27 +465,18 @@ async fn states_move_forward_from_starting_to_running() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn debug_status_page_lists_machines() -> Result<()> {
-    use std::io::{Read, Write};
     let (b, machines) = echo_cluster(TestSystem::new(), 2).await?;
     let addr = bigmachine::debug::serve(b.clone(), "127.0.0.1:0".parse().map_err(Error::other)?)?;
-    let get = move |path: &'static str| -> std::io::Result<String> {
-        let mut conn = std::net::TcpStream::connect(addr)?;
-        write!(conn, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
-        let mut body = String::new();
-        conn.read_to_string(&mut body)?;
-        Ok(body)
-    };
     let (json, html, missing) = tokio::task::spawn_blocking(move || {
         Ok::<_, std::io::Error>((
-            get("/debug/bigmachine/status?format=json")?,
-            get("/debug/bigmachine/status")?,
-            get("/nope")?,
+            common::http_get(addr, "/debug/bigmachine/status?format=json")?,
+            common::http_get(addr, "/debug/bigmachine/status")?,
+            common::http_get(addr, "/nope")?,
         ))
     })
     .await
     .map_err(Error::other)??;
-    let body = json.split("\r\n\r\n").nth(1).unwrap_or_default();
-    let status: serde_json::Value = serde_json::from_str(body).map_err(Error::other)?;
+    let status: serde_json::Value = serde_json::from_str(&json.1).map_err(Error::other)?;
     assert_eq!(status["system"], "test");
     let listed = status["machines"].as_array().map(Vec::len);
     assert_eq!(listed, Some(2), "{status}");
@@ -496,13 +487,19 @@ async fn debug_status_page_lists_machines() -> Result<()> {
             .flatten()
             .find(|e| e["addr"] == m.addr().to_string());
         assert_eq!(entry.map(|e| e["state"].clone()), Some("running".into()));
-        assert!(html.contains(&m.addr().to_string()));
+        // What the machine says of itself: its uptime and processors.
+        assert!(
+            entry.and_then(|e| e["uptime_seconds"].as_f64()).is_some(),
+            "{status}"
+        );
+        assert!(
+            entry.and_then(|e| e["processors"].as_f64()).is_some(),
+            "{status}"
+        );
+        assert!(html.1.contains(&m.addr().to_string()));
     }
-    assert!(html.contains("text/html"));
-    assert!(
-        missing.starts_with("HTTP/1.0 404") || missing.starts_with("HTTP/1.1 404"),
-        "{missing}"
-    );
+    assert!(html.1.contains("<table id=\"machines\">"), "{}", html.1);
+    assert!(missing.0.contains(" 404"), "{}", missing.0);
     b.shutdown().await;
     Ok(())
 }

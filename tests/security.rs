@@ -176,6 +176,9 @@ async fn a_machine_cannot_control_a_peer() -> Result<()> {
         "setenv",
         "setargs",
         "register",
+        "cpu_profile",
+        "heap_profile",
+        "last_panic",
     ] {
         let got: String = meddler
             .call("M.meddle", &(target.clone(), method.to_string()))
@@ -192,6 +195,7 @@ async fn a_machine_cannot_control_a_peer() -> Result<()> {
         "load_info",
         "getbinary",
         "expvars",
+        "metrics",
     ] {
         let got: String = meddler
             .call("M.meddle", &(target.clone(), method.to_string()))

@@ -43,7 +43,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    const ALL: [Self; 11] = [
+    pub(crate) const ALL: [Self; 11] = [
         Self::Other,
         Self::Net,
         Self::Unavailable,

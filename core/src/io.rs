@@ -247,11 +247,14 @@ pub(crate) async fn write_reply(
 
 /// Writes `stream` as a reply stream: the header, its frames, then its end (success, or the
 /// error that ended it). A panic while producing the stream ends it with that panic as the
-/// error. Returns the error if writing failed (the reader went away).
+/// error. Returns the kind of the error that ended the stream (`None`: it ended well), or the
+/// error if writing failed (the reader went away). Counts the data bytes handed to the
+/// transport in `sent` as they go.
 pub(crate) async fn write_reply_stream(
     send: &mut SendStream,
     mut stream: ByteStream,
-) -> Result<()> {
+    sent: &std::sync::atomic::AtomicU64,
+) -> Result<Option<crate::error::Kind>> {
     use futures::FutureExt;
     let header = ReplyHeader {
         status: Status::Stream,
@@ -269,20 +272,22 @@ pub(crate) async fn write_reply_stream(
             None => break,
             Some(Ok(chunk)) => {
                 for piece in wire::split_data(chunk) {
+                    let n = piece.len() as u64;
                     let len = Bytes::copy_from_slice(&wire::data_header(piece.len()));
                     send.write_all_chunks(&mut [len, piece]).await?;
+                    sent.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
                 }
             }
             Some(Err(e)) => {
                 send.write_all(&wire::end_err(&e)).await?;
                 send.finish()?;
-                return Ok(());
+                return Ok(Some(e.kind()));
             }
         }
     }
     send.write_all(&wire::end_ok()).await?;
     send.finish()?;
-    Ok(())
+    Ok(None)
 }
 
 /// The reply stream read from `recv`, chunks handed on as they arrive (no copy).

@@ -4,6 +4,8 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -103,16 +105,36 @@ pub(crate) async fn keep_alive(
         .saturating_add(cfg.period)
         .saturating_add(cfg.rpc_timeout);
     let next_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+    // Panics of the machine the driver has heard of, and whether it is asking for the last.
+    let heard = Arc::new((AtomicU64::new(0), AtomicBool::new(false)));
     let send = || async {
         if owned {
             let call = supervisor.keepalive(&next_ms).internal();
-            call.timeout(cfg.rpc_timeout).await.map(drop)
+            let reply = call.timeout(cfg.rpc_timeout).await?;
+            if reply.panics > heard.0.load(Ordering::Relaxed)
+                && !heard.1.swap(true, Ordering::AcqRel)
+            {
+                // Asked apart, so the keepalive's time and fate stay its own; best effort (the
+                // next keepalive asks again).
+                let (machine, heard) = (machine.clone(), heard.clone());
+                tokio::spawn(async move {
+                    let supervisor = machine.supervisor();
+                    let last = supervisor.last_panic(&()).internal();
+                    if let Ok(Some(panic)) = last.timeout(cfg.rpc_timeout).await {
+                        tracing::warn!(machine = %machine.addr(), panic = %panic.summary(), "machine recorded a panic");
+                        heard.0.store(panic.count, Ordering::Relaxed);
+                        machine.set_last_panic(panic);
+                    }
+                    heard.1.store(false, Ordering::Release);
+                });
+            }
+            Ok(())
         } else {
             let call = supervisor.ping(&0).internal();
             call.timeout(cfg.rpc_timeout).await.map(drop)
         }
     };
-    run(
+    let lost = run(
         cfg,
         &machine.addr().to_string(),
         send,
@@ -135,7 +157,26 @@ pub(crate) async fn keep_alive(
         },
         || machine.link().is_stopped(),
     )
-    .await
+    .await;
+    match machine.last_panic() {
+        // A machine lost with a panic on record: the panic may be why.
+        Some(panic) if !machine.link().is_stopped() => {
+            let mut named = Error::new(
+                lost.kind(),
+                format!(
+                    "{}; the last panic it recorded: {}",
+                    lost.message(),
+                    panic.summary()
+                ),
+            )
+            .with_severity(lost.severity());
+            if let Some(cause) = lost.cause() {
+                named = named.caused_by(cause.clone());
+            }
+            named
+        }
+        _ => lost,
+    }
 }
 
 /// The keepalive loop: `send` every period, `report` after each try (the reply times when it

@@ -69,6 +69,7 @@ mod keepalive;
 mod life;
 mod link;
 mod machine;
+mod metrics;
 mod outcomes;
 mod private_dir;
 mod provision;
@@ -96,11 +97,12 @@ pub use fault::{ReplyFault, ReplyFaults};
 pub use keepalive::KeepaliveConfig;
 pub use link::State;
 pub use machine::Machine;
+pub use metrics::{MetricFamily, MetricKind, Metrics, Series, Snapshot};
 pub use outcomes::OutcomeLimits;
 pub use services::{ServiceValue, Services};
 pub use start::Params;
 pub use stream::{ByteSink, ByteStream};
-pub use supervisor::{DiskInfo, Info, LoadInfo, MemInfo};
+pub use supervisor::{DiskInfo, Info, LoadInfo, MachinePanic, MemInfo};
 pub use system::{Launched, System};
 
 /// The default limit on a payload (argument or reply), in bytes: 1 GiB.

@@ -24,6 +24,8 @@ struct Inner {
     keepalive_times: Mutex<Vec<Duration>>,
     next_keepalive: Mutex<Option<Instant>>,
     digest: Mutex<Option<String>>,
+    /// The last panic the machine recorded, as its keepalives told.
+    last_panic: Mutex<Option<crate::supervisor::MachinePanic>>,
     /// Completes once the machine's output has all reached the driver (see
     /// [`crate::Launched::drained`]).
     drained: Mutex<Option<Shared<BoxFuture<'static, ()>>>>,
@@ -72,6 +74,7 @@ impl Machine {
                 keepalive_times: Mutex::new(Vec::new()),
                 next_keepalive: Mutex::new(None),
                 digest: Mutex::new(None),
+                last_panic: Mutex::new(None),
                 drained: Mutex::new(None),
             }),
         }
@@ -171,6 +174,20 @@ impl Machine {
             .maxprocs
             .store(maxprocs as usize, Ordering::Relaxed);
         *lock(&self.inner.digest) = Some(digest);
+    }
+
+    /// The last panic the machine recorded that the driver heard of: machines that are
+    /// processes of their own record every panic, and the driver hears of it with the next
+    /// keepalive, so a panic the machine lived through (a thread of its own panicked) is here;
+    /// one that ended the process before the next keepalive is not (the system's error tells
+    /// of that one). Once the machine is lost (its keepalives failed), its error names this
+    /// panic too.
+    pub fn last_panic(&self) -> Option<crate::supervisor::MachinePanic> {
+        lock(&self.inner.last_panic).clone()
+    }
+
+    pub(crate) fn set_last_panic(&self, panic: crate::supervisor::MachinePanic) {
+        *lock(&self.inner.last_panic) = Some(panic);
     }
 
     /// Records the latest keepalive replies and when the next keepalive is due.

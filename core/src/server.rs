@@ -35,6 +35,7 @@ use crate::context::{with_reply_slot, Context};
 use crate::error::{Error, Kind};
 use crate::fault::{ReplyFault, ReplyFaults};
 use crate::io;
+use crate::metrics::{Ended, Metrics, Origin, Tally};
 use crate::outcomes::{self, Begin, Kept, OutcomeLimits, Outcomes, Recorder};
 use crate::service::{Failure, Handler, Outcome, Request, Service, ServiceTable};
 use crate::supervisor::SUPERVISOR;
@@ -74,6 +75,9 @@ pub struct ServerConfig {
     /// the whole machine's budget (a peer has as many shares as connections: the driver's
     /// pool has 2 by default). Default: 256 MiB.
     pub connection_inflight_bytes: u64,
+    /// Counters of the calls served, per method ([`Metrics::disabled`] counts nothing). A
+    /// clone reads them. Default: [`Metrics::new`].
+    pub metrics: Metrics,
 }
 
 impl Default for ServerConfig {
@@ -85,6 +89,7 @@ impl Default for ServerConfig {
             request_timeout: Duration::from_secs(5 * 60),
             inflight_bytes: 1 << 30,
             connection_inflight_bytes: 256 << 20,
+            metrics: Metrics::new(),
         }
     }
 }
@@ -244,7 +249,8 @@ async fn call(mut send: SendStream, mut recv: RecvStream, link: Link, shared: Ar
         Ok(head) => head,
         Err(e) => {
             tracing::debug!(%peer, error = %e.error, "malformed request");
-            return refuse(&mut send, e.error, e.owes_grant, None).await;
+            refuse(&mut send, e.error, e.owes_grant, None).await;
+            return;
         }
     };
     let method = &head.method;
@@ -260,23 +266,70 @@ async fn call(mut send: SendStream, mut recv: RecvStream, link: Link, shared: Ar
             if e.is(Kind::NotAllowed) {
                 tracing::debug!(%peer, caller = %caller.name, %method, "refused a peer's control call");
             }
-            return refuse(&mut send, e, owes_grant, faults).await;
+            refuse(&mut send, e, owes_grant, faults).await;
+            return;
         }
     };
+    let tally = config
+        .metrics
+        .begin(method.as_str(), head.header.payload_len, arrived);
+    let admitted = Admitted {
+        head,
+        service,
+        peer,
+        caller,
+        inflight,
+        faults,
+        arrived,
+    };
+    let ended = run(send, recv, admitted, &shared, &tally).await;
+    tally.end(ended);
+}
+
+/// A request its caller may make of a service that has its method, not yet run.
+struct Admitted {
+    head: io::RequestHead,
+    service: Arc<dyn Service>,
+    peer: SocketAddr,
+    caller: Arc<Identity>,
+    /// The connection's budget of argument bytes.
+    inflight: Budget,
+    faults: Option<Arc<ReplyFaults>>,
+    arrived: Instant,
+}
+
+/// Reads an admitted request's argument (once there is room for it), runs its method and
+/// replies. Returns how the call ended, `None` if its caller went away first.
+async fn run(
+    mut send: SendStream,
+    mut recv: RecvStream,
+    admitted: Admitted,
+    shared: &Shared,
+    tally: &Tally,
+) -> Option<Ended> {
+    let Admitted {
+        mut head,
+        service,
+        peer,
+        caller,
+        inflight,
+        faults,
+        arrived,
+    } = admitted;
+    let owes_grant = head.header.awaits_grant();
     // A large argument comes once the connection's budget and the machine's have room for it;
     // a caller that goes away meanwhile leaves the queue.
-    let mut head = head;
     let drawn = if owes_grant {
         let drawn = tokio::select! {
             drawn = draw(&head, &inflight, &shared.inflight) => drawn,
-            _ = send.stopped() => return,
+            _ = send.stopped() => return None,
         };
         let drawn = match drawn {
             Ok(drawn) => drawn,
             Err(e) => return refuse(&mut send, e, owes_grant, faults).await,
         };
         if io::write_grant(&mut send, true).await.is_err() {
-            return; // the caller went away
+            return None; // the caller went away
         }
         head.granted();
         Some(drawn)
@@ -308,8 +361,7 @@ async fn call(mut send: SendStream, mut recv: RecvStream, link: Link, shared: Ar
         Ok(handler) => handler,
         Err(e) => {
             drop(drawn);
-            reply(&mut send, Err(Failure::Server(e)), None, faults).await;
-            return;
+            return reply(&mut send, Err(Failure::Server(e)), None, faults).await;
         }
     };
     // An exactly-once call's repeat never runs the handler (a future not yet polled: dropping
@@ -322,8 +374,7 @@ async fn call(mut send: SendStream, mut recv: RecvStream, link: Link, shared: Ar
         Some(Begin::First(recorder)) => Some(recorder),
         Some(Begin::Done(kept)) => {
             drop((handler, drawn));
-            send_reply(&mut send, kept, faults).await;
-            return;
+            return send_reply(&mut send, kept, faults).await;
         }
         Some(Begin::Conflict) => {
             drop((handler, drawn));
@@ -334,13 +385,12 @@ async fn call(mut send: SendStream, mut recv: RecvStream, link: Link, shared: Ar
                     header.call_id
                 ),
             );
-            reply(&mut send, Err(Failure::Server(e)), None, faults).await;
-            return;
+            return reply(&mut send, Err(Failure::Server(e)), None, faults).await;
         }
         Some(Begin::Running(first)) => {
             drop((handler, drawn));
-            repeat_of_running(send, first, method.as_str(), deadline, timeout, faults).await;
-            return;
+            return repeat_of_running(send, first, method.as_str(), deadline, timeout, faults)
+                .await;
         }
     };
     // An exactly-once call's method runs to its end (or deadline) even if the caller goes
@@ -367,9 +417,9 @@ async fn call(mut send: SendStream, mut recv: RecvStream, link: Link, shared: Ar
     drop(drawn);
     let Some(outcome) = outcome else {
         tracing::trace!(%peer, %method, "caller went away; call canceled");
-        return;
+        return None;
     };
-    let replied = match outcome {
+    let ended = match outcome {
         Ok(Outcome::Stream(stream)) => {
             if let Some(recorder) = recorder {
                 // Cannot be kept: a repeat gets an error, not a second run.
@@ -379,48 +429,50 @@ async fn call(mut send: SendStream, mut recv: RecvStream, link: Link, shared: Ar
                 );
                 recorder.record(encode(Err(Failure::Server(e))));
             }
-            let streamed = io::write_reply_stream(&mut send, stream);
+            let streamed = io::write_reply_stream(&mut send, stream, tally.stream_bytes());
             let streamed = match deadline {
                 Some(d) => tokio::time::timeout_at(d, streamed)
                     .await
-                    .unwrap_or_else(|_| Err(Error::deadline_exceeded(method.as_str(), timeout))),
-                None => streamed.await,
+                    .map_err(|_| Ended::Failed(Kind::DeadlineExceeded, Origin::Server)),
+                None => Ok(streamed.await),
             };
-            if let Err(e) = &streamed {
+            match streamed {
+                Ok(Ok(None)) => Some(Ended::Streamed),
+                Ok(Ok(Some(kind))) => Some(Ended::Failed(kind, Origin::Method)),
                 // The reader went away or the deadline passed; dropping the stream tells its
                 // producer, and the context's cancellation whatever else the method started.
-                token.cancel();
-                tracing::debug!(%peer, %method, error = %e, "reply stream ended early");
-                io::reset(&mut send, Reset::ReplyAborted);
+                ended => {
+                    token.cancel();
+                    tracing::debug!(%peer, %method, "reply stream ended early");
+                    io::reset(&mut send, Reset::ReplyAborted);
+                    ended.err()
+                }
             }
-            streamed.is_ok()
         }
         Ok(Outcome::Archive(payload)) => reply(&mut send, Ok(payload), recorder, faults).await,
         Err(failure) => reply(&mut send, Err(failure), recorder, faults).await,
     };
     if let Some(watch) = reply_slot.asked() {
         // Every byte of the reply acknowledged by the caller: the stream is done, not stopped.
-        let delivered = replied && matches!(send.stopped().await, Ok(None));
+        let delivered = ended.is_some() && matches!(send.stopped().await, Ok(None));
         watch.settle(delivered);
     }
+    ended
 }
 
 /// Answers a request refused before it ran with `e`: one that `owes_grant` (it awaits a grant
 /// for its argument) is first told it gets none. A broken stream gets no answer (nobody is
-/// there to read it).
+/// there to read it). Returns how the call ended, `None` if the answer did not get through.
 async fn refuse(
     send: &mut SendStream,
     e: Error,
     owes_grant: bool,
     faults: Option<Arc<ReplyFaults>>,
-) {
-    if e.kind() == Kind::Net {
-        return;
+) -> Option<Ended> {
+    if e.kind() == Kind::Net || owes_grant && io::write_grant(send, false).await.is_err() {
+        return None;
     }
-    if owes_grant && io::write_grant(send, false).await.is_err() {
-        return;
-    }
-    reply(send, Err(Failure::Server(e)), None, faults).await;
+    reply(send, Err(Failure::Server(e)), None, faults).await
 }
 
 /// Room for the argument of the request whose head is `head` (one awaiting a grant): drawn
@@ -499,7 +551,7 @@ async fn repeat_of_running(
     deadline: Option<Instant>,
     timeout: Option<Duration>,
     faults: Option<Arc<ReplyFaults>>,
-) {
+) -> Option<Ended> {
     let expired = async {
         match deadline {
             Some(d) => tokio::time::sleep_until(d).await,
@@ -512,15 +564,11 @@ async fn repeat_of_running(
             format!("{method}: the first try of this exactly-once call ended without an outcome"),
         )),
         _ = expired => Err(Error::deadline_exceeded(&format!("{method} on the server"), timeout)),
-        _ = send.stopped() => return,
+        _ = send.stopped() => return None,
     };
     match waited {
-        Ok(kept) => {
-            send_reply(&mut send, kept, faults).await;
-        }
-        Err(e) => {
-            reply(&mut send, Err(Failure::Server(e)), None, faults).await;
-        }
+        Ok(kept) => send_reply(&mut send, kept, faults).await,
+        Err(e) => reply(&mut send, Err(Failure::Server(e)), None, faults).await,
     }
 }
 
@@ -596,14 +644,14 @@ fn encode(outcome: Result<Payload, Failure>) -> Kept {
 }
 
 /// Sends the outcome of a call, first keeping it with `recorder` (an exactly-once call's first
-/// try), applying an injected fault if one is drawn. Returns whether the whole reply was handed
-/// to the transport.
+/// try), applying an injected fault if one is drawn. Returns how the call ended if the whole
+/// reply was handed to the transport, `None` if it was not.
 async fn reply(
     send: &mut SendStream,
     outcome: Result<Payload, Failure>,
     recorder: Option<Recorder>,
     faults: Option<Arc<ReplyFaults>>,
-) -> bool {
+) -> Option<Ended> {
     let kept = encode(outcome);
     if let Some(recorder) = recorder {
         recorder.record(kept.clone());
@@ -611,10 +659,32 @@ async fn reply(
     send_reply(send, kept, faults).await
 }
 
-/// Sends an encoded outcome, applying an injected fault if one is drawn. Returns whether the
-/// whole reply was handed to the transport.
-async fn send_reply(send: &mut SendStream, kept: Kept, faults: Option<Arc<ReplyFaults>>) -> bool {
+/// Sends an encoded outcome, applying an injected fault if one is drawn. Returns how the call
+/// ended if the whole reply was handed to the transport, `None` if it was not.
+async fn send_reply(
+    send: &mut SendStream,
+    kept: Kept,
+    faults: Option<Arc<ReplyFaults>>,
+) -> Option<Ended> {
     let Kept { status, payload } = kept;
+    let ended = match status {
+        Status::Ok | Status::Stream => Ended::Replied(payload.len() as u64),
+        Status::MethodError => Ended::Failed(wire::decode_error(&payload).kind(), Origin::Method),
+        Status::ServerError => Ended::Failed(wire::decode_error(&payload).kind(), Origin::Server),
+    };
+    send_kept(send, status, payload, faults)
+        .await
+        .then_some(ended)
+}
+
+/// Sends a reply's status and payload, or the fault drawn instead. Returns whether the whole
+/// reply was handed to the transport.
+async fn send_kept(
+    send: &mut SendStream,
+    status: Status,
+    payload: Bytes,
+    faults: Option<Arc<ReplyFaults>>,
+) -> bool {
     let result = match faults.and_then(|f| f.draw()) {
         None => io::write_reply(send, status, payload).await.map(|()| true),
         Some(ReplyFault::Drop) => {

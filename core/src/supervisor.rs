@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::context::Context;
 use crate::error::{Error, Kind, Result};
 use crate::machine::Machine;
+use crate::metrics::MetricFamily;
 use crate::services::ServiceSpec;
 use crate::stream::ByteStream;
 
@@ -71,6 +72,48 @@ pub trait Supervisor {
 
     /// A snapshot of the machine's counters.
     async fn expvars(&self, ctx: &Context, arg: ()) -> Result<Vec<Expvar>>;
+
+    /// The machine's metrics: the calls it served, per method, and its process and host.
+    async fn metrics(&self, ctx: &Context, arg: ()) -> Result<Vec<MetricFamily>>;
+
+    /// A CPU profile of the machine's process over the next `millis` milliseconds: pprof's
+    /// protobuf.
+    async fn cpu_profile(&self, ctx: &Context, millis: u64) -> Result<Vec<u8>>;
+
+    /// A heap profile of the machine's process (pprof's protobuf, gzip-compressed or not), if
+    /// the program installed a heap profiler; a [`Kind::NotSupported`] error otherwise.
+    async fn heap_profile(&self, ctx: &Context, arg: ()) -> Result<Vec<u8>>;
+
+    /// The last panic the machine's process recorded (machines that are processes of their
+    /// own record every panic), if any.
+    async fn last_panic(&self, ctx: &Context, arg: ()) -> Result<Option<MachinePanic>>;
+}
+
+/// A panic a machine recorded: where and why, with the backtrace captured at the panic. The
+/// driver learns of it with the next keepalive ([`Machine::last_panic`]).
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct MachinePanic {
+    /// How many panics the process had recorded, this one included.
+    pub count: u64,
+    /// The panicking thread's name.
+    pub thread: String,
+    /// `file:line:column` of the panic.
+    pub location: String,
+    /// The panic's message.
+    pub message: String,
+    /// The backtrace at the panic (trimmed to the code that panicked; not captured for a panic
+    /// less than a second after another).
+    pub backtrace: String,
+}
+
+impl MachinePanic {
+    /// Where and why, on one line: `thread 'T' panicked at LOCATION: MESSAGE`.
+    pub fn summary(&self) -> String {
+        format!(
+            "thread '{}' panicked at {}: {}",
+            self.thread, self.location, self.message
+        )
+    }
 }
 
 /// What a machine says about itself.
@@ -140,11 +183,14 @@ pub struct Expvar {
     pub value: String,
 }
 
-/// The reply to a keepalive: the interval the machine accepted.
+/// The reply to a keepalive: the interval the machine accepted, and how many panics it has
+/// recorded (the driver asks for the last one when the count grows).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct KeepaliveReply {
     /// Milliseconds until the machine exits unless kept alive again.
     pub next_ms: u64,
+    /// Panics the machine's process has recorded.
+    pub panics: u64,
 }
 
 /// Whether a machine other than the driver may call the Supervisor's `method`: the read-only
@@ -161,6 +207,7 @@ pub(crate) fn open_to_peers(method: &str) -> bool {
             | "load_info"
             | "getbinary"
             | "expvars"
+            | "metrics"
     )
 }
 
@@ -189,6 +236,28 @@ impl Machine {
     /// Load averages of the machine's host.
     pub async fn load_info(&self) -> Result<LoadInfo> {
         self.supervisor().load_info(&()).await
+    }
+
+    /// The machine's metrics: per method, the calls it served, their errors by kind, calls in
+    /// flight, latency and bytes; its uptime, processors, memory, disk and load.
+    pub async fn metrics(&self) -> Result<Vec<MetricFamily>> {
+        self.supervisor().metrics(&()).await
+    }
+
+    /// A CPU profile of the machine's process over `duration` (pprof's protobuf; up to 5
+    /// minutes). The call is allowed `duration` and a minute more.
+    pub async fn cpu_profile(&self, duration: Duration) -> Result<Vec<u8>> {
+        let millis = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+        self.supervisor()
+            .cpu_profile(&millis)
+            .timeout(duration.saturating_add(Duration::from_secs(60)))
+            .await
+    }
+
+    /// A heap profile of the machine's process (pprof's protobuf, gzip-compressed or not), if
+    /// the program installed a heap profiler; a [`Kind::NotSupported`] error otherwise.
+    pub async fn heap_profile(&self) -> Result<Vec<u8>> {
+        self.supervisor().heap_profile(&()).await
     }
 
     /// Asks the machine to exit and stops it. Pending calls fail. Of a system that forwards

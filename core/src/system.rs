@@ -72,6 +72,13 @@ pub trait System: Send + Sync + fmt::Debug + 'static {
         let _ = addr;
     }
 
+    /// The last lines the machine at `addr` wrote (oldest first), if the system keeps them
+    /// (the local system keeps 20 per machine). Default: `None`.
+    fn recent_lines(&self, addr: SocketAddr) -> Option<Vec<String>> {
+        let _ = addr;
+        None
+    }
+
     /// Tears down what the system holds, once the driver shuts down.
     fn shutdown(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})

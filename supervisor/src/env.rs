@@ -31,6 +31,9 @@ pub const ENV_INFLIGHT_BYTES: &str = "BIGMACHINE_INFLIGHT_BYTES";
 /// The congestion controller of the machine's transport: `cubic` (the default), `newreno` or
 /// `bbr` (see `TransportConfig::congestion`).
 pub const ENV_CONGESTION: &str = "BIGMACHINE_CONGESTION";
+/// `off` turns off the machine's counting of the calls it serves (its metrics), to price it;
+/// anything else (or nothing) leaves it on.
+pub const ENV_METRICS: &str = "BIGMACHINE_METRICS";
 /// Tests only: faults the machine injects into the replies of user services, as
 /// `DROP,TRUNCATE,SEED` (probabilities and the generator's seed; see `ReplyFaults::new`).
 pub const ENV_REPLY_FAULTS: &str = "BIGMACHINE_REPLY_FAULTS";

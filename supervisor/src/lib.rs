@@ -24,6 +24,8 @@
 //! - `watchdog`: the keepalive watchdog.
 //! - `parent`: the watch on a driver whose child process the machine is.
 //! - `panic`: a machine's panics, recorded on stderr for its driver ([`PanicRecord`]).
+//! - `profile`: CPU profiles ([`cpu_profile`], pprof-rs) and heap profiles
+//!   ([`set_heap_profiler`]) of this process.
 #![deny(missing_docs)]
 // The few `unsafe` blocks (system calls, one validated archive) each say why they are sound.
 #![deny(clippy::undocumented_unsafe_blocks)]
@@ -36,6 +38,7 @@ mod machine;
 mod panic;
 mod parent;
 mod process;
+mod profile;
 mod store;
 mod supervisor;
 mod watchdog;
@@ -43,10 +46,11 @@ mod watchdog;
 pub use env::{
     is_machine, ADDR_MARKER, CREDENTIALS_ON_STDIN, ENV_CONGESTION, ENV_CREDENTIALS, ENV_DRIVER_PID,
     ENV_EXACTLY_ONCE_AGE_MS, ENV_EXACTLY_ONCE_BYTES, ENV_EXACTLY_ONCE_CALLS, ENV_INFLIGHT_BYTES,
-    ENV_KEEPALIVE_MS, ENV_MAXPROCS, ENV_MODE, ENV_REPLY_FAULTS, ENV_SYSTEM,
+    ENV_KEEPALIVE_MS, ENV_MAXPROCS, ENV_METRICS, ENV_MODE, ENV_REPLY_FAULTS, ENV_SYSTEM,
 };
 pub use handle::MachineHandle;
 pub use machine::{start, MachineOptions};
 pub use panic::{install_hook as install_panic_hook, PanicRecord, PANIC_MARKER};
 pub use process::run;
+pub use profile::{cpu_profile, heap_profile, set_heap_profiler, HeapProfiler, MAX_CPU_PROFILE};
 pub use store::{ENV_STORE, ENV_STORE_BYTES};

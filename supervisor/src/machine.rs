@@ -77,6 +77,7 @@ pub fn start(options: MachineOptions) -> Result<MachineHandle> {
         handle.clone(),
         options.maxprocs,
         exec,
+        options.server.metrics.clone(),
     );
     table.insert(SUPERVISOR, supervisor.into_service())?;
 

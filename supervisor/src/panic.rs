@@ -1,15 +1,18 @@
 //! A machine's panics, recorded for its driver.
 //!
-//! A machine process of a system that reads its output (the local system) installs
-//! [`install_hook`]: every panic, before the usual report, writes one line to stderr,
-//! [`PANIC_MARKER`] then the [`PanicRecord`] (thread, location, message, backtrace) with its
-//! newlines and tabs escaped. The system takes that line out of the machine's stderr and keeps
-//! the last record, so when the process dies of a panic the driver's error says which panic,
-//! where, and with what backtrace, rather than leaving it to scroll past on stderr.
+//! A machine that is a process of its own installs [`install_hook`]: every panic, before the
+//! usual report, is recorded in the process (the Supervisor's `last_panic` answers it; each
+//! keepalive reply counts them, so the driver hears of a panic while the machine lives) and
+//! written as one line to stderr, [`PANIC_MARKER`] then the [`PanicRecord`] (thread, location,
+//! message, backtrace) with its newlines and tabs escaped. A system that reads the machine's
+//! output (the local system) takes that line out and keeps the last record, so when the
+//! process dies of a panic the driver's error says which panic, where, and with what
+//! backtrace, rather than leaving it to scroll past on stderr.
 
 use std::fmt;
 use std::io::Write;
-use std::sync::Once;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, Once, PoisonError};
 
 /// Starts the line that carries a [`PanicRecord`] on a machine's stderr.
 pub const PANIC_MARKER: &str = "bigmachine-panic:\t";
@@ -133,15 +136,37 @@ impl fmt::Display for PanicRecord {
     }
 }
 
-/// Installs (once per process) a panic hook that writes each panic's [`PanicRecord::line`] to
-/// stderr, then reports the panic as the hook before it did. Write errors are ignored (the
-/// driver may be gone).
+/// Panics recorded by this process's hook (read by keepalives, without a lock).
+static PANICS: AtomicU64 = AtomicU64::new(0);
+/// The last of them, with the count it made.
+static LAST: Mutex<Option<(u64, PanicRecord)>> = Mutex::new(None);
+
+/// How many panics this process recorded ([`install_hook`]).
+pub(crate) fn panics() -> u64 {
+    PANICS.load(Ordering::Relaxed)
+}
+
+/// The last panic this process recorded, and how many it had recorded with it.
+pub(crate) fn last_panic() -> Option<(u64, PanicRecord)> {
+    LAST.lock().unwrap_or_else(PoisonError::into_inner).clone()
+}
+
+/// Installs (once per process) a panic hook that records each panic (the Supervisor's
+/// `last_panic` answers the last), writes its [`PanicRecord::line`] to stderr, then reports the
+/// panic as the hook before it did. Write errors are ignored (the driver may be gone).
 pub fn install_hook() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let before = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            let line = PanicRecord::of(info).line();
+            let record = PanicRecord::of(info);
+            let line = record.line();
+            {
+                // The record keeps its count, so that one read names this panic.
+                let mut last = LAST.lock().unwrap_or_else(PoisonError::into_inner);
+                let count = PANICS.fetch_add(1, Ordering::Relaxed) + 1;
+                *last = Some((count, record));
+            }
             let _ = writeln!(std::io::stderr().lock(), "{line}");
             before(info);
         }));

@@ -18,7 +18,7 @@ use bigmachine_core::{Credentials, Error, Kind, ReplyFaults, Result, System};
 use crate::env::{
     ADDR_MARKER, CREDENTIALS_ON_STDIN, ENV_ADDR, ENV_CONGESTION, ENV_CREDENTIALS, ENV_DRIVER_PID,
     ENV_EXACTLY_ONCE_AGE_MS, ENV_EXACTLY_ONCE_BYTES, ENV_EXACTLY_ONCE_CALLS, ENV_INFLIGHT_BYTES,
-    ENV_KEEPALIVE_MS, ENV_MAXPROCS, ENV_REPLY_FAULTS, ENV_SYSTEM,
+    ENV_KEEPALIVE_MS, ENV_MAXPROCS, ENV_METRICS, ENV_REPLY_FAULTS,
 };
 use crate::machine::{start, MachineOptions};
 
@@ -128,10 +128,9 @@ pub async fn run(system: Arc<dyn System>) -> ! {
 
 async fn serve(system: Arc<dyn System>) -> Result<Error> {
     name_process();
-    // Its records are read by the local system alone (elsewhere they would only be noise).
-    if std::env::var(ENV_SYSTEM).is_ok_and(|s| s == "local") {
-        crate::panic::install_hook();
-    }
+    // Panics are recorded for the driver (over the Supervisor) and on stderr (the local
+    // system reads them there; an EC2 instance's console keeps them).
+    crate::panic::install_hook();
     let creds = read_credentials()?;
     let bind = env_or(ENV_ADDR, SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
     let maxprocs = env_or(
@@ -150,6 +149,9 @@ async fn serve(system: Arc<dyn System>) -> Result<Error> {
     options.transport.congestion = env_or(ENV_CONGESTION, options.transport.congestion)?;
     options.server.inflight_bytes = env_or(ENV_INFLIGHT_BYTES, options.server.inflight_bytes)?;
     options.server.faults = reply_faults()?;
+    if std::env::var(ENV_METRICS).is_ok_and(|v| v == "off") {
+        options.server.metrics = bigmachine_core::Metrics::disabled();
+    }
     options.bind = bind;
     options.maxprocs = maxprocs;
     options.first_keepalive = keepalive;

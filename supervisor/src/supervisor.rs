@@ -8,7 +8,7 @@ use bigmachine_core::__internal::{
 };
 use bigmachine_core::{
     current_digest, running_binary, ByteStream, Context, DiskInfo, Error, Info, Kind, LoadInfo,
-    MemInfo, Result, B,
+    MachinePanic, MemInfo, MetricFamily, MetricKind, Metrics, Result, B,
 };
 
 use crate::exec::Exec;
@@ -30,6 +30,8 @@ pub(crate) struct MachineSupervisor {
     store: Store,
     started: Instant,
     incarnation: u64,
+    /// The counters of the calls this machine serves.
+    metrics: Metrics,
 }
 
 impl MachineSupervisor {
@@ -42,6 +44,7 @@ impl MachineSupervisor {
         handle: MachineHandle,
         maxprocs: usize,
         exec: Option<Exec>,
+        metrics: Metrics,
     ) -> Self {
         Self {
             b,
@@ -56,7 +59,14 @@ impl MachineSupervisor {
                 use std::hash::{BuildHasher, RandomState};
                 RandomState::new().hash_one((std::process::id(), std::time::SystemTime::now()))
             },
+            metrics,
         }
+    }
+
+    /// Whether the machine is a process of its own: only then are the process's panics its own
+    /// (a machine inside another process, the test system's, reports none).
+    fn own_process(&self) -> bool {
+        self.exec.is_some()
     }
 
     fn exec_support(&self) -> Result<&Exec> {
@@ -119,7 +129,14 @@ impl Supervisor for MachineSupervisor {
     /// Keeps the machine alive for `next_ms` more milliseconds.
     async fn keepalive(&self, _ctx: &Context, next_ms: u64) -> Result<KeepaliveReply> {
         self.watchdog.keepalive(Duration::from_millis(next_ms));
-        Ok(KeepaliveReply { next_ms })
+        Ok(KeepaliveReply {
+            next_ms,
+            panics: if self.own_process() {
+                crate::panic::panics()
+            } else {
+                0
+            },
+        })
     }
 
     /// Exits the machine once the reply is delivered and `delay_ms` more milliseconds passed.
@@ -243,5 +260,95 @@ impl Supervisor for MachineSupervisor {
                     .to_string(),
             ),
         ])
+    }
+
+    /// The calls this machine served, per method, and its process and host.
+    async fn metrics(&self, _ctx: &Context, _arg: ()) -> Result<Vec<MetricFamily>> {
+        let mut families = self.metrics.snapshot();
+        let gauge = |name: &str, help: &str, value: f64| {
+            MetricFamily::single(name, help, MetricKind::Gauge, value)
+        };
+        families.push(gauge(
+            "bigmachine_uptime_seconds",
+            "Time since the machine's process started.",
+            self.started.elapsed().as_secs_f64(),
+        ));
+        families.push(gauge(
+            "bigmachine_processors",
+            "Processors available to the machine.",
+            self.maxprocs as f64,
+        ));
+        // Host figures (read off the runtime's workers: a disk may be slow to answer) that
+        // cannot be read are left out rather than failing the scrape.
+        let (mem, disk, load) = tokio::task::spawn_blocking(|| {
+            (
+                host::mem_info(),
+                host::disk_info(&std::env::temp_dir()),
+                host::load_info(),
+            )
+        })
+        .await
+        .map_err(|e| Error::new(Kind::Other, format!("host figures: {e}")))?;
+        if let Ok(mem) = mem {
+            families.push(gauge(
+                "bigmachine_process_resident_bytes",
+                "Resident memory of the machine's process.",
+                mem.process_rss as f64,
+            ));
+            families.push(gauge(
+                "bigmachine_host_memory_bytes",
+                "Memory of the machine's host.",
+                mem.total as f64,
+            ));
+            families.push(gauge(
+                "bigmachine_host_memory_available_bytes",
+                "Memory of the machine's host available without swapping.",
+                mem.available as f64,
+            ));
+        }
+        if let Ok(disk) = disk {
+            families.push(gauge(
+                "bigmachine_disk_bytes",
+                "Size of the file system of the machine's temporary directory.",
+                disk.total as f64,
+            ));
+            families.push(gauge(
+                "bigmachine_disk_available_bytes",
+                "Space available on the file system of the machine's temporary directory.",
+                disk.available as f64,
+            ));
+        }
+        if let Ok(load) = load {
+            families.push(gauge(
+                "bigmachine_load1",
+                "Load average of the machine's host over one minute.",
+                load.one,
+            ));
+        }
+        Ok(families)
+    }
+
+    /// A CPU profile of this process over the next `millis` milliseconds.
+    async fn cpu_profile(&self, _ctx: &Context, millis: u64) -> Result<Vec<u8>> {
+        crate::profile::cpu_profile(Duration::from_millis(millis)).await
+    }
+
+    /// A heap profile of this process, from the program's heap profiler.
+    async fn heap_profile(&self, _ctx: &Context, _arg: ()) -> Result<Vec<u8>> {
+        crate::profile::heap_profile().await
+    }
+
+    /// The last panic this process recorded.
+    async fn last_panic(&self, _ctx: &Context, _arg: ()) -> Result<Option<MachinePanic>> {
+        if !self.own_process() {
+            return Ok(None);
+        }
+        Ok(crate::panic::last_panic().map(|(count, p)| MachinePanic {
+            count,
+            thread: p.thread,
+            location: p.location,
+            message: p.message,
+            backtrace: p.backtrace,
+        }))
     }
 }

@@ -281,3 +281,30 @@ pub fn build_examples(names: &[&str], features: &[&str]) -> Result<()> {
         )))
     }
 }
+
+/// GETs `path` of the HTTP server at `addr` (HTTP/1.0, so the server closes the connection);
+/// returns the status line and the body.
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<(String, String)> {
+    let (status, body) = http_get_bytes(addr, path)?;
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// [`http_get`], the body as bytes.
+pub fn http_get_bytes(
+    addr: std::net::SocketAddr,
+    path: &str,
+) -> std::io::Result<(String, Vec<u8>)> {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(addr)?;
+    conn.set_read_timeout(Some(Duration::from_secs(60)))?;
+    write!(conn, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut response = Vec::new();
+    conn.read_to_end(&mut response)?;
+    let end = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(response.len(), |i| i + 4);
+    let head = String::from_utf8_lossy(&response[..end]);
+    let status = head.lines().next().unwrap_or_default().to_string();
+    Ok((status, response[end..].to_vec()))
+}

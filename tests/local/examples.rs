@@ -5,13 +5,17 @@ use bigmachine::{Error, Result};
 use crate::support::{check, fail, run_example, tests, Test};
 
 pub(crate) fn tests() -> Vec<(&'static str, Test)> {
-    tests![
+    #[allow(unused_mut)]
+    let mut all = tests![
         bigpi_estimates_pi,
         bigpi_refuses_zero_machines_and_zero_samples,
         oom_machine_reports_memory_at_death,
         four_machines_shuffle_256_mib_to_each_other,
         four_gib_stream_keeps_the_receiver_small,
-    ]
+    ];
+    #[cfg(feature = "jemalloc")]
+    all.extend(tests![heap_profile_of_every_machine]);
+    all
 }
 
 async fn bigpi_estimates_pi() -> Result<()> {
@@ -131,5 +135,54 @@ async fn four_gib_stream_keeps_the_receiver_small() -> Result<()> {
         format!("4 GiB transfer not verified: {stdout}"),
     )?;
     println!("    {}", stdout.lines().collect::<Vec<_>>().join("\n    "));
+    Ok(())
+}
+
+/// bigheap (with the `jemalloc` feature): each of 2 machines holds 48 MiB; the merged heap
+/// profile of the cluster has the driver and both machines, each with about that much in use.
+#[cfg(feature = "jemalloc")]
+async fn heap_profile_of_every_machine() -> Result<()> {
+    let out = std::env::temp_dir().join(format!("bigheap-{}.pb.gz", std::process::id()));
+    let out_arg = out.display().to_string();
+    let (stdout, _) = run_example(
+        "bigheap",
+        &[
+            "--nmach",
+            "2",
+            "--mib",
+            "48",
+            "--out",
+            &out_arg,
+            "--bigm.keepalive-timeout=5s",
+        ],
+    )
+    .await?;
+    let written = std::fs::read(&out);
+    let _ = std::fs::remove_file(&out);
+    let profile = bigmachine::profile::decode(&written?)?;
+    check(!profile.sample.is_empty(), "the profile has samples")?;
+    // Lines of `MACHINE\tN MiB in use`.
+    let in_use: Vec<(&str, f64)> = stdout
+        .lines()
+        .filter_map(|l| {
+            let (machine, rest) = l.split_once('\t')?;
+            Some((machine, rest.strip_suffix(" MiB in use")?.parse().ok()?))
+        })
+        .collect();
+    check(
+        in_use.len() == 3,
+        format!("driver and 2 machines in {stdout:?}"),
+    )?;
+    check(
+        in_use[0].0 == "driver",
+        format!("the driver first: {stdout:?}"),
+    )?;
+    for (machine, mib) in &in_use[1..] {
+        // Sampled every 512 KiB on average: within a few MiB of what the machine holds.
+        check(
+            (40.0..120.0).contains(mib),
+            format!("{machine} holds 48 MiB, its profile says {mib} MiB"),
+        )?;
+    }
     Ok(())
 }

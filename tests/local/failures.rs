@@ -20,6 +20,7 @@ pub(crate) fn tests() -> Vec<(&'static str, Test)> {
         driver_sigkill_local_machines_gone_within_1s,
         kernel_oom_kill_is_reported_as_oom,
         panicking_machine_reports_panic_and_log_tail,
+        a_panic_reaches_the_driver_while_the_machine_lives,
     ]
 }
 
@@ -197,6 +198,46 @@ async fn panicking_machine_reports_panic_and_log_tail() -> Result<()> {
     check(
         backtrace.contains("backtrace") && backtrace.contains("Probe::die"),
         format!("no backtrace through the panicking method in the error's cause: {backtrace}"),
+    )?;
+    b.shutdown().await;
+    Ok(())
+}
+
+/// A panic that does not end the machine (a thread of its own panics) reaches the driver over
+/// the Supervisor with the next keepalive, as for a machine whose output the driver never sees
+/// (EC2); once the machine is lost (its process stopped: keepalives fail), its error names it.
+async fn a_panic_reaches_the_driver_while_the_machine_lives() -> Result<()> {
+    let b = B::new(local())?;
+    let machines = running(&b, 1, Services::new().with("Probe", Probe)).await?;
+    let m = &machines[0];
+    let message = "a gear slipped".to_string();
+    ProbeClient::new(m, "Probe").stumble(&message).await?;
+    let heard = eventually(Duration::from_secs(10), || m.last_panic().is_some()).await;
+    check(heard, "the driver heard of the panic within 10 s")?;
+    let panic = m.last_panic().ok_or_else(|| fail("no panic"))?;
+    check(
+        panic.message == message
+            && panic.thread == "stumbling"
+            && panic.location.starts_with("tests/local/support.rs:")
+            && panic.count >= 1,
+        format!("the panic as recorded: {panic:?}"),
+    )?;
+    check(m.state() == State::Running, "the machine lives on")?;
+    // The process stops (SIGSTOP): keepalives fail and the machine is lost.
+    let pid = m.info().await?.pid;
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe { libc::kill(pid as libc::pid_t, libc::SIGSTOP) };
+    let stopped = tokio::time::timeout(Duration::from_secs(10), m.wait(State::Stopped)).await;
+    sigkill(pid);
+    check(stopped.is_ok(), "the stopped machine was lost within 10 s")?;
+    let err = m.err().ok_or_else(|| fail("no machine error"))?;
+    check(
+        err.message().contains("failed keepalives")
+            && err.message().contains(
+                "the last panic it recorded: thread 'stumbling' panicked at tests/local/support.rs:",
+            )
+            && err.message().contains(&message),
+        format!("the lost machine's error names its panic: {err}"),
     )?;
     b.shutdown().await;
     Ok(())

@@ -14,6 +14,7 @@ mod examples;
 mod failures;
 mod machines;
 mod network;
+mod observe;
 mod support;
 
 use std::time::Duration;
@@ -31,6 +32,7 @@ fn tests() -> Vec<(&'static str, Test)> {
     all.extend(machines::tests());
     all.extend(binaries::tests());
     all.extend(network::tests());
+    all.extend(observe::tests());
     all
 }
 
@@ -78,8 +80,16 @@ fn main() -> std::process::ExitCode {
     // The examples the tests run, as this checkout has them.
     if !args.list {
         // With this build's features, so that nothing is built twice.
-        let features: &[&str] = if cfg!(feature = "ec2") { &["ec2"] } else { &[] };
-        if let Err(e) = common::build_examples(&["bigpi", "bigoom", "bigshuffle"], features) {
+        let mut features = Vec::new();
+        let mut examples = vec!["bigpi", "bigoom", "bigshuffle"];
+        if cfg!(feature = "ec2") {
+            features.push("ec2");
+        }
+        if cfg!(feature = "jemalloc") {
+            features.push("jemalloc");
+            examples.push("bigheap");
+        }
+        if let Err(e) = common::build_examples(&examples, &features) {
             eprintln!("building the examples: {e}");
             return std::process::ExitCode::FAILURE;
         }

@@ -103,6 +103,32 @@ impl Probe {
         std::process::abort()
     }
 
+    /// Samples points for the estimate of pi for `ms` milliseconds, on a thread of the
+    /// blocking pool; returns how many fell inside the circle.
+    async fn pi(&self, _ctx: &Context, ms: u64) -> Result<u64> {
+        tokio::task::spawn_blocking(move || {
+            let until = std::time::Instant::now() + Duration::from_millis(ms);
+            let mut inside = 0;
+            let mut seed = 0x9e37_79b9_7f4a_7c15;
+            while std::time::Instant::now() < until {
+                inside += sample_pi_for_profile(&mut seed, 100_000);
+            }
+            inside
+        })
+        .await
+        .map_err(Error::other)
+    }
+
+    /// Panics with `message` in a thread named `stumbling`, which ends; the process lives on.
+    async fn stumble(&self, _ctx: &Context, message: String) -> Result<()> {
+        let thread = std::thread::Builder::new()
+            .name("stumbling".into())
+            .spawn(move || std::panic::panic_any(message))
+            .map_err(Error::other)?;
+        let _ = thread.join();
+        Ok(())
+    }
+
     /// Allocates (and touches) 16 MiB at a time until the process is killed.
     async fn hog(&self, _ctx: &Context, _arg: ()) -> Result<()> {
         let mut hoard = Vec::new();
@@ -111,6 +137,24 @@ impl Probe {
             tokio::task::yield_now().await;
         }
     }
+}
+
+/// Draws `n` points of the unit square (xorshift from `seed`); how many fall inside the
+/// quarter circle. Never inlined: profiles find it by name.
+#[inline(never)]
+pub(crate) fn sample_pi_for_profile(seed: &mut u64, n: u64) -> u64 {
+    let mut next = || {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        (*seed >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let mut inside = 0;
+    for _ in 0..n {
+        let (x, y) = (next(), next());
+        inside += u64::from(x * x + y * y <= 1.0);
+    }
+    std::hint::black_box(inside)
 }
 
 pub(crate) fn short_keepalive() -> KeepaliveConfig {

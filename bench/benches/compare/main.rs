@@ -6,7 +6,8 @@
 //! BIGMACHINE_BENCH_QUICK=1 cargo bench --bench compare   # seconds; what CI runs
 //! ```
 //!
-//! Peers: **bigmachine** (a driver and one local machine); **raw quinn**, a stream per request on
+//! Peers: **bigmachine** (a driver and one local machine), and the same with the machine's
+//! metrics off (`bigmachine-nometrics`: what counting calls costs); **raw quinn**, a stream per request on
 //! endpoints configured exactly as bigmachine's (the transport floor), and the same with quinn's
 //! default configuration (*naive*: what a first quinn program gets); **TCP** over loopback with
 //! bigmachine's header sizes (the kernel floor: sequential calls are a ping-pong, calls in flight
@@ -98,9 +99,14 @@ async fn compare() {
     let mut machine_allocs = None;
 
     if selected("bigmachine") {
-        let bm = peer_bigmachine::Client::start().await;
+        let bm = peer_bigmachine::Client::start(true).await;
         rows.push(harness::measure("bigmachine", &bm, &w).await);
         machine_allocs = Some(bm.machine_allocs_per_echo(w.calls, w.small).await);
+        bm.shutdown().await;
+    }
+    if selected("bigmachine-nometrics") {
+        let bm = peer_bigmachine::Client::start(false).await;
+        rows.push(harness::measure("bigmachine, metrics off", &bm, &w).await);
         bm.shutdown().await;
     }
     if selected("quinn") {

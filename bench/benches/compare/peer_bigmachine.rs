@@ -41,8 +41,13 @@ pub(crate) struct Client {
 }
 
 impl Client {
-    pub(crate) async fn start() -> Self {
+    /// A driver and one machine; `metrics: false` starts the machine with its counting of
+    /// calls turned off (`BIGMACHINE_METRICS=off`), to price it.
+    pub(crate) async fn start(metrics: bool) -> Self {
         let mut system = LocalSystem::builder();
+        if !metrics {
+            system = system.env(bigmachine_supervisor::ENV_METRICS, "off");
+        }
         if let Some(n) = crate::workers() {
             system = system.maxprocs(n);
         }

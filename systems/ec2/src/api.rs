@@ -17,6 +17,16 @@ use aws_sdk_ec2::Client;
 use bigmachine_core::{Error, Kind, Result};
 
 use crate::limiter::Limiter;
+use bigmachine_supervisor::{PanicRecord, PANIC_MARKER};
+
+/// The last panic record in a console's text (lines may carry a prefix of the console's own,
+/// such as a timestamp and the unit's name, before the record's marker).
+pub(crate) fn last_panic(console: &str) -> Option<PanicRecord> {
+    console.lines().rev().find_map(|line| {
+        let at = line.find(PANIC_MARKER)?;
+        PanicRecord::parse(line[at..].trim_end_matches('\r'))
+    })
+}
 
 /// Tries of one request, the first included, when EC2 throttles it or the network drops it.
 const TRIES: u32 = 8;
@@ -619,6 +629,24 @@ impl Api {
             .flat_map(|r| r.instances())
             .map(Instance::from_sdk)
             .collect())
+    }
+
+    /// The last panic the machine of instance `id` wrote to the instance's console (machines
+    /// write each panic's record on stderr, which their unit sends to the console), if any.
+    pub(crate) async fn console_panic(&self, id: &str) -> Result<Option<PanicRecord>> {
+        let out = self
+            .send("GetConsoleOutput", || {
+                self.client.get_console_output().instance_id(id).send()
+            })
+            .await?;
+        let Some(encoded) = out.output() else {
+            return Ok(None);
+        };
+        use base64::Engine;
+        let console = base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim())
+            .map_err(|e| Error::new(Kind::Invalid, format!("console output of {id}: {e}")))?;
+        Ok(last_panic(&String::from_utf8_lossy(&console)))
     }
 
     /// Instances of the machines `names` (by their `bigmachine:machine` tag) that are not yet

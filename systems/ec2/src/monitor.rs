@@ -14,6 +14,7 @@ use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 
 use crate::api::{Api, Instance};
+use bigmachine_supervisor::PanicRecord;
 
 /// A machine the monitor watches.
 #[derive(Debug)]
@@ -156,8 +157,14 @@ impl Monitor {
         out
     }
 
-    /// Ends the machines whose instances are gone.
-    fn settle(&self, asked: &[(SocketAddr, String)], instances: &[Instance]) {
+    /// Ends the machines whose instances are gone, with the last panic each instance's console
+    /// shows (`panics`, by instance id).
+    fn settle(
+        &self,
+        asked: &[(SocketAddr, String)],
+        instances: &[Instance],
+        panics: &HashMap<String, PanicRecord>,
+    ) {
         let mut state = self.lock();
         for (addr, id) in asked {
             let Some(instance) = instances.iter().find(|i| &i.id == id) else {
@@ -174,10 +181,14 @@ impl Monitor {
                     .as_deref()
                     .map(|r| format!(" ({r})"))
                     .unwrap_or_default();
+                let panic = panics
+                    .get(&instance.id)
+                    .map(|p| format!("; its console shows a panic: {}", p.summary()))
+                    .unwrap_or_default();
                 let err = Error::new(
                     Kind::Unavailable,
                     format!(
-                        "machine {} on EC2 instance {}: the instance is {}{reason}",
+                        "machine {} on EC2 instance {}: the instance is {}{reason}{panic}",
                         w.name, w.instance, instance.state
                     ),
                 );
@@ -228,7 +239,22 @@ pub(crate) async fn run(monitor: Arc<Monitor>, api: Arc<Api>) {
         }
         let ids: Vec<String> = asked.iter().map(|(_, id)| id.clone()).collect();
         match api.describe(&ids).await {
-            Ok(instances) => monitor.settle(&asked, &instances),
+            Ok(instances) => {
+                // Why a gone machine died, if it panicked: its console keeps the record.
+                let mut panics = HashMap::new();
+                for i in instances.iter().filter(|i| i.is_gone()) {
+                    match api.console_panic(&i.id).await {
+                        Ok(Some(p)) => {
+                            panics.insert(i.id.clone(), p);
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::debug!(instance = %i.id, error = %e, "no console output")
+                        }
+                    }
+                }
+                monitor.settle(&asked, &instances, &panics)
+            }
             Err(e) => tracing::debug!(error = %e, "could not ask EC2 about failing machines"),
         }
     }
@@ -297,13 +323,21 @@ mod tests {
             public_ip: None,
             spot: true,
         };
+        let console = "[   42.1] bigmachine[812]: some line\n[   42.2] bigmachine[812]: \
+            bigmachine-panic:\tmain\tsrc/main.rs:3:5\tout of widgets\tbacktrace\r\n[   42.3] reboot\n";
+        let panic = crate::api::last_panic(console).map(|p| ("i-1".to_string(), p));
         m.settle(
             &asked,
             &[instance("i-1", "terminated"), instance("i-2", "running")],
+            &panic.into_iter().collect(),
         );
         let err = ended.await.map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("i-1") && err.contains("terminated"), "{err}");
         assert!(err.contains("SpotInstanceTermination"), "{err}");
+        assert!(
+            err.contains("its console shows a panic: thread 'main' panicked at src/main.rs:3:5: out of widgets"),
+            "{err}"
+        );
         drop(m);
         assert!(
             alive.await.is_err(),

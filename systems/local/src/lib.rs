@@ -65,6 +65,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 struct Running {
     pid: u32,
+    addr: SocketAddr,
+    /// The machine's last lines.
+    tail: Tail,
     watcher: JoinHandle<()>,
     /// Asks the watcher to kill the process through its handle (never by a pid that may have
     /// been reused).
@@ -286,6 +289,7 @@ impl LocalSystem {
         addr_tx.send_replace(Some(addr));
         let (exit_tx, exit_rx) = watch::channel(None::<Error>);
         let (kill, killed) = oneshot::channel();
+        let kept = tail.clone();
         let watch = Watch {
             pid,
             kernel_log,
@@ -300,7 +304,13 @@ impl LocalSystem {
         let mut running = self.lock();
         // Machines that ended are forgotten.
         running.retain(|r| !r.watcher.is_finished());
-        running.push(Running { pid, watcher, kill });
+        running.push(Running {
+            pid,
+            addr,
+            tail: kept,
+            watcher,
+            kill,
+        });
         drop(running);
         tracing::debug!(%addr, pid, "machine process started");
         let launched = Launched {
@@ -611,6 +621,12 @@ impl System for LocalSystem {
 
     fn maxprocs(&self) -> usize {
         self.inner.settings.maxprocs
+    }
+
+    fn recent_lines(&self, addr: SocketAddr) -> Option<Vec<String>> {
+        let running = self.lock();
+        let machine = running.iter().find(|r| r.addr == addr)?;
+        Some(machine.tail.remains().lines)
     }
 
     fn start<'a>(
