@@ -43,8 +43,10 @@ pub enum Scope {
 /// A CPU profile over `duration` of the driver and every running machine (or of one machine),
 /// merged, gzip-compressed: what `/debug/bigmachine/pprof/profile?seconds=N` serves. Machines
 /// that fail are left out, and a comment of the profile names them. All processes profile at
-/// once; machines of the test system share their driver's process and its one profiler, so
-/// theirs are taken one after another.
+/// once. A process has one profiler: machines of the test system share their driver's
+/// process, so in a cluster profile they are left out (the driver profiles that process);
+/// [`Scope::Machine`] profiles one of them. One cluster profile is taken at a time (a second
+/// is refused with a temporary [`Kind::Unavailable`]).
 pub async fn cpu(b: &B, duration: Duration, scope: Scope) -> Result<Vec<u8>> {
     if duration.is_zero() || duration > MAX_CPU_PROFILE {
         return Err(Error::fatal(

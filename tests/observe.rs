@@ -83,6 +83,26 @@ async fn get(addr: SocketAddr, path: &'static str) -> Result<(String, String)> {
         .map_err(Error::other)
 }
 
+/// A scrape of the cluster's metrics once `ready` holds for its samples (a call's figures are
+/// counted just after its reply leaves: a scrape may come a moment before), or the last one
+/// after 10 s. A scrape with a machine left out is an error.
+async fn scrape_when(
+    addr: SocketAddr,
+    ready: impl Fn(&[(String, Labels, f64)]) -> bool,
+) -> Result<(String, Vec<(String, Labels, f64)>)> {
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (head, text) = get(addr, "/debug/bigmachine/metrics").await?;
+        assert!(head.contains("200"), "{head}");
+        assert!(!text.contains("# machine left out"), "{text}");
+        let samples = parse_scrape(&text)?;
+        if ready(&samples) || tokio::time::Instant::now() > until {
+            return Ok((text, samples));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_scrape_counts_calls_and_errors() -> Result<()> {
     let (b, machines) = echo_cluster(TestSystem::new(), 2).await?;
@@ -106,9 +126,15 @@ async fn metrics_scrape_counts_calls_and_errors() -> Result<()> {
         assert!(kept, "a keepalive of {} answered", m.addr());
     }
     let addr = debug_server(&b)?;
-    let (head, text) = get(addr, "/debug/bigmachine/metrics").await?;
-    assert!(head.contains("200"), "{head}");
-    let samples = parse_scrape(&text)?;
+    let all_errors: f64 = counts.iter().map(|(_, e)| *e as f64).sum();
+    let (text, samples) = scrape_when(addr, |s| {
+        sum(
+            s,
+            "bigmachine_call_errors_total",
+            &[("method", "Echo.fail")],
+        ) >= all_errors
+    })
+    .await?;
     for (m, (n, errors)) in machines.iter().zip(counts) {
         let machine = m.addr().to_string();
         let on = |method: &'static str| [("machine", machine.clone()), ("method", method.into())];
@@ -183,8 +209,14 @@ async fn a_scrape_of_16_machines_has_every_machine() -> Result<()> {
             .is_err());
     }
     let addr = debug_server(&b)?;
-    let (_, text) = get(addr, "/debug/bigmachine/metrics").await?;
-    let samples = parse_scrape(&text)?;
+    let (text, samples) = scrape_when(addr, |s| {
+        sum(
+            s,
+            "bigmachine_call_errors_total",
+            &[("method", "Echo.fail")],
+        ) >= 16.0
+    })
+    .await?;
     for m in &machines {
         let machine = m.addr().to_string();
         for method in ["Echo.echo", "Echo.fail"] {

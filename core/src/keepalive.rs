@@ -105,13 +105,14 @@ pub(crate) async fn keep_alive(
         .saturating_add(cfg.period)
         .saturating_add(cfg.rpc_timeout);
     let next_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
-    // Panics of the machine the driver has heard of, and whether it is asking for the last.
+    // Panics of the machine the driver has heard of (a count that changes, up, or down for a
+    // new process after an exec, means news), and whether it is asking for the last.
     let heard = Arc::new((AtomicU64::new(0), AtomicBool::new(false)));
     let send = || async {
         if owned {
             let call = supervisor.keepalive(&next_ms).internal();
             let reply = call.timeout(cfg.rpc_timeout).await?;
-            if reply.panics > heard.0.load(Ordering::Relaxed)
+            if reply.panics != heard.0.load(Ordering::Relaxed)
                 && !heard.1.swap(true, Ordering::AcqRel)
             {
                 // Asked apart, so the keepalive's time and fate stay its own; best effort (the

@@ -224,7 +224,7 @@ impl Metrics {
             ),
             family(
                 "bigmachine_call_latency_seconds",
-                "Time from a request's arrival to its reply's last byte handed to the transport.",
+                "Time from a request's arrival to its reply's last byte handed to the transport (for a method that waits for its reply's delivery, to the caller's acknowledgement).",
                 MetricKind::Histogram,
                 latency,
             ),

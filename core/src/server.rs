@@ -419,7 +419,8 @@ async fn run(
         tracing::trace!(%peer, %method, "caller went away; call canceled");
         return None;
     };
-    let ended = match outcome {
+    // How the call ended, and whether its whole reply was handed to the transport.
+    let (ended, handed) = match outcome {
         Ok(Outcome::Stream(stream)) => {
             if let Some(recorder) = recorder {
                 // Cannot be kept: a repeat gets an error, not a second run.
@@ -437,24 +438,35 @@ async fn run(
                 None => Ok(streamed.await),
             };
             match streamed {
-                Ok(Ok(None)) => Some(Ended::Streamed),
-                Ok(Ok(Some(kind))) => Some(Ended::Failed(kind, Origin::Method)),
+                Ok(Ok(None)) => (Some(Ended::Streamed), true),
+                Ok(Ok(Some(kind))) => (Some(Ended::Failed(kind, Origin::Method)), true),
                 // The reader went away or the deadline passed; dropping the stream tells its
                 // producer, and the context's cancellation whatever else the method started.
-                ended => {
+                cut => {
                     token.cancel();
-                    tracing::debug!(%peer, %method, "reply stream ended early");
+                    match &cut {
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, %method, error = %e, "reply stream ended early")
+                        }
+                        _ => tracing::debug!(%peer, %method, "reply stream cut at its deadline"),
+                    }
                     io::reset(&mut send, Reset::ReplyAborted);
-                    ended.err()
+                    (cut.err(), false)
                 }
             }
         }
-        Ok(Outcome::Archive(payload)) => reply(&mut send, Ok(payload), recorder, faults).await,
-        Err(failure) => reply(&mut send, Err(failure), recorder, faults).await,
+        Ok(Outcome::Archive(payload)) => {
+            let ended = reply(&mut send, Ok(payload), recorder, faults).await;
+            (ended, ended.is_some())
+        }
+        Err(failure) => {
+            let ended = reply(&mut send, Err(failure), recorder, faults).await;
+            (ended, ended.is_some())
+        }
     };
     if let Some(watch) = reply_slot.asked() {
         // Every byte of the reply acknowledged by the caller: the stream is done, not stopped.
-        let delivered = ended.is_some() && matches!(send.stopped().await, Ok(None));
+        let delivered = handed && matches!(send.stopped().await, Ok(None));
         watch.settle(delivered);
     }
     ended

@@ -20,12 +20,12 @@ use crate::limiter::Limiter;
 use bigmachine_supervisor::{PanicRecord, PANIC_MARKER};
 
 /// The last panic record in a console's text (lines may carry a prefix of the console's own,
-/// such as a timestamp and the unit's name, before the record's marker).
+/// such as a timestamp and the unit's name, before the record's marker). Only the last line
+/// with the marker counts: were it cut, an older record would name the wrong panic.
 pub(crate) fn last_panic(console: &str) -> Option<PanicRecord> {
-    console.lines().rev().find_map(|line| {
-        let at = line.find(PANIC_MARKER)?;
-        PanicRecord::parse(line[at..].trim_end_matches('\r'))
-    })
+    let line = console.lines().rev().find(|l| l.contains(PANIC_MARKER))?;
+    let at = line.find(PANIC_MARKER)?;
+    PanicRecord::parse(line[at..].trim_end_matches('\r'))
 }
 
 /// Tries of one request, the first included, when EC2 throttles it or the network drops it.
@@ -634,8 +634,9 @@ impl Api {
     /// The last panic the machine of instance `id` wrote to the instance's console (machines
     /// write each panic's record on stderr, which their unit sends to the console), if any.
     pub(crate) async fn console_panic(&self, id: &str) -> Result<Option<PanicRecord>> {
+        // A gone instance not found is gone, not late: no retries.
         let out = self
-            .send("GetConsoleOutput", || {
+            .send_with("GetConsoleOutput", false, None, || {
                 self.client.get_console_output().instance_id(id).send()
             })
             .await?;

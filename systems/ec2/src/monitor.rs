@@ -215,6 +215,9 @@ impl Monitor {
     }
 }
 
+/// How long the consoles of gone instances are waited for.
+const CONSOLE_WAIT: Duration = Duration::from_secs(10);
+
 /// Runs `monitor` with `api` until it is stopped: each wake-up takes every machine that failed
 /// since, and asks EC2 about all their instances in one request (the limiter spaces these
 /// requests, so failures coming faster are batched).
@@ -240,16 +243,25 @@ pub(crate) async fn run(monitor: Arc<Monitor>, api: Arc<Api>) {
         let ids: Vec<String> = asked.iter().map(|(_, id)| id.clone()).collect();
         match api.describe(&ids).await {
             Ok(instances) => {
-                // Why a gone machine died, if it panicked: its console keeps the record.
+                // Why a gone machine died, if it panicked: its console keeps the record. Asked
+                // at once, and not waited for long (the machines' errors wait on it).
+                let consoles = instances.iter().filter(|i| i.is_gone()).map(|i| {
+                    let api = &api;
+                    async move { (i.id.clone(), api.console_panic(&i.id).await) }
+                });
+                let read = futures::future::join_all(consoles);
+                let read = tokio::time::timeout(CONSOLE_WAIT, read)
+                    .await
+                    .unwrap_or_default();
                 let mut panics = HashMap::new();
-                for i in instances.iter().filter(|i| i.is_gone()) {
-                    match api.console_panic(&i.id).await {
+                for (id, panic) in read {
+                    match panic {
                         Ok(Some(p)) => {
-                            panics.insert(i.id.clone(), p);
+                            panics.insert(id, p);
                         }
                         Ok(None) => {}
                         Err(e) => {
-                            tracing::debug!(instance = %i.id, error = %e, "no console output")
+                            tracing::debug!(instance = %id, error = %e, "no console output")
                         }
                     }
                 }
