@@ -64,6 +64,28 @@ pub(crate) trait Peer {
     /// Asks for `n` bytes as a stream; returns the length received, `None` when the peer has no
     /// streams.
     fn stream(&self, n: u64) -> impl Future<Output = Option<u64>>;
+
+    /// The server's process, whose CPU time the bulk workloads count with the client's.
+    fn server_pid(&self) -> u32;
+}
+
+/// CPU seconds (user and system) of this process, or of the process `pid` (a child of this
+/// user: its CPU clock is readable).
+pub(crate) fn cpu_seconds(pid: Option<u32>) -> f64 {
+    let mut clock: libc::clockid_t = libc::CLOCK_PROCESS_CPUTIME_ID;
+    if let Some(pid) = pid {
+        // SAFETY: clock_getcpuclockid writes one clockid_t through a valid pointer.
+        let got = unsafe { libc::clock_getcpuclockid(pid as libc::pid_t, &mut clock) };
+        assert_eq!(got, 0, "no CPU clock for process {pid}");
+    }
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    let got = unsafe { libc::clock_gettime(clock, &mut t) };
+    assert_eq!(got, 0, "clock_gettime of {pid:?}");
+    t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
 }
 
 /// Sizes and counts of one run.
@@ -114,6 +136,8 @@ pub(crate) struct Row {
     pub(crate) put_gbps: Option<f64>,
     pub(crate) get_gbps: Option<f64>,
     pub(crate) stream_gbps: Option<f64>,
+    /// CPU seconds of client and server together per GB moved by the bulk workloads.
+    pub(crate) cpu_s_per_gb: Option<f64>,
     pub(crate) allocs_per_call: f64,
 }
 
@@ -167,10 +191,14 @@ pub(crate) async fn measure<P: Peer>(name: &str, peer: &P, w: &Workload) -> Row 
     } else {
         0.0
     };
-    let (put_gbps, get_gbps, stream_gbps) = if selected("bulk") {
-        bulk(name, peer, w).await
+    let ((put_gbps, get_gbps, stream_gbps), cpu_s_per_gb) = if selected("bulk") {
+        let pid = Some(peer.server_pid());
+        let cpu = || cpu_seconds(None) + cpu_seconds(pid);
+        let before = cpu();
+        let (rates, moved) = bulk(name, peer, w).await;
+        (rates, Some((cpu() - before) / (moved as f64 / 1e9)))
     } else {
-        (None, None, None)
+        ((None, None, None), None)
     };
     let row = Row {
         name: name.to_string(),
@@ -180,6 +208,7 @@ pub(crate) async fn measure<P: Peer>(name: &str, peer: &P, w: &Workload) -> Row 
         put_gbps,
         get_gbps,
         stream_gbps,
+        cpu_s_per_gb,
         allocs_per_call,
     };
     eprintln!("measured {name}: {row:?}");
@@ -187,12 +216,12 @@ pub(crate) async fn measure<P: Peer>(name: &str, peer: &P, w: &Workload) -> Row 
 }
 
 /// GB/s of the 64 MiB argument, the 64 MiB reply and the stream (`None` without streams),
-/// medians of `w.reps` runs.
+/// medians of `w.reps` runs; and the bytes moved in all.
 async fn bulk<P: Peer>(
     name: &str,
     peer: &P,
     w: &Workload,
-) -> (Option<f64>, Option<f64>, Option<f64>) {
+) -> ((Option<f64>, Option<f64>, Option<f64>), u64) {
     let data = Payload::new(w.bulk as usize);
     let (mut put, mut get, mut stream) = (Vec::new(), Vec::new(), Vec::new());
     let mut streams = true;
@@ -213,10 +242,14 @@ async fn bulk<P: Peer>(
             None => streams = false,
         }
     }
+    let moved = w.reps as u64 * (2 * w.bulk + if streams { w.stream } else { 0 });
     (
-        Some(gbps(w.bulk, median(put))),
-        Some(gbps(w.bulk, median(get))),
-        streams.then(|| gbps(w.stream, median(stream))),
+        (
+            Some(gbps(w.bulk, median(put))),
+            Some(gbps(w.bulk, median(get))),
+            streams.then(|| gbps(w.stream, median(stream))),
+        ),
+        moved,
     )
 }
 
@@ -229,7 +262,7 @@ pub(crate) fn print(rows: &[Row], w: &Workload) {
     let mib = |n: u64| format!("{} MiB", n >> 20);
     println!();
     println!(
-        "{:<30} {:>9} {:>9} {:>11} {:>10} {:>10} {:>10} {:>8}",
+        "{:<30} {:>9} {:>9} {:>11} {:>10} {:>10} {:>10} {:>8} {:>8}",
         "",
         "p50 µs",
         "p99 µs",
@@ -237,15 +270,16 @@ pub(crate) fn print(rows: &[Row], w: &Workload) {
         format!("arg {}", mib(w.bulk)),
         format!("reply {}", mib(w.bulk)),
         format!("stream {}", mib(w.stream)),
+        "CPU s",
         "allocs"
     );
     println!(
-        "{:<30} {:>9} {:>9} {:>11} {:>10} {:>10} {:>10} {:>8}",
-        "", "", "", "", "GB/s", "GB/s", "GB/s", "/call"
+        "{:<30} {:>9} {:>9} {:>11} {:>10} {:>10} {:>10} {:>8} {:>8}",
+        "", "", "", "", "GB/s", "GB/s", "GB/s", "/GB", "/call"
     );
     for r in rows {
         println!(
-            "{:<30} {:>9.1} {:>9.1} {:>11.0} {:>10} {:>10} {:>10} {:>8.1}",
+            "{:<30} {:>9.1} {:>9.1} {:>11.0} {:>10} {:>10} {:>10} {:>8} {:>8.1}",
             r.name,
             r.p50_us,
             r.p99_us,
@@ -253,13 +287,14 @@ pub(crate) fn print(rows: &[Row], w: &Workload) {
             opt(r.put_gbps, 2),
             opt(r.get_gbps, 2),
             opt(r.stream_gbps, 2),
+            opt(r.cpu_s_per_gb, 2),
             r.allocs_per_call
         );
     }
     let Some(base) = rows.first() else { return };
     println!();
     println!(
-        "{} relative to each peer (latency: {} ÷ peer, lower is better; rates: {} ÷ peer, higher is better)",
+        "{} relative to each peer (latency and CPU: {} ÷ peer, lower is better; rates: {} ÷ peer, higher is better)",
         base.name, base.name, base.name
     );
     let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
@@ -269,7 +304,7 @@ pub(crate) fn print(rows: &[Row], w: &Workload) {
     let times = |x: Option<f64>| x.map_or_else(|| "n/a".to_string(), |x| format!("{x:.2}x"));
     for r in &rows[1..] {
         println!(
-            "{:<30} {:>9} {:>9} {:>11} {:>10} {:>10} {:>10}",
+            "{:<30} {:>9} {:>9} {:>11} {:>10} {:>10} {:>10} {:>8}",
             format!("vs {}", r.name),
             times(Some(base.p50_us / r.p50_us)),
             times(Some(base.p99_us / r.p99_us)),
@@ -277,6 +312,7 @@ pub(crate) fn print(rows: &[Row], w: &Workload) {
             times(ratio(base.put_gbps, r.put_gbps)),
             times(ratio(base.get_gbps, r.get_gbps)),
             times(ratio(base.stream_gbps, r.stream_gbps)),
+            times(ratio(base.cpu_s_per_gb, r.cpu_s_per_gb)),
         );
     }
     println!();

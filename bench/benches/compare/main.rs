@@ -11,7 +11,8 @@
 //! endpoints configured exactly as bigmachine's (the transport floor), and the same with quinn's
 //! default configuration (*naive*: what a first quinn program gets); **TCP** over loopback with
 //! bigmachine's header sizes (the kernel floor: sequential calls are a ping-pong, calls in flight
-//! are multiplexed over one connection); **tonic** gRPC with mutual TLS (unary; server streaming
+//! are multiplexed over one connection), and the same over TLS 1.3 with the cluster's
+//! certificates (`tls`: the encrypted floor over TCP); **tonic** gRPC with mutual TLS (unary; server streaming
 //! for the stream column); **tarpc** (bincode over plain TCP).
 //!
 //! Workloads: a 64-byte echo called sequentially (p50/p99 from HDR histograms; allocations per
@@ -50,7 +51,8 @@ async fn serve(peer: &str) {
     match peer {
         "quinn" => peer_quinn::serve(false).await,
         "quinn-naive" => peer_quinn::serve(true).await,
-        "tcp" => peer_tcp::serve().await,
+        "tcp" => peer_tcp::serve(false).await,
+        "tls" => peer_tcp::serve(true).await,
         "tonic" => peer_tonic::serve().await,
         "tarpc" => peer_tarpc::serve().await,
         other => panic!("unknown peer {other:?}"),
@@ -118,8 +120,12 @@ async fn compare() {
         rows.push(harness::measure("raw quinn, defaults (naive)", &quinn, &w).await);
     }
     if selected("tcp") {
-        let tcp = peer_tcp::Client::start(&creds).await;
+        let tcp = peer_tcp::Client::start(&creds, false).await;
         rows.push(harness::measure("TCP loopback (same framing)", &tcp, &w).await);
+    }
+    if selected("tls") {
+        let tls = peer_tcp::Client::start(&creds, true).await;
+        rows.push(harness::measure("TLS 1.3 over TCP (same certs)", &tls, &w).await);
     }
     if selected("tonic") {
         let tonic = peer_tonic::Client::start(&ca, &creds).await;

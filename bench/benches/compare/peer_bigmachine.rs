@@ -38,6 +38,7 @@ impl Echo {
 pub(crate) struct Client {
     b: B,
     machine: Machine,
+    pid: u32,
 }
 
 impl Client {
@@ -61,7 +62,12 @@ impl Client {
             .unwrap_or_else(|| panic!("no machine"));
         let state = machine.wait(State::Running).await;
         assert_eq!(state, State::Running, "{:?}", machine.err());
-        Self { b, machine }
+        let pid = machine
+            .info()
+            .await
+            .unwrap_or_else(|e| panic!("info: {e}"))
+            .pid;
+        Self { b, machine, pid }
     }
 
     /// Allocations made so far by the machine's process.
@@ -127,5 +133,9 @@ impl Peer for Client {
             got += chunk.unwrap_or_else(|e| panic!("stream: {e}")).len() as u64;
         }
         Some(got)
+    }
+
+    fn server_pid(&self) -> u32 {
+        self.pid
     }
 }

@@ -200,4 +200,10 @@ impl Peer for Client {
     async fn stream(&self, n: u64) -> Option<u64> {
         Some(self.get(n).await)
     }
+
+    fn server_pid(&self) -> u32 {
+        self._server
+            .id()
+            .unwrap_or_else(|| panic!("the server exited"))
+    }
 }

@@ -121,4 +121,10 @@ impl Peer for Client {
     async fn stream(&self, _n: u64) -> Option<u64> {
         None
     }
+
+    fn server_pid(&self) -> u32 {
+        self._server
+            .id()
+            .unwrap_or_else(|| panic!("the server exited"))
+    }
 }

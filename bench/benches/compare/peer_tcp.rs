@@ -2,6 +2,10 @@
 //! and a 16-byte reply header, each followed by its payload). Sequential calls are a plain
 //! ping-pong on one connection; calls in flight share a second connection through a writer task
 //! and a reader task matching replies to requests by id (what any multiplexing RPC over TCP does).
+//!
+//! With `tls`, the same over TLS 1.3 (tokio-rustls) with bigmachine's own rustls configurations:
+//! the cluster's certificates, mutual authentication, the same cipher suites (the encrypted
+//! floor over TCP that QUIC's numbers are compared with).
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -12,6 +16,7 @@ use bigmachine_quic::Credentials;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 use crate::harness::{Payload, Peer, CHUNK};
 use crate::server;
@@ -57,9 +62,13 @@ async fn drain(
     Ok(())
 }
 
-async fn serve_conn(conn: TcpStream) -> std::io::Result<()> {
-    conn.set_nodelay(true)?;
-    let (r, w) = conn.into_split();
+/// A connection: plain TCP or TLS over it.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+type Conn = Box<dyn Io>;
+
+async fn serve_conn(conn: Conn) -> std::io::Result<()> {
+    let (r, w) = tokio::io::split(conn);
     let (mut r, mut w) = (BufReader::new(r), BufWriter::new(w));
     let chunk = vec![0x5au8; CHUNK];
     let mut scratch = vec![0u8; CHUNK];
@@ -96,14 +105,27 @@ async fn serve_conn(conn: TcpStream) -> std::io::Result<()> {
     }
 }
 
-/// Serves until killed.
-pub(crate) async fn serve() {
+/// Serves until killed (`tls`: with the credentials handed on stdin).
+pub(crate) async fn serve(tls: bool) {
+    let acceptor = tls.then(|| {
+        let config = bigmachine_quic::server_config(&server::credentials())
+            .unwrap_or_else(|e| panic!("tls: {e}"));
+        TlsAcceptor::from(Arc::new(config))
+    });
     let listener = tokio::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
         .await
         .unwrap_or_else(|e| panic!("bind: {e}"));
     server::announce(listener.local_addr().unwrap_or_else(|e| panic!("{e}")));
     while let Ok((conn, _)) = listener.accept().await {
-        tokio::spawn(serve_conn(conn));
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            conn.set_nodelay(true)?;
+            let conn: Conn = match acceptor {
+                Some(a) => Box::new(a.accept(conn).await?),
+                None => Box::new(conn),
+            };
+            serve_conn(conn).await
+        });
     }
 }
 
@@ -111,20 +133,31 @@ type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Vec<u8>>>>>;
 
 /// A ping-pong connection and a multiplexed one.
 pub(crate) struct Client {
-    pingpong: tokio::sync::Mutex<(TcpStream, Vec<u8>)>,
+    pingpong: tokio::sync::Mutex<(Conn, Vec<u8>)>,
     frames: mpsc::UnboundedSender<Vec<u8>>,
     pending: Pending,
     next: AtomicU64,
     _server: tokio::process::Child,
 }
 
-async fn connect(addr: SocketAddr) -> TcpStream {
+async fn connect(addr: SocketAddr, tls: Option<&TlsConnector>) -> Conn {
     let conn = TcpStream::connect(addr)
         .await
         .unwrap_or_else(|e| panic!("connect: {e}"));
     conn.set_nodelay(true)
         .unwrap_or_else(|e| panic!("nodelay: {e}"));
-    conn
+    match tls {
+        None => Box::new(conn),
+        Some(c) => {
+            let name = rustls::pki_types::ServerName::try_from("server")
+                .unwrap_or_else(|e| panic!("server name: {e}"));
+            Box::new(
+                c.connect(name, conn)
+                    .await
+                    .unwrap_or_else(|e| panic!("tls handshake: {e}")),
+            )
+        }
+    }
 }
 
 async fn write_frames(
@@ -158,10 +191,17 @@ async fn read_replies(mut r: impl AsyncRead + Unpin, pending: Pending) -> std::i
 }
 
 impl Client {
-    pub(crate) async fn start(creds: &Credentials) -> Self {
-        let (addr, child) = server::spawn("tcp", creds).await;
-        let pingpong = connect(addr).await;
-        let (r, w) = connect(addr).await.into_split();
+    /// A client of a server of this binary; `tls`: over TLS with `creds` (the server is
+    /// issued the name `server`).
+    pub(crate) async fn start(creds: &Credentials, tls: bool) -> Self {
+        let (addr, child) = server::spawn(if tls { "tls" } else { "tcp" }, creds).await;
+        let connector = tls.then(|| {
+            let config =
+                bigmachine_quic::client_config(creds).unwrap_or_else(|e| panic!("tls: {e}"));
+            TlsConnector::from(Arc::new(config))
+        });
+        let pingpong = connect(addr, connector.as_ref()).await;
+        let (r, w) = tokio::io::split(connect(addr, connector.as_ref()).await);
         let (frames, rx) = mpsc::unbounded_channel();
         let pending = Pending::default();
         tokio::spawn(write_frames(BufWriter::new(w), rx));
@@ -247,5 +287,11 @@ impl Peer for Client {
 
     async fn stream(&self, n: u64) -> Option<u64> {
         Some(self.round_trip(GET, n, &[], None).await)
+    }
+
+    fn server_pid(&self) -> u32 {
+        self._server
+            .id()
+            .unwrap_or_else(|| panic!("the server exited"))
     }
 }

@@ -251,4 +251,10 @@ impl Peer for Client {
         }
         Some(got)
     }
+
+    fn server_pid(&self) -> u32 {
+        self._server
+            .id()
+            .unwrap_or_else(|| panic!("the server exited"))
+    }
 }
