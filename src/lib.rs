@@ -71,11 +71,11 @@
 #![forbid(unsafe_code)]
 
 pub use bigmachine_core::{
-    Archived, Authority, BootTimeouts, Builder, ByteSink, ByteStream, Call, Congestion, Context,
-    Credentials, Decode, DiskInfo, Encode, Error, FromPayload, Identity, Info, KeepaliveConfig,
-    Kind, Launched, LoadInfo, Machine, MemInfo, OutcomeLimits, Params, Payload, Reply, Result,
-    RetryPolicy, Role, ServiceValue, Services, Severity, State, System, TransportConfig, B,
-    DEFAULT_MAX_PAYLOAD,
+    Archived, Authority, Blob, BootTimeouts, Builder, ByteSink, ByteStream, Call, Congestion,
+    Context, Credentials, Decode, DiskInfo, Encode, Error, FromPayload, Identity, Info,
+    KeepaliveConfig, Kind, Launched, LoadInfo, Machine, MemInfo, OutcomeLimits, Params, Payload,
+    Reply, Result, RetryPolicy, Role, ServiceValue, Services, Severity, State, System,
+    TransportConfig, B, DEFAULT_MAX_PAYLOAD,
 };
 pub use bigmachine_macros::service;
 

@@ -4,7 +4,9 @@
 
 use bigmachine::buffers::bytes_copied;
 use bigmachine::testsystem::TestSystem;
-use bigmachine::{service, Archived, ByteStream, Context, Result, Services, State, B};
+use std::sync::LazyLock;
+
+use bigmachine::{service, Archived, Blob, ByteStream, Context, Result, Services, State, B};
 
 #[derive(Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 struct Blobs;
@@ -19,6 +21,12 @@ impl Blobs {
     /// `n` bytes of value 3.
     async fn blob(&self, _ctx: &Context, n: u64) -> Result<Vec<u8>> {
         Ok(vec![3u8; n as usize])
+    }
+
+    /// `n` bytes of value 6, from a buffer shared by every call.
+    async fn shared(&self, _ctx: &Context, n: u64) -> Result<Blob> {
+        static PAGE: LazyLock<bytes::Bytes> = LazyLock::new(|| vec![6u8; 16 << 20].into());
+        Ok(Blob::from(PAGE.slice(..(n as usize).min(PAGE.len()))))
     }
 
     /// The argument stream, returned as the reply stream.
@@ -59,6 +67,20 @@ async fn received_bytes_are_copied_once_for_archives_and_never_for_streams() -> 
         (n..n + SLACK).contains(&copied),
         "reply: {copied} bytes copied for {n}"
     );
+
+    // A blob reply reads as the vector it holds (its buffer went out uncopied; what the
+    // caller copies is the same one copy into its aligned buffer).
+    let before = bytes_copied();
+    let reply: Archived<Vec<u8>> = m.call("Blobs.shared", &n).await?;
+    let copied = bytes_copied() - before;
+    assert_eq!(reply.len() as u64, n);
+    assert!(reply.iter().all(|&b| b == 6));
+    assert!(
+        (n..n + SLACK).contains(&copied),
+        "blob: {copied} bytes copied for {n}"
+    );
+    let small: Vec<u8> = m.call("Blobs.shared", &3u64).await?;
+    assert_eq!(small, [6, 6, 6]);
 
     // A stream there and back: no copies.
     let before = bytes_copied();

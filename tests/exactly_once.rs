@@ -38,6 +38,15 @@ impl Counter {
         Ok(bump(&key))
     }
 
+    /// Adds one to `key`'s count; replies with 128 KiB (sent from the vector's own buffer)
+    /// that say the new count.
+    async fn add_page(&self, _ctx: &Context, key: String) -> Result<Vec<u8>> {
+        let n = bump(&key);
+        let mut page = vec![(n % 251) as u8; 128 << 10];
+        page[..8].copy_from_slice(&n.to_le_bytes());
+        Ok(page)
+    }
+
     /// Adds one to `key`'s count after 300 ms.
     async fn add_slowly(&self, _ctx: &Context, key: String) -> Result<u64> {
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -111,6 +120,23 @@ async fn exactly_once_under_reply_drops() -> Result<()> {
         count("plain") > calls,
         "faults lost no reply of a plain call: the test proves nothing"
     );
+
+    // A long byte vector replies in two buffers (its own and the archive's root): kept,
+    // repeated and cut in half like any reply.
+    let before = faults.injected();
+    for i in 1..=40u64 {
+        let page: Vec<u8> = m
+            .call("Counter.add_page", &"pages".to_string())
+            .retry_with(quick)
+            .exactly_once()
+            .timeout(Duration::from_secs(30))
+            .await?;
+        assert_eq!(page.len(), 128 << 10);
+        assert_eq!(page[..8], i.to_le_bytes());
+        assert!(page[8..].iter().all(|&b| b == (i % 251) as u8));
+    }
+    assert!(faults.injected() > before, "no fault hit the page calls");
+    assert_eq!(count("pages"), 40);
 
     // A method error is an outcome too: kept, not run again.
     let before = faults.injected();

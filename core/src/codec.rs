@@ -125,6 +125,25 @@ pub(crate) fn count_copy(n: usize) {
     COPIED.fetch_add(n as u64, Ordering::Relaxed);
 }
 
+/// Byte vectors at least this long are replied with their own buffer and [`byte_vec_root`]
+/// after it, without a copy; shorter ones are archived (copied) like any value.
+pub(crate) const OWNED_BYTES_MIN: usize = 64 << 10;
+
+/// What follows the `len` bytes of a `Vec<u8>` to make them, as they are, the archive rkyv
+/// writes for that vector: zeros up to the root's alignment (4), then the root, an
+/// `ArchivedVec` (a 32-bit offset back to the first byte, then the length). `None` for a vector
+/// longer than 32-bit offsets reach (rkyv refuses those too). The unit tests hold it to
+/// `rkyv::to_bytes` byte for byte.
+pub(crate) fn byte_vec_root(len: usize) -> Option<bytes::Bytes> {
+    let root = len.checked_next_multiple_of(4)?;
+    let back = i32::try_from(root).ok()?.checked_neg()?;
+    let len32 = u32::try_from(len).ok()?;
+    let mut tail = vec![0u8; root - len];
+    tail.extend_from_slice(&back.to_le_bytes());
+    tail.extend_from_slice(&len32.to_le_bytes());
+    Some(bytes::Bytes::from(tail))
+}
+
 /// A validated archive of a `T`, read in place: the zero-copy form of an argument or reply.
 ///
 /// A method takes `arg: Archived<T>` where the caller sends a `T`; a caller asks for
@@ -254,6 +273,37 @@ mod tests {
     struct Point {
         x: i64,
         label: String,
+    }
+
+    #[test]
+    fn a_byte_vec_with_its_root_is_rkyvs_archive_of_it() -> Result<()> {
+        for len in [
+            0,
+            1,
+            2,
+            3,
+            4,
+            5,
+            7,
+            8,
+            255,
+            OWNED_BYTES_MIN,
+            OWNED_BYTES_MIN + 3,
+            (4 << 20) + 1,
+        ] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 7 + 1) as u8).collect();
+            let Some(root) = byte_vec_root(len) else {
+                panic!("no root for {len} bytes");
+            };
+            let mut ours = Payload::with_capacity(len + root.len());
+            ours.extend_from_slice(&bytes);
+            ours.extend_from_slice(&root);
+            let theirs = encode(&bytes)?;
+            assert_eq!(&ours[..], &theirs[..], "{len} bytes");
+            assert_eq!(access_aligned::<Vec<u8>>(&ours)?.as_slice(), &bytes[..]);
+        }
+        assert!(byte_vec_root(i32::MAX as usize).is_none());
+        Ok(())
     }
 
     #[test]

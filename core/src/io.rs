@@ -228,19 +228,20 @@ pub(crate) async fn read_reply_after(
     Ok((header.status, payload))
 }
 
-/// Writes a reply (header then payload) and finishes the stream. The payload is handed to the
-/// transport without a copy (one made from a pooled buffer returns to the pool once sent).
+/// Writes a reply (header, then the payload: `payload` followed by `tail`) and finishes the
+/// stream. The payload is handed to the transport without a copy (one made from a pooled buffer returns to the pool once sent).
 pub(crate) async fn write_reply(
     send: &mut SendStream,
     status: Status,
     payload: Bytes,
+    tail: Bytes,
 ) -> Result<()> {
     let header = ReplyHeader {
         status,
-        payload_len: payload.len() as u64,
+        payload_len: (payload.len() + tail.len()) as u64,
     };
     let header = Bytes::copy_from_slice(&header.encode());
-    send.write_all_chunks(&mut [header, payload]).await?;
+    send.write_all_chunks(&mut [header, payload, tail]).await?;
     send.finish()?;
     Ok(())
 }

@@ -16,7 +16,7 @@
 //! - `wire`: every byte a call puts on a stream (headers, method names, reply-stream frames,
 //!   error archives, reset codes), as encoders and decoders that do no I/O.
 //! - `io`: thin loops moving those frames over quinn streams.
-//! - `stream`: [`ByteStream`] and [`ByteSink`].
+//! - `stream`: [`ByteStream`] and [`ByteSink`]; `blob`: [`Blob`], bytes replied as they are.
 //!
 //! Calls, the driver's side:
 //! - `link`: what a call needs of a machine (address, pool, [`State`]).
@@ -54,6 +54,7 @@
 
 mod b;
 mod binary;
+mod blob;
 mod boot;
 mod boot_timeouts;
 mod budget;
@@ -87,6 +88,7 @@ mod wire;
 pub use b::{Builder, B};
 pub use bigmachine_quic::{Authority, Congestion, Credentials, Identity, Role, TransportConfig};
 pub use binary::{current_digest, digest_bytes, digest_file, running_binary};
+pub use blob::Blob;
 pub use boot_timeouts::BootTimeouts;
 pub use buffers::{pool_limit, pooled_bytes, set_pool_limit, Payload, DEFAULT_POOL_LIMIT};
 pub use call::{Call, Reply, RetryPolicy};
@@ -167,13 +169,49 @@ pub mod __private {
         fn into_outcome(self) -> Result<Outcome>;
     }
 
-    impl<T: Encode> IntoReply for T {
+    impl<T: Encode + 'static> IntoReply for T {
         fn tag() -> u64 {
             type_tag::<T>()
         }
 
         fn into_outcome(self) -> Result<Outcome> {
+            if std::any::TypeId::of::<T>() == std::any::TypeId::of::<Vec<u8>>() {
+                let mut value = Some(self);
+                let bytes = (&mut value as &mut dyn std::any::Any)
+                    .downcast_mut::<Option<Vec<u8>>>()
+                    .and_then(Option::take)
+                    .unwrap_or_default();
+                return byte_vec_outcome(bytes);
+            }
             self.encode().map(Outcome::Archive)
+        }
+    }
+
+    /// A `Vec<u8>` reply: a long one goes out in its own buffer, followed by the archive's
+    /// root, without a copy; a short one is archived like any value.
+    fn byte_vec_outcome(bytes: Vec<u8>) -> Result<Outcome> {
+        if bytes.len() >= crate::codec::OWNED_BYTES_MIN {
+            if let Some(root) = crate::codec::byte_vec_root(bytes.len()) {
+                return Ok(Outcome::Parts(bytes.into(), root));
+            }
+        }
+        bytes.encode().map(Outcome::Archive)
+    }
+
+    impl IntoReply for crate::blob::Blob {
+        fn tag() -> u64 {
+            type_tag::<Vec<u8>>()
+        }
+
+        fn into_outcome(self) -> Result<Outcome> {
+            let len = self.0.len();
+            let root = crate::codec::byte_vec_root(len).ok_or_else(|| {
+                Error::fatal(
+                    Kind::Invalid,
+                    format!("a blob of {len} bytes is longer than an archive can say"),
+                )
+            })?;
+            Ok(Outcome::Parts(self.0, root))
         }
     }
 
@@ -284,5 +322,42 @@ pub mod __private {
     /// Rebuilds a service value from its archive.
     pub fn decode_value<S: Decode>(value: &Payload) -> Result<S> {
         S::decode(value)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn a_long_byte_vec_reply_is_sent_from_its_own_buffer() -> Result<()> {
+            let bytes = vec![9u8; crate::codec::OWNED_BYTES_MIN];
+            let at = bytes.as_ptr();
+            match bytes.into_outcome()? {
+                Outcome::Parts(payload, root) => {
+                    assert_eq!(payload.as_ptr(), at, "the vector's buffer was copied");
+                    assert_eq!(
+                        payload.len() + root.len(),
+                        crate::codec::OWNED_BYTES_MIN + 8
+                    );
+                }
+                other => panic!("a long vector became {other:?}"),
+            }
+            // A blob goes as it is, whatever its length.
+            let shared = bytes::Bytes::from(vec![4u8; 10]);
+            match crate::blob::Blob::from(shared.clone()).into_outcome()? {
+                Outcome::Parts(payload, root) => {
+                    assert_eq!(payload.as_ptr(), shared.as_ptr(), "the blob was copied");
+                    assert_eq!(root.len(), 2 + 8);
+                }
+                other => panic!("a blob became {other:?}"),
+            }
+            // Short vectors, and other types, are archived as usual.
+            assert!(matches!(
+                vec![1u8; 100].into_outcome()?,
+                Outcome::Archive(_)
+            ));
+            assert!(matches!(7u64.into_outcome()?, Outcome::Archive(_)));
+            Ok(())
+        }
     }
 }

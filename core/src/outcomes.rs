@@ -50,11 +50,31 @@ impl Default for OutcomeLimits {
 }
 
 /// The outcome of a call as its reply carries it: the status and the payload's bytes (shared,
-/// so each repeat sends them without a copy).
+/// so each repeat sends them without a copy), `payload` then `tail`.
 #[derive(Debug, Clone)]
 pub(crate) struct Kept {
     pub(crate) status: Status,
     pub(crate) payload: Bytes,
+    /// The bytes after `payload`, if the payload came in two parts ([`Outcome::Parts`]).
+    ///
+    /// [`Outcome::Parts`]: crate::service::Outcome::Parts
+    pub(crate) tail: Bytes,
+}
+
+impl Kept {
+    /// An outcome whose payload is one buffer.
+    pub(crate) fn new(status: Status, payload: Bytes) -> Self {
+        Self {
+            status,
+            payload,
+            tail: Bytes::new(),
+        }
+    }
+
+    /// The payload's length.
+    pub(crate) fn len(&self) -> usize {
+        self.payload.len() + self.tail.len()
+    }
 }
 
 /// What a server does with a try of an exactly-once call.
@@ -201,7 +221,7 @@ impl Table {
 
 /// Bytes an outcome is counted for: its payload and the table's own bookkeeping.
 fn cost(kept: &Kept) -> usize {
-    kept.payload.len() + ENTRY_OVERHEAD
+    kept.len() + ENTRY_OVERHEAD
 }
 
 /// The table's bytes per outcome besides its payload (map slot, queue entry, buffer header).
@@ -214,16 +234,13 @@ fn too_large(kept: &Kept) -> Kept {
         format!(
             "the outcome of this exactly-once call ({} bytes) was larger than the machine keeps \
              (OutcomeLimits::max_bytes); it was sent once and cannot be sent again",
-            kept.payload.len()
+            kept.len()
         ),
     );
     let payload = crate::wire::encode_error(&e)
         .map(|p| Bytes::from_owner(crate::buffers::Pooled(p)))
         .unwrap_or_default();
-    Kept {
-        status: Status::ServerError,
-        payload,
-    }
+    Kept::new(Status::ServerError, payload)
 }
 
 /// Held by the first try of an exactly-once call: records its outcome, or, dropped without one,
@@ -290,10 +307,7 @@ mod tests {
     use super::*;
 
     fn kept(n: usize) -> Kept {
-        Kept {
-            status: Status::Ok,
-            payload: Bytes::from(vec![7u8; n]),
-        }
+        Kept::new(Status::Ok, Bytes::from(vec![7u8; n]))
     }
 
     fn first(b: Begin) -> Recorder {

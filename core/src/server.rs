@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use bytes::Bytes;
 
 use crate::budget::{Budget, Drawn};
-use crate::buffers::{Payload, Pooled};
+use crate::buffers::Pooled;
 use crate::context::{with_reply_slot, Context};
 use crate::error::{Error, Kind};
 use crate::fault::{ReplyFault, ReplyFaults};
@@ -456,7 +456,13 @@ async fn run(
             }
         }
         Ok(Outcome::Archive(payload)) => {
-            let ended = reply(&mut send, Ok(payload), recorder, faults).await;
+            // Without a copy: the pooled buffer returns to its pool when the last clone goes.
+            let parts = (Bytes::from_owner(Pooled(payload)), Bytes::new());
+            let ended = reply(&mut send, Ok(parts), recorder, faults).await;
+            (ended, ended.is_some())
+        }
+        Ok(Outcome::Parts(payload, tail)) => {
+            let ended = reply(&mut send, Ok((payload, tail)), recorder, faults).await;
             (ended, ended.is_some())
         }
         Err(failure) => {
@@ -625,13 +631,13 @@ async fn run_handler(
 /// one saying so (and, should that fail too, by an empty payload, which the caller reads as an
 /// undecodable error): an outcome always exists, so an exactly-once call is never run again
 /// for want of one.
-fn encode(outcome: Result<Payload, Failure>) -> Kept {
+fn encode(outcome: Result<(Bytes, Bytes), Failure>) -> Kept {
     let (status, error) = match outcome {
-        // Without a copy: the pooled buffer returns to its pool when the last clone goes.
-        Ok(payload) => {
+        Ok((payload, tail)) => {
             return Kept {
                 status: Status::Ok,
-                payload: Bytes::from_owner(Pooled(payload)),
+                payload,
+                tail,
             }
         }
         Err(Failure::Method(e)) => (Status::MethodError, e),
@@ -647,12 +653,12 @@ fn encode(outcome: Result<Payload, Failure>) -> Kept {
             .with_severity(error.severity()),
         )
     });
-    Kept {
+    Kept::new(
         status,
-        payload: payload
+        payload
             .map(|p| Bytes::from_owner(Pooled(p)))
             .unwrap_or_default(),
-    }
+    )
 }
 
 /// Sends the outcome of a call, first keeping it with `recorder` (an exactly-once call's first
@@ -660,7 +666,7 @@ fn encode(outcome: Result<Payload, Failure>) -> Kept {
 /// reply was handed to the transport, `None` if it was not.
 async fn reply(
     send: &mut SendStream,
-    outcome: Result<Payload, Failure>,
+    outcome: Result<(Bytes, Bytes), Failure>,
     recorder: Option<Recorder>,
     faults: Option<Arc<ReplyFaults>>,
 ) -> Option<Ended> {
@@ -678,39 +684,38 @@ async fn send_reply(
     kept: Kept,
     faults: Option<Arc<ReplyFaults>>,
 ) -> Option<Ended> {
-    let Kept { status, payload } = kept;
-    let ended = match status {
-        Status::Ok | Status::Stream => Ended::Replied(payload.len() as u64),
-        Status::MethodError => Ended::Failed(wire::decode_error(&payload).kind(), Origin::Method),
-        Status::ServerError => Ended::Failed(wire::decode_error(&payload).kind(), Origin::Server),
+    let ended = match kept.status {
+        Status::Ok | Status::Stream => Ended::Replied(kept.len() as u64),
+        Status::MethodError => {
+            Ended::Failed(wire::decode_error(&kept.payload).kind(), Origin::Method)
+        }
+        Status::ServerError => {
+            Ended::Failed(wire::decode_error(&kept.payload).kind(), Origin::Server)
+        }
     };
-    send_kept(send, status, payload, faults)
-        .await
-        .then_some(ended)
+    send_kept(send, kept, faults).await.then_some(ended)
 }
 
 /// Sends a reply's status and payload, or the fault drawn instead. Returns whether the whole
 /// reply was handed to the transport.
-async fn send_kept(
-    send: &mut SendStream,
-    status: Status,
-    payload: Bytes,
-    faults: Option<Arc<ReplyFaults>>,
-) -> bool {
+async fn send_kept(send: &mut SendStream, kept: Kept, faults: Option<Arc<ReplyFaults>>) -> bool {
     let result = match faults.and_then(|f| f.draw()) {
-        None => io::write_reply(send, status, payload).await.map(|()| true),
+        None => io::write_reply(send, kept.status, kept.payload, kept.tail)
+            .await
+            .map(|()| true),
         Some(ReplyFault::Drop) => {
             io::reset(send, Reset::Dropped);
             return false;
         }
         Some(ReplyFault::Truncate) => {
             let header = ReplyHeader {
-                status,
-                payload_len: payload.len() as u64,
+                status: kept.status,
+                payload_len: kept.len() as u64,
             };
             let mut frame = header.encode().to_vec();
-            frame.extend_from_slice(&payload);
-            frame.truncate((REPLY_HEADER_LEN + payload.len()) / 2);
+            frame.extend_from_slice(&kept.payload);
+            frame.extend_from_slice(&kept.tail);
+            frame.truncate((REPLY_HEADER_LEN + kept.len()) / 2);
             async {
                 send.write_all(&frame).await?;
                 send.finish()?;
@@ -749,7 +754,7 @@ mod tests {
         Box::pin(async move {
             tokio::time::sleep(sleep).await;
             std::mem::forget(flag);
-            Ok(Outcome::Archive(Payload::new()))
+            Ok(Outcome::Archive(crate::buffers::Payload::new()))
         })
     }
 

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, RwLock};
 
+use bytes::Bytes;
 use futures::future::BoxFuture;
 
 use crate::buffers::Payload;
@@ -32,6 +33,9 @@ pub struct Request {
 pub enum Outcome {
     /// The reply's archive.
     Archive(Payload),
+    /// The reply's archive in two buffers sent as they are, one after the other: how a method's
+    /// `Vec<u8>` goes out without a copy (its own buffer, then the archive's root).
+    Parts(Bytes, Bytes),
     /// A reply stream.
     Stream(ByteStream),
 }

@@ -24,6 +24,24 @@ pub(crate) fn chunks(n: u64) -> impl Iterator<Item = Bytes> + Send + 'static {
     })
 }
 
+/// `n` bytes as a slice of one buffer kept for the process's life: the reply of a bulk `get`
+/// for peers that can send bytes they do not own without copying them (bigmachine's `Blob`,
+/// tonic's `Bytes`), as the raw floors send slices of one buffer. Peers that need an owned
+/// value (tarpc's `ByteBuf`) allocate one per call.
+pub(crate) fn shared(n: u64) -> Bytes {
+    static SHARED: std::sync::Mutex<Option<Bytes>> = std::sync::Mutex::new(None);
+    let mut held = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+    let n = n as usize;
+    match held.as_ref() {
+        Some(bytes) if bytes.len() >= n => bytes.slice(..n),
+        _ => {
+            let bytes = Bytes::from(vec![0x5au8; n]);
+            *held = Some(bytes.clone());
+            bytes
+        }
+    }
+}
+
 /// A payload in the two shapes peers take it in (built once, outside the timings).
 pub(crate) struct Payload {
     pub(crate) vec: Vec<u8>,

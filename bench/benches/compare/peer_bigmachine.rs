@@ -1,7 +1,9 @@
 //! This library: a driver and one local machine (another process of this binary).
 
 use bigmachine::local::LocalSystem;
-use bigmachine::{service, Archived, ByteStream, Context, Machine, Result, Services, State, B};
+use bigmachine::{
+    service, Archived, Blob, ByteStream, Context, Machine, Result, Services, State, B,
+};
 
 use crate::harness::{chunks, Payload, Peer};
 
@@ -19,8 +21,8 @@ impl Echo {
         Ok(data.len() as u64)
     }
 
-    async fn give(&self, _ctx: &Context, n: u64) -> Result<Vec<u8>> {
-        Ok(vec![0x5a; n as usize])
+    async fn give(&self, _ctx: &Context, n: u64) -> Result<Blob> {
+        Ok(Blob::from(crate::harness::shared(n)))
     }
 
     async fn stream(&self, _ctx: &Context, n: u64) -> Result<ByteStream> {
