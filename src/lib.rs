@@ -70,12 +70,13 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub use bigmachine_core::uring_available;
 pub use bigmachine_core::{
     Archived, Authority, Blob, BootTimeouts, Builder, ByteSink, ByteStream, Call, Congestion,
-    Context, Credentials, Decode, DiskInfo, Encode, Error, FromPayload, Identity, Info,
-    KeepaliveConfig, Kind, Launched, LoadInfo, Machine, MemInfo, OutcomeLimits, Params, Payload,
-    Reply, Result, RetryPolicy, Role, ServiceValue, Services, Severity, State, System,
-    TransportConfig, B, DEFAULT_MAX_PAYLOAD,
+    Context, Credentials, Decode, DiskInfo, Encode, Error, FileIo, FileWriter, FromPayload,
+    Identity, Info, KeepaliveConfig, Kind, Launched, LoadInfo, Machine, MemInfo, OutcomeLimits,
+    Params, Payload, Reply, Result, RetryPolicy, Role, ServiceValue, Services, Severity, State,
+    System, TransportConfig, B, DEFAULT_MAX_PAYLOAD, ENV_FILE_IO,
 };
 pub use bigmachine_macros::service;
 

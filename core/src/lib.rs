@@ -16,7 +16,9 @@
 //! - `wire`: every byte a call puts on a stream (headers, method names, reply-stream frames,
 //!   error archives, reset codes), as encoders and decoders that do no I/O.
 //! - `io`: thin loops moving those frames over quinn streams.
-//! - `stream`: [`ByteStream`] and [`ByteSink`]; `blob`: [`Blob`], bytes replied as they are.
+//! - `stream`: [`ByteStream`] and [`ByteSink`]; `blob`: [`Blob`], bytes replied as they are;
+//!   `files`: files read into and written from streams ([`FileIo`], [`FileWriter`]), through
+//!   io_uring where the host allows it.
 //!
 //! Calls, the driver's side:
 //! - `link`: what a call needs of a machine (address, pool, [`State`]).
@@ -65,6 +67,7 @@ mod context;
 mod deadline;
 mod error;
 mod fault;
+mod files;
 mod io;
 mod keepalive;
 mod life;
@@ -96,6 +99,7 @@ pub use codec::{bytes_copied, Archived, Decode, Encode, FromPayload};
 pub use context::Context;
 pub use error::{Error, Kind, Result, Severity};
 pub use fault::{ReplyFault, ReplyFaults};
+pub use files::{uring_available, FileIo, FileWriter, DEPTH as FILE_IO_DEPTH, ENV_FILE_IO};
 pub use keepalive::KeepaliveConfig;
 pub use link::State;
 pub use machine::Machine;

@@ -24,6 +24,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, Kind, Result};
+use crate::files::{FileIo, FileWriter};
 
 /// Aborts a task when dropped: ties a background writer to the stream that needs it.
 #[derive(Debug)]
@@ -109,37 +110,27 @@ impl ByteStream {
         (ByteSink { tx, unfinished }, Self::from_stream(stream))
     }
 
-    /// The file at `path` as a stream of 1 MiB chunks, opened when first read. An error opening
-    /// or reading it ends the stream with that error.
+    /// The file at `path` as a stream of chunks of up to 1 MiB, opened when first read, through
+    /// io_uring where this host allows it ([`FileIo::from_env`]). An error opening or reading it
+    /// ends the stream with that error.
     pub fn from_file(path: impl Into<PathBuf>) -> Self {
-        use tokio::io::AsyncReadExt;
-        let io = |path: &std::path::Path, e: std::io::Error| {
-            Error::new(Kind::Other, format!("{}: {e}", path.display()))
-        };
-        Self::from_stream(futures::stream::unfold(
-            (None::<tokio::fs::File>, path.into(), false),
-            move |(file, path, done)| async move {
-                if done {
-                    return None;
-                }
-                let mut file = match file {
-                    Some(f) => f,
-                    None => match tokio::fs::File::open(&path).await {
-                        Ok(f) => f,
-                        Err(e) => return Some((Err(io(&path, e)), (None, path, true))),
-                    },
-                };
-                let mut buf = vec![0u8; 1 << 20];
-                match file.read(&mut buf).await {
-                    Ok(0) => None,
-                    Ok(n) => {
-                        buf.truncate(n);
-                        Some((Ok(Bytes::from(buf)), (Some(file), path, false)))
-                    }
-                    Err(e) => Some((Err(io(&path, e)), (None, path, true))),
-                }
-            },
-        ))
+        Self::from_file_with(path, FileIo::from_env())
+    }
+
+    /// [`ByteStream::from_file`], read with `io`.
+    pub fn from_file_with(path: impl Into<PathBuf>, io: FileIo) -> Self {
+        crate::files::read(path.into(), io)
+    }
+
+    /// Writes the stream into the file at `path` (created or truncated), as
+    /// [`FileIo::from_env`] says (tokio's file pool unless it names io_uring), without waiting
+    /// for the disk; returns the bytes written. See [`FileWriter`] to choose how, or to sync.
+    pub async fn write_to_file(mut self, path: impl Into<PathBuf>) -> Result<u64> {
+        let mut file = FileWriter::create(path, FileIo::from_env()).await?;
+        while let Some(chunk) = self.next_chunk().await {
+            file.write(chunk?).await?;
+        }
+        file.finish(false).await
     }
 
     /// Ends the stream with [`Kind::DeadlineExceeded`] at `deadline`, or [`Kind::Canceled`]

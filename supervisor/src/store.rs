@@ -20,8 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bigmachine_core::__internal::{cached_digest_of, current_uid, private_dir, Digester};
-use bigmachine_core::{ByteStream, Error, Kind, Result};
-use tokio::io::AsyncWriteExt;
+use bigmachine_core::{ByteStream, Error, FileIo, FileWriter, Kind, Result};
 
 /// The environment variable naming the store's directory.
 pub const ENV_STORE: &str = "BIGMACHINE_BINARY_STORE";
@@ -124,9 +123,7 @@ impl Store {
         ));
         let _cleanup = RemoveOnDrop(tmp.clone());
         let written = async {
-            let mut file = tokio::fs::File::create(&tmp)
-                .await
-                .map_err(|e| io(&tmp, e))?;
+            let mut file = FileWriter::create(&tmp, FileIo::from_env()).await?;
             let mut hasher = Digester::default();
             let mut total = 0u64;
             while let Some(chunk) = body.next_chunk().await {
@@ -142,13 +139,15 @@ impl Store {
                     ));
                 }
                 hasher.update(&chunk);
-                file.write_all(&chunk).await.map_err(|e| io(&tmp, e))?;
+                file.write(chunk).await?;
             }
-            // Flushed first: a failed last write is reported here (sync_all would drop it),
-            // and the file on disk must be as long as what was hashed.
-            file.flush().await.map_err(|e| io(&tmp, e))?;
-            file.sync_all().await.map_err(|e| io(&tmp, e))?;
-            let on_disk = file.metadata().await.map_err(|e| io(&tmp, e))?.len();
+            // Every write done and synced: the file on disk must be as long as what was
+            // hashed.
+            file.finish(true).await?;
+            let on_disk = tokio::fs::metadata(&tmp)
+                .await
+                .map_err(|e| io(&tmp, e))?
+                .len();
             if on_disk != total {
                 return Err(Error::new(
                     Kind::Other,

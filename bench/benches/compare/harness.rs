@@ -87,24 +87,7 @@ pub(crate) trait Peer {
     fn server_pid(&self) -> u32;
 }
 
-/// CPU seconds (user and system) of this process, or of the process `pid` (a child of this
-/// user: its CPU clock is readable).
-pub(crate) fn cpu_seconds(pid: Option<u32>) -> f64 {
-    let mut clock: libc::clockid_t = libc::CLOCK_PROCESS_CPUTIME_ID;
-    if let Some(pid) = pid {
-        // SAFETY: clock_getcpuclockid writes one clockid_t through a valid pointer.
-        let got = unsafe { libc::clock_getcpuclockid(pid as libc::pid_t, &mut clock) };
-        assert_eq!(got, 0, "no CPU clock for process {pid}");
-    }
-    let mut t = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec through a valid pointer.
-    let got = unsafe { libc::clock_gettime(clock, &mut t) };
-    assert_eq!(got, 0, "clock_gettime of {pid:?}");
-    t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
-}
+pub(crate) use crate::support::cpu_seconds;
 
 /// Sizes and counts of one run.
 #[derive(Debug, Clone, Copy)]
