@@ -81,6 +81,16 @@ async fn received_bytes_are_copied_once_for_archives_and_never_for_streams() -> 
     );
     let small: Vec<u8> = m.call("Blobs.shared", &3u64).await?;
     assert_eq!(small, [6, 6, 6]);
+    // Asked for as a blob: the received archive's bytes, no second copy.
+    let before = bytes_copied();
+    let blob: Blob = m.call("Blobs.shared", &n).await?;
+    let copied = bytes_copied() - before;
+    assert_eq!(blob.0.len() as u64, n);
+    assert!(blob.0.iter().all(|&b| b == 6));
+    assert!(
+        (n..n + SLACK).contains(&copied),
+        "blob read as a blob: {copied} bytes copied for {n}"
+    );
 
     // A stream there and back: no copies.
     let before = bytes_copied();

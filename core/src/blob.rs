@@ -2,14 +2,21 @@
 
 use bytes::Bytes;
 
+use crate::buffers::{Payload, Pooled};
+use crate::codec::{type_tag, Archived, FromPayload};
+use crate::error::Result;
+
 /// Bytes a method replies with as they are, without a copy: the buffer (shared, so a slice of
 /// a cache or of a file read once serves many calls) goes to the transport, followed by 8 to 11
-/// bytes that make it the archive of a `Vec<u8>`. The caller asks for `Vec<u8>`, or reads the
-/// bytes in place as [`Archived<Vec<u8>>`](crate::Archived).
+/// bytes that make it the archive of a `Vec<u8>`. The caller asks for `Vec<u8>`, reads the
+/// bytes in place as [`Archived<Vec<u8>>`](crate::Archived), or asks for a `Blob`: the bytes of
+/// the received archive, without another copy (a typed client of a method that returns `Blob`
+/// does this). A method may also take a `Blob` where its callers send a `Vec<u8>`.
 ///
 /// A method returning `Vec<u8>` gets the same treatment when the vector is 64 KiB or longer;
-/// `Blob` serves bytes the method does not own outright. A blob is at most 2 GiB − 8 bytes long
-/// (rkyv's 32-bit offsets), and at most the caller's payload limit.
+/// `Blob` serves bytes the method does not own outright. A blob is shorter than 2 GiB (rkyv's
+/// 32-bit offsets) and at most the caller's payload limit. The outcome an exactly-once call
+/// keeps holds the blob's whole buffer, not only its slice.
 ///
 /// ```
 /// use bigmachine_core::{Blob, Context, Result};
@@ -39,5 +46,23 @@ impl From<Vec<u8>> for Blob {
 impl From<Blob> for Bytes {
     fn from(blob: Blob) -> Self {
         blob.0
+    }
+}
+
+impl FromPayload for Blob {
+    fn tag() -> u64 {
+        type_tag::<Vec<u8>>()
+    }
+
+    /// The bytes of a `Vec<u8>`'s archive, validated, as a slice of the received buffer.
+    fn from_payload(payload: Payload) -> Result<Self> {
+        let archived = Archived::<Vec<u8>>::new(payload)?;
+        let (start, len) = {
+            let bytes = archived.get().as_slice();
+            let base = archived.bytes().as_ptr() as usize;
+            (bytes.as_ptr() as usize - base, bytes.len())
+        };
+        let owner = Bytes::from_owner(Pooled(archived.into_payload()));
+        Ok(Self(owner.slice(start..start + len)))
     }
 }

@@ -197,6 +197,11 @@ where
     pub fn bytes(&self) -> &[u8] {
         &self.payload
     }
+
+    /// The buffer holding the archive.
+    pub(crate) fn into_payload(mut self) -> Payload {
+        std::mem::take(&mut self.payload)
+    }
 }
 
 impl<T> Drop for Archived<T> {

@@ -47,16 +47,17 @@ pub enum FileIo {
 }
 
 impl FileIo {
-    /// The choice of [`ENV_FILE_IO`]: [`FileIo::Auto`] when unset or not understood (the latter
-    /// with a warning).
+    /// The choice of [`ENV_FILE_IO`] (read once per process): [`FileIo::Auto`] when unset or
+    /// not understood (the latter with a warning).
     pub fn from_env() -> Self {
-        match std::env::var(ENV_FILE_IO) {
+        static CHOICE: OnceLock<FileIo> = OnceLock::new();
+        *CHOICE.get_or_init(|| match std::env::var(ENV_FILE_IO) {
             Ok(v) => v.parse().unwrap_or_else(|e: Error| {
                 tracing::warn!(error = %e, "{ENV_FILE_IO} ignored");
                 Self::Auto
             }),
             Err(_) => Self::Auto,
-        }
+        })
     }
 
     /// What this choice means on this host: [`FileIo::Auto`] becomes [`FileIo::Uring`] if an
@@ -103,6 +104,9 @@ fn io_error(path: &Path, e: std::io::Error) -> Error {
 /// The file at `path` as a stream of chunks of up to 1 MiB, read with `io` from when the stream
 /// is first polled; an error ends the stream with that error.
 pub(crate) fn read(path: PathBuf, io: FileIo) -> ByteStream {
+    // Asked for by name, io_uring must serve; chosen by `Auto`, a file it cannot serve is read
+    // by plain reads on the same thread.
+    let strict = io == FileIo::Uring;
     match io.resolve() {
         FileIo::Uring => {
             let (tx, rx) = mpsc::channel(DEPTH);
@@ -110,7 +114,7 @@ pub(crate) fn read(path: PathBuf, io: FileIo) -> ByteStream {
             let mut rx = rx;
             ByteStream::from_stream(futures::stream::poll_fn(move |cx| {
                 if let Some((path, tx)) = started.take() {
-                    uring::spawn_reader(path, tx);
+                    uring::spawn_reader(path, tx, strict);
                 }
                 rx.poll_recv(cx)
             }))
@@ -159,7 +163,10 @@ pub struct FileWriter {
 enum Inner {
     Uring {
         tx: mpsc::Sender<uring::Msg>,
-        done: oneshot::Receiver<std::io::Result<u64>>,
+        /// The thread's answer, until it is received into `failed`.
+        done: Option<oneshot::Receiver<std::io::Result<u64>>>,
+        /// The error that stopped the thread, once known.
+        failed: Option<Error>,
     },
     Tokio {
         file: tokio::fs::File,
@@ -175,13 +182,42 @@ impl FileWriter {
         // Writes take io_uring only when asked for by name (see `FileIo::Auto`).
         let inner = match io {
             FileIo::Uring => {
+                if !uring_available() {
+                    return Err(io_error(
+                        &path,
+                        std::io::Error::new(
+                            std::io::ErrorKind::Unsupported,
+                            "io_uring is not available on this host",
+                        ),
+                    ));
+                }
                 let create = path.clone();
-                let file = tokio::task::spawn_blocking(move || std::fs::File::create(create))
-                    .await
-                    .map_err(|e| Error::new(Kind::Other, format!("open task: {e}")))?
-                    .map_err(|e| io_error(&path, e))?;
-                let (tx, done) = uring::spawn_writer(file).map_err(|e| io_error(&path, e))?;
-                Inner::Uring { tx, done }
+                let file = tokio::task::spawn_blocking(move || {
+                    let file = std::fs::File::create(create)?;
+                    let regular = file.metadata()?.is_file();
+                    Ok::<_, std::io::Error>((file, regular))
+                })
+                .await
+                .map_err(|e| {
+                    Error::new(Kind::Other, format!("{}: open task: {e}", path.display()))
+                })?
+                .map_err(|e| io_error(&path, e))?;
+                match file {
+                    // Writes at offsets: a pipe or a device is written in order, by tokio.
+                    (file, false) => Inner::Tokio {
+                        file: tokio::fs::File::from_std(file),
+                        written: 0,
+                    },
+                    (file, true) => {
+                        let (tx, done) =
+                            uring::spawn_writer(file).map_err(|e| io_error(&path, e))?;
+                        Inner::Uring {
+                            tx,
+                            done: Some(done),
+                            failed: None,
+                        }
+                    }
+                }
             }
             _ => Inner::Tokio {
                 file: tokio::fs::File::create(&path)
@@ -219,16 +255,16 @@ impl FileWriter {
     pub async fn finish(self, sync: bool) -> Result<u64> {
         let Self { path, inner } = self;
         match inner {
-            Inner::Uring { tx, done } => {
+            Inner::Uring { tx, done, failed } => {
                 let _ = tx.send(uring::Msg::Finish { sync }).await;
                 drop(tx);
-                match done.await {
-                    Ok(Ok(n)) => Ok(n),
-                    Ok(Err(e)) => Err(io_error(&path, e)),
-                    Err(_) => Err(Error::new(
-                        Kind::Other,
-                        format!("{}: the file's writer thread ended", path.display()),
-                    )),
+                match (failed, done) {
+                    (Some(e), _) => Err(e),
+                    (None, Some(done)) => done
+                        .await
+                        .map_err(|_| thread_ended(&path))?
+                        .map_err(|e| io_error(&path, e)),
+                    (None, None) => Err(thread_ended(&path)),
                 }
             }
             Inner::Tokio { mut file, written } => {
@@ -242,20 +278,30 @@ impl FileWriter {
         }
     }
 
-    /// The error that stopped an io_uring writer.
+    /// The error that stopped an io_uring writer (received once, then kept).
     async fn failure(&mut self) -> Error {
-        let path = self.path.display().to_string();
-        match &mut self.inner {
-            Inner::Uring { done, .. } => match done.await {
-                Ok(Err(e)) => Error::new(Kind::Other, format!("{path}: {e}")),
-                _ => Error::new(
-                    Kind::Other,
-                    format!("{path}: the file's writer thread ended"),
-                ),
-            },
-            Inner::Tokio { .. } => Error::new(Kind::Other, format!("{path}: writer failed")),
+        let Inner::Uring { done, failed, .. } = &mut self.inner else {
+            return thread_ended(&self.path);
+        };
+        if failed.is_none() {
+            let answer = match done.take() {
+                Some(done) => done.await.ok(),
+                None => None,
+            };
+            *failed = Some(match answer {
+                Some(Err(e)) => io_error(&self.path, e),
+                _ => thread_ended(&self.path),
+            });
         }
+        failed.clone().unwrap_or_else(|| thread_ended(&self.path))
     }
+}
+
+fn thread_ended(path: &Path) -> Error {
+    Error::new(
+        Kind::Other,
+        format!("{}: the file's writer thread ended", path.display()),
+    )
 }
 
 #[cfg(target_os = "linux")]
@@ -280,7 +326,7 @@ mod uring {
         std::io::Error::new(std::io::ErrorKind::Unsupported, "io_uring is Linux-only")
     }
 
-    pub(crate) fn spawn_reader(path: PathBuf, tx: mpsc::Sender<Result<Bytes>>) {
+    pub(crate) fn spawn_reader(path: PathBuf, tx: mpsc::Sender<Result<Bytes>>, _strict: bool) {
         let _ = tx.try_send(Err(io_error(&path, unsupported())));
     }
 
@@ -405,6 +451,20 @@ mod tests {
             let mut w = FileWriter::create(dir.0.join(format!("w-{io:?}")), io).await?;
             w.write(Bytes::from(pattern(CHUNK))).await?;
             drop(w);
+        }
+        Ok(())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_device_is_read_in_order() -> Result<()> {
+        // /dev/zero has no end and no offsets: read by plain reads, chunk after chunk.
+        for io in ways() {
+            let mut s = ByteStream::from_file_with("/dev/zero", io);
+            for _ in 0..3 {
+                let chunk = s.next_chunk().await.transpose()?.unwrap_or_default();
+                assert_eq!(chunk.len(), CHUNK, "{io:?}");
+                assert!(chunk.iter().all(|&b| b == 0));
+            }
         }
         Ok(())
     }

@@ -193,9 +193,12 @@ pub mod __private {
 
     /// A `Vec<u8>` reply: a long one goes out in its own buffer, followed by the archive's
     /// root, without a copy; a short one is archived like any value.
-    fn byte_vec_outcome(bytes: Vec<u8>) -> Result<Outcome> {
+    fn byte_vec_outcome(mut bytes: Vec<u8>) -> Result<Outcome> {
         if bytes.len() >= crate::codec::OWNED_BYTES_MIN {
             if let Some(root) = crate::codec::byte_vec_root(bytes.len()) {
+                // No spare room held past the reply (an exactly-once call keeps it, counted by
+                // its length); shrinking a large buffer remaps it rather than copying it.
+                bytes.shrink_to_fit();
                 return Ok(Outcome::Parts(bytes.into(), root));
             }
         }

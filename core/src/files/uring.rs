@@ -107,14 +107,29 @@ impl<B> Drop for Ring<B> {
 }
 
 /// Starts the thread that reads `path` into `tx`, ahead of the reader by up to [`DEPTH`]
-/// chunks in flight plus the channel's room.
-pub(crate) fn spawn_reader(path: PathBuf, tx: mpsc::Sender<Result<Bytes>>) {
+/// chunks in flight plus the channel's room. A file that is not a regular file (a pipe, a
+/// device: offsets mean nothing to it) is read in order by plain reads, as is any file when
+/// this process cannot set up a ring for it, unless `strict`.
+pub(crate) fn spawn_reader(path: PathBuf, tx: mpsc::Sender<Result<Bytes>>, strict: bool) {
     let spawned = std::thread::Builder::new()
         .name("bigmachine-file-read".into())
         .spawn({
             let (path, tx) = (path.clone(), tx.clone());
             move || {
-                if let Err(e) = read_file(&path, &tx) {
+                let read = std::fs::File::open(&path).and_then(|file| {
+                    if !file.metadata()?.is_file() {
+                        return read_in_order(file, &tx);
+                    }
+                    match Ring::new() {
+                        Ok(ring) => read_file(&file, ring, &tx),
+                        Err(e) if strict => Err(e),
+                        Err(e) => {
+                            tracing::debug!(path = %path.display(), error = %e, "no io_uring; plain reads");
+                            read_in_order(file, &tx)
+                        }
+                    }
+                });
+                if let Err(e) = read {
                     let _ = tx.blocking_send(Err(io_error(&path, e)));
                 }
             }
@@ -124,12 +139,27 @@ pub(crate) fn spawn_reader(path: PathBuf, tx: mpsc::Sender<Result<Bytes>>) {
     }
 }
 
-/// Reads the file into `tx` until its end (a read of 0 bytes), the reader going away, or an
-/// error.
-fn read_file(path: &std::path::Path, tx: &mpsc::Sender<Result<Bytes>>) -> io::Result<()> {
-    let file = std::fs::File::open(path)?;
+/// Reads `file` into `tx` by plain reads, one chunk after the other.
+fn read_in_order(file: std::fs::File, tx: &mpsc::Sender<Result<Bytes>>) -> io::Result<()> {
+    use std::io::Read;
+    let mut file = file;
+    loop {
+        let mut buf = Vec::with_capacity(CHUNK);
+        (&mut file).take(CHUNK as u64).read_to_end(&mut buf)?;
+        if buf.is_empty() || tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+            return Ok(());
+        }
+    }
+}
+
+/// Reads the file into `tx` through `ring` until its end (a read of 0 bytes), the reader going
+/// away, or an error.
+fn read_file(
+    file: &std::fs::File,
+    mut ring: Ring<Vec<u8>>,
+    tx: &mpsc::Sender<Result<Bytes>>,
+) -> io::Result<()> {
     let fd = types::Fd(file.as_raw_fd());
-    let mut ring: Ring<Vec<u8>> = Ring::new()?;
     let mut next = 0u64;
     let mut end = false;
     let submit = |ring: &mut Ring<Vec<u8>>, id: u64| -> io::Result<()> {
@@ -217,7 +247,8 @@ fn write_file(file: &std::fs::File, mut rx: mpsc::Receiver<Msg>) -> io::Result<u
                 return Err(io::Error::other("io_uring: unknown operation"));
             };
             let rest = &op.buf[op.done..];
-            opcode::Write::new(fd, rest.as_ptr(), rest.len() as u32)
+            // At most 1 GiB per write; a short write sends the rest.
+            opcode::Write::new(fd, rest.as_ptr(), rest.len().min(1 << 30) as u32)
                 .offset(op.offset + op.done as u64)
                 .build()
         };
