@@ -1,7 +1,8 @@
 //! The kernel floor: TCP over loopback with bigmachine's framing sizes (a 56-byte request header
 //! and a 16-byte reply header, each followed by its payload). Sequential calls are a plain
-//! ping-pong on one connection; calls in flight share a second connection through a writer task
-//! and a reader task matching replies to requests by id (what any multiplexing RPC over TCP does).
+//! ping-pong on one connection; calls in flight share a second connection driven by one task
+//! that writes queued requests in batches and matches replies to requests by id (what any
+//! multiplexing RPC over TCP does).
 //!
 //! With `tls`, the same over TLS 1.3 (tokio-rustls) with bigmachine's own rustls configurations:
 //! the cluster's certificates, mutual authentication, the same cipher suites (the encrypted
@@ -67,40 +68,42 @@ trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 type Conn = Box<dyn Io>;
 
+/// Serves one connection, a request after the other. The connection is not split: a TLS
+/// stream's halves polled by two tasks can lose a wake-up (a write that reads the socket takes
+/// the reader's registration), which hung the TLS row with one worker per process.
 async fn serve_conn(conn: Conn) -> std::io::Result<()> {
-    let (r, w) = tokio::io::split(conn);
-    let (mut r, mut w) = (BufReader::new(r), BufWriter::new(w));
+    let mut conn = BufReader::new(BufWriter::new(conn));
     let chunk = vec![0x5au8; CHUNK];
     let mut scratch = vec![0u8; CHUNK];
     let mut msg = Vec::new();
     loop {
         let mut h = [0u8; REQ];
-        r.read_exact(&mut h).await?;
+        conn.read_exact(&mut h).await?;
         let (id, op, n, len) = (field(&h, 0), h[8], field(&h, 16), field(&h, 24));
         match op {
             ECHO => {
                 msg.resize(len as usize, 0);
-                r.read_exact(&mut msg).await?;
-                w.write_all(&reply_header(id, len)).await?;
-                w.write_all(&msg).await?;
+                conn.read_exact(&mut msg).await?;
+                conn.write_all(&reply_header(id, len)).await?;
+                conn.write_all(&msg).await?;
             }
             PUT => {
-                drain(&mut r, len, &mut scratch).await?;
-                w.write_all(&reply_header(id, 8)).await?;
-                w.write_all(&len.to_le_bytes()).await?;
+                drain(&mut conn, len, &mut scratch).await?;
+                conn.write_all(&reply_header(id, 8)).await?;
+                conn.write_all(&len.to_le_bytes()).await?;
             }
             _ => {
-                w.write_all(&reply_header(id, n)).await?;
+                conn.write_all(&reply_header(id, n)).await?;
                 let mut left = n;
                 while left > 0 {
                     let len = left.min(CHUNK as u64) as usize;
-                    w.write_all(&chunk[..len]).await?;
+                    conn.write_all(&chunk[..len]).await?;
                     left -= len as u64;
                 }
             }
         }
-        if r.buffer().is_empty() {
-            w.flush().await?;
+        if conn.buffer().is_empty() {
+            conn.flush().await?;
         }
     }
 }
@@ -160,32 +163,44 @@ async fn connect(addr: SocketAddr, tls: Option<&TlsConnector>) -> Conn {
     }
 }
 
-async fn write_frames(
-    mut w: impl AsyncWrite + Unpin,
+/// Drives the multiplexed connection from one task: writes the frames callers queue (as many
+/// as are queued, then one flush) and hands each reply to the caller waiting for its id.
+async fn multiplex(
+    conn: Conn,
     mut frames: mpsc::UnboundedReceiver<Vec<u8>>,
+    pending: Pending,
 ) -> std::io::Result<()> {
-    while let Some(f) = frames.recv().await {
-        w.write_all(&f).await?;
-        while let Ok(f) = frames.try_recv() {
-            w.write_all(&f).await?;
-        }
-        w.flush().await?;
-    }
-    Ok(())
-}
-
-async fn read_replies(mut r: impl AsyncRead + Unpin, pending: Pending) -> std::io::Result<()> {
+    let mut conn = BufWriter::new(conn);
+    let mut inbox = bytes::BytesMut::with_capacity(64 << 10);
     loop {
-        let mut h = [0u8; REPLY];
-        r.read_exact(&mut h).await?;
-        let mut body = vec![0u8; field(&h, 8) as usize];
-        r.read_exact(&mut body).await?;
-        let waiter = pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&field(&h, 0));
-        if let Some(w) = waiter {
-            let _ = w.send(body);
+        tokio::select! {
+            f = frames.recv() => {
+                let Some(f) = f else { return Ok(()) };
+                conn.write_all(&f).await?;
+                while let Ok(f) = frames.try_recv() {
+                    conn.write_all(&f).await?;
+                }
+                conn.flush().await?;
+            }
+            n = conn.read_buf(&mut inbox) => {
+                if n? == 0 {
+                    return Ok(());
+                }
+                while inbox.len() >= REPLY {
+                    let len = field(&inbox, 8) as usize;
+                    if inbox.len() < REPLY + len {
+                        break;
+                    }
+                    let frame = inbox.split_to(REPLY + len);
+                    let waiter = pending
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&field(&frame, 0));
+                    if let Some(w) = waiter {
+                        let _ = w.send(frame[REPLY..].to_vec());
+                    }
+                }
+            }
         }
     }
 }
@@ -201,11 +216,10 @@ impl Client {
             TlsConnector::from(Arc::new(config))
         });
         let pingpong = connect(addr, connector.as_ref()).await;
-        let (r, w) = tokio::io::split(connect(addr, connector.as_ref()).await);
+        let multiplexed = connect(addr, connector.as_ref()).await;
         let (frames, rx) = mpsc::unbounded_channel();
         let pending = Pending::default();
-        tokio::spawn(write_frames(BufWriter::new(w), rx));
-        tokio::spawn(read_replies(BufReader::new(r), pending.clone()));
+        tokio::spawn(multiplex(multiplexed, rx, pending.clone()));
         Self {
             pingpong: tokio::sync::Mutex::new((pingpong, vec![0u8; CHUNK])),
             frames,
