@@ -70,13 +70,12 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
-pub use bigmachine_core::uring_available;
 pub use bigmachine_core::{
     Archived, Authority, Blob, BootTimeouts, Builder, ByteSink, ByteStream, Call, Congestion,
-    Context, Credentials, Decode, DiskInfo, Encode, Error, FileIo, FileWriter, FromPayload,
-    Identity, Info, KeepaliveConfig, Kind, Launched, LoadInfo, Machine, MemInfo, OutcomeLimits,
-    Params, Payload, Reply, Result, RetryPolicy, Role, ServiceValue, Services, Severity, State,
-    System, TransportConfig, B, DEFAULT_MAX_PAYLOAD, ENV_FILE_IO,
+    Context, Credentials, Decode, DiskInfo, Encode, Error, FromPayload, Identity, Info,
+    KeepaliveConfig, Kind, Launched, LoadInfo, Machine, MemInfo, OutcomeLimits, Params, Payload,
+    Reply, Result, RetryPolicy, Role, ServiceValue, Services, Severity, State, System,
+    TransportConfig, B, DEFAULT_MAX_PAYLOAD,
 };
 pub use bigmachine_macros::service;
 
@@ -124,6 +123,14 @@ pub mod buffers {
     pub use bigmachine_core::{
         bytes_copied, pool_limit, pooled_bytes, set_pool_limit, DEFAULT_POOL_LIMIT,
     };
+}
+
+/// Files read into and written from byte streams: through tokio's file pool, or through
+/// io_uring when [`FileIo::Uring`](files::FileIo::Uring) (or `BIGMACHINE_FILE_IO=uring`) asks
+/// for it. See [`ByteStream::from_file`] and
+/// [`ByteStream::write_to_file`].
+pub mod files {
+    pub use bigmachine_core::{uring_available, FileIo, FileWriter, ENV_FILE_IO};
 }
 
 #[doc(hidden)]

@@ -13,10 +13,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bigmachine::driver;
+use bigmachine::files::{FileIo, FileWriter};
 use bigmachine::local::LocalSystem;
-use bigmachine::{
-    service, ByteStream, Context, Error, FileIo, FileWriter, Machine, Result, Services, State, B,
-};
+use bigmachine::{service, ByteStream, Context, Error, Machine, Result, Services, State, B};
 use bytes::Bytes;
 
 mod support;
@@ -183,12 +182,12 @@ fn main() {
     let (n, reps): (u64, usize) = if quick() { (64 << 20, 1) } else { (4 << 30, 3) };
     rt.block_on(async {
         let _driver = driver::start().await; // machines never return from here
-        if !bigmachine::uring_available() {
+        if !bigmachine::files::uring_available() {
             println!("io_uring is not available on this host: only tokio::fs can be measured");
         }
         let ways: Vec<FileIo> = [FileIo::Uring, FileIo::Tokio]
             .into_iter()
-            .filter(|&io| io != FileIo::Uring || bigmachine::uring_available())
+            .filter(|&io| io != FileIo::Uring || bigmachine::files::uring_available())
             .collect();
         let dir: PathBuf = std::env::temp_dir().join(format!("bigmachine-files-bench-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));

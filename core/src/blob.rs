@@ -11,7 +11,9 @@ use crate::error::Result;
 /// bytes that make it the archive of a `Vec<u8>`. The caller asks for `Vec<u8>`, reads the
 /// bytes in place as [`Archived<Vec<u8>>`](crate::Archived), or asks for a `Blob`: the bytes of
 /// the received archive, without another copy (a typed client of a method that returns `Blob`
-/// does this). A method may also take a `Blob` where its callers send a `Vec<u8>`.
+/// does this). A method may also take a `Blob` where its callers send a `Vec<u8>` (a `Blob`
+/// is not itself sent as an argument: callers send the vector, or its archive's bytes are
+/// copied like any argument's).
 ///
 /// A method returning `Vec<u8>` gets the same treatment when the vector is 64 KiB or longer;
 /// `Blob` serves bytes the method does not own outright. A blob is shorter than 2 GiB (rkyv's
@@ -30,6 +32,27 @@ use crate::error::Result;
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Blob(pub Bytes);
+
+impl Blob {
+    /// The bytes.
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
+}
+
+impl std::ops::Deref for Blob {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl AsRef<[u8]> for Blob {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
 
 impl From<Bytes> for Blob {
     fn from(bytes: Bytes) -> Self {

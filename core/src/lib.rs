@@ -18,7 +18,7 @@
 //! - `io`: thin loops moving those frames over quinn streams.
 //! - `stream`: [`ByteStream`] and [`ByteSink`]; `blob`: [`Blob`], bytes replied as they are;
 //!   `files`: files read into and written from streams ([`FileIo`], [`FileWriter`]), through
-//!   io_uring where the host allows it.
+//!   tokio or, when asked, io_uring.
 //!
 //! Calls, the driver's side:
 //! - `link`: what a call needs of a machine (address, pool, [`State`]).
@@ -99,7 +99,7 @@ pub use codec::{bytes_copied, Archived, Decode, Encode, FromPayload};
 pub use context::Context;
 pub use error::{Error, Kind, Result, Severity};
 pub use fault::{ReplyFault, ReplyFaults};
-pub use files::{uring_available, FileIo, FileWriter, DEPTH as FILE_IO_DEPTH, ENV_FILE_IO};
+pub use files::{uring_available, FileIo, FileWriter, ENV_FILE_IO};
 pub use keepalive::KeepaliveConfig;
 pub use link::State;
 pub use machine::Machine;

@@ -110,9 +110,9 @@ impl ByteStream {
         (ByteSink { tx, unfinished }, Self::from_stream(stream))
     }
 
-    /// The file at `path` as a stream of chunks of up to 1 MiB, opened when first read, through
-    /// io_uring where this host allows it ([`FileIo::from_env`]). An error opening or reading it
-    /// ends the stream with that error.
+    /// The file at `path` as a stream of chunks of up to 1 MiB, opened when first read, read as
+    /// [`FileIo::from_env`] says (tokio's file pool unless it names io_uring). An error opening
+    /// or reading it ends the stream with that error.
     pub fn from_file(path: impl Into<PathBuf>) -> Self {
         Self::from_file_with(path, FileIo::from_env())
     }

@@ -164,7 +164,9 @@ async fn connect(addr: SocketAddr, tls: Option<&TlsConnector>) -> Conn {
 }
 
 /// Drives the multiplexed connection from one task: writes the frames callers queue (as many
-/// as are queued, then one flush) and hands each reply to the caller waiting for its id.
+/// as are queued, then one flush) and hands each reply to the caller waiting for its id. It
+/// does not read while it writes: fine for the small echoes this connection carries (the
+/// socket buffers hold far more than 256 of them), not for large frames both ways.
 async fn multiplex(
     conn: Conn,
     mut frames: mpsc::UnboundedReceiver<Vec<u8>>,
@@ -182,7 +184,7 @@ async fn multiplex(
                 }
                 conn.flush().await?;
             }
-            n = conn.read_buf(&mut inbox) => {
+            n = { inbox.reserve(64 << 10); conn.read_buf(&mut inbox) } => {
                 if n? == 0 {
                     return Ok(());
                 }

@@ -28,7 +28,15 @@ pub(crate) enum Msg {
 /// Whether a ring can be set up here (a seccomp filter, a container runtime or
 /// `kernel.io_uring_disabled` may forbid it).
 pub(crate) fn available() -> bool {
-    IoUring::new(2).is_ok()
+    let Ok(ring) = IoUring::new(2) else {
+        return false;
+    };
+    // A kernel may set up rings yet lack the operations used here (before 5.6), or refuse
+    // to say (probing came in 5.6 too): either way, no.
+    let mut probe = io_uring::Probe::new();
+    ring.submitter().register_probe(&mut probe).is_ok()
+        && probe.is_supported(opcode::Read::CODE)
+        && probe.is_supported(opcode::Write::CODE)
 }
 
 /// One operation's buffer and where it stands: `done` of `len` bytes transferred at `offset`.
@@ -108,9 +116,8 @@ impl<B> Drop for Ring<B> {
 
 /// Starts the thread that reads `path` into `tx`, ahead of the reader by up to [`DEPTH`]
 /// chunks in flight plus the channel's room. A file that is not a regular file (a pipe, a
-/// device: offsets mean nothing to it) is read in order by plain reads, as is any file when
-/// this process cannot set up a ring for it, unless `strict`.
-pub(crate) fn spawn_reader(path: PathBuf, tx: mpsc::Sender<Result<Bytes>>, strict: bool) {
+/// device: offsets mean nothing to it) is read in order by plain reads.
+pub(crate) fn spawn_reader(path: PathBuf, tx: mpsc::Sender<Result<Bytes>>) {
     let spawned = std::thread::Builder::new()
         .name("bigmachine-file-read".into())
         .spawn({
@@ -120,14 +127,7 @@ pub(crate) fn spawn_reader(path: PathBuf, tx: mpsc::Sender<Result<Bytes>>, stric
                     if !file.metadata()?.is_file() {
                         return read_in_order(file, &tx);
                     }
-                    match Ring::new() {
-                        Ok(ring) => read_file(&file, ring, &tx),
-                        Err(e) if strict => Err(e),
-                        Err(e) => {
-                            tracing::debug!(path = %path.display(), error = %e, "no io_uring; plain reads");
-                            read_in_order(file, &tx)
-                        }
-                    }
+                    read_file(&file, Ring::new()?, &tx)
                 });
                 if let Err(e) = read {
                     let _ = tx.blocking_send(Err(io_error(&path, e)));
@@ -139,13 +139,20 @@ pub(crate) fn spawn_reader(path: PathBuf, tx: mpsc::Sender<Result<Bytes>>, stric
     }
 }
 
-/// Reads `file` into `tx` by plain reads, one chunk after the other.
+/// Reads `file` (a pipe or a device) into `tx` by plain reads, each read's bytes a chunk (a
+/// pipe's writer is not kept waiting for a full chunk).
 fn read_in_order(file: std::fs::File, tx: &mpsc::Sender<Result<Bytes>>) -> io::Result<()> {
     use std::io::Read;
     let mut file = file;
     loop {
-        let mut buf = Vec::with_capacity(CHUNK);
-        (&mut file).take(CHUNK as u64).read_to_end(&mut buf)?;
+        let mut buf = vec![0u8; 64 << 10];
+        let n = loop {
+            match file.read(&mut buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other?,
+            }
+        };
+        buf.truncate(n);
         if buf.is_empty() || tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
             return Ok(());
         }
@@ -227,19 +234,24 @@ fn read_file(
 pub(crate) fn spawn_writer(
     file: std::fs::File,
 ) -> io::Result<(mpsc::Sender<Msg>, oneshot::Receiver<io::Result<u64>>)> {
+    // Set up here, so that a file io_uring cannot serve fails when created.
+    let ring = Ring::new()?;
     let (tx, rx) = mpsc::channel(DEPTH);
     let (done_tx, done) = oneshot::channel();
     std::thread::Builder::new()
         .name("bigmachine-file-write".into())
         .spawn(move || {
-            let _ = done_tx.send(write_file(&file, rx));
+            let _ = done_tx.send(write_file(&file, ring, rx));
         })?;
     Ok((tx, done))
 }
 
-fn write_file(file: &std::fs::File, mut rx: mpsc::Receiver<Msg>) -> io::Result<u64> {
+fn write_file(
+    file: &std::fs::File,
+    mut ring: Ring<Bytes>,
+    mut rx: mpsc::Receiver<Msg>,
+) -> io::Result<u64> {
     let fd = types::Fd(file.as_raw_fd());
-    let mut ring: Ring<Bytes> = Ring::new()?;
     let mut offset = 0u64;
     let submit = |ring: &mut Ring<Bytes>, id: u64| -> io::Result<()> {
         let entry = {
