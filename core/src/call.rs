@@ -131,7 +131,8 @@ impl<A, R> std::fmt::Debug for Call<'_, A, R> {
 pub struct Response {
     status: Status,
     payload: Payload,
-    recv: RecvStream,
+    /// The call's own stream, if it had one (a multiplexed call has none).
+    recv: Option<RecvStream>,
     writer: Option<AbortOnDrop>,
     /// What bounds the reading of a reply stream: the call's deadline and cancellation, and
     /// the call's name for their errors.
@@ -187,7 +188,13 @@ impl Reply for ByteStream {
                     cancel,
                     what,
                 } = response.bounds;
-                Ok(io::reply_stream(response.recv)
+                let Some(recv) = response.recv else {
+                    return Err(Error::fatal(
+                        Kind::Invalid,
+                        "a byte stream reply on a multiplexed stream",
+                    ));
+                };
+                Ok(io::reply_stream(recv)
                     .with_writer(response.writer)
                     .bounded(deadline, cancel, what))
             }
@@ -331,6 +338,10 @@ where
             ..RequestHeader::default()
         };
         let what = || self.describe();
+        // Small calls without streams share the machine's long-lived streams.
+        let shares = self.body.is_none()
+            && arg.len() <= crate::mux::MUX_ARG_MAX
+            && R::tag() != type_tag::<ByteStream>();
         let try_once = || {
             let body = self.body.as_ref().map(|make| make());
             let request = Request {
@@ -339,6 +350,7 @@ where
                 header,
                 arg: &arg,
                 deadline: self.deadline,
+                shares,
             };
             async move { attempt(request, self.internal, body).await }
         };
@@ -445,6 +457,8 @@ struct Request<'a> {
     header: RequestHeader,
     arg: &'a Bytes,
     deadline: Option<Instant>,
+    /// Whether the call may share a multiplexed stream (see [`crate::mux`]).
+    shares: bool,
 }
 
 /// One try: waits for the machine to be Running (unless `internal`), then exchanges request and
@@ -473,15 +487,19 @@ async fn exchange(request: Request<'_>, body: Option<ByteStream>) -> Result<Resp
         mut header,
         arg,
         deadline,
+        shares,
     } = request;
     header.timeout_us = deadline.map_or(0, |d| {
         (d.saturating_duration_since(Instant::now()).as_micros() as u64).max(1)
     });
-    let mut head = Vec::with_capacity(io::head_capacity(
-        name.0.len() + 1 + name.1.len(),
-        arg.len(),
-    ));
+    // A shared stream's request carries its argument as a piece of its own.
+    let inline = if shares { 0 } else { arg.len() };
+    let mut head = Vec::with_capacity(io::head_capacity(name.0.len() + 1 + name.1.len(), inline));
     header.encode_head(name.0, name.1, &mut head)?;
+    if shares {
+        let (status, payload) = link.mux().await?.call(head, arg).await?;
+        return response(status, payload, None, None, name, link);
+    }
     // Calls awaiting the machine's grant take few of the connection's streams, so that the
     // others (keepalives among them) always find one.
     let large = if io::awaits_grant(arg.len()) {
@@ -534,6 +552,18 @@ async fn exchange(request: Request<'_>, body: Option<ByteStream>) -> Result<Resp
             }
         }
     };
+    response(status, payload, Some(recv), writer, name, link)
+}
+
+/// The response of a reply read, or the call's error if it failed.
+fn response(
+    status: Status,
+    payload: Payload,
+    recv: Option<RecvStream>,
+    writer: Option<AbortOnDrop>,
+    name: (&str, &str),
+    link: &Link,
+) -> Result<Response> {
     match status {
         Status::Ok | Status::Stream => Ok(Response {
             status,

@@ -50,7 +50,8 @@ pub(crate) struct HeadError {
     pub(crate) owes_grant: bool,
 }
 
-/// Reads a request's header and method name, so that the server can refuse a call (unknown
+/// Reads a request's header and method name (`None`: the stream opens with
+/// [`wire::mux::MUX_PRELUDE`], a multiplexed stream), so that the server can refuse a call (unknown
 /// method, wrong types, not allowed) before it reads any of the argument. A stream that ends
 /// early is [`Kind::Invalid`]: the peer sent a bad frame. The head must arrive within `limit`
 /// after `arrived` (else a temporary [`Kind::Unavailable`] error: the transfer stalled); the
@@ -60,33 +61,40 @@ pub(crate) async fn read_head(
     max_payload: u64,
     arrived: tokio::time::Instant,
     limit: std::time::Duration,
-) -> Result<RequestHead, HeadError> {
+) -> Result<Option<RequestHead>, HeadError> {
     let head_by = crate::deadline::saturating_after(arrived, limit);
     let mut owes_grant = false;
     let read = async {
         let mut hb = [0u8; REQUEST_HEADER_LEN];
-        read_exact(recv, &mut hb, Kind::Invalid).await?;
+        let prelude = wire::mux::MUX_PRELUDE.len();
+        read_exact(recv, &mut hb[..prelude], Kind::Invalid).await?;
+        if hb[..prelude] == wire::mux::MUX_PRELUDE {
+            return Ok(None);
+        }
+        read_exact(recv, &mut hb[prelude..], Kind::Invalid).await?;
         owes_grant = RequestHeader::asks_grant(&hb);
         let header = RequestHeader::decode(&hb, max_payload)?;
         let mut name = vec![0u8; usize::from(header.method_len)];
         read_exact(recv, &mut name, Kind::Invalid).await?;
-        Ok::<_, Error>((header, MethodName::parse(name)?))
+        Ok::<_, Error>(Some((header, MethodName::parse(name)?)))
     };
     let read = tokio::time::timeout_at(head_by, read)
         .await
         .map_err(|_| stalled("header", limit))
         .and_then(|read| read);
-    let (header, method) = read.map_err(|error| HeadError { error, owes_grant })?;
+    let Some((header, method)) = read.map_err(|error| HeadError { error, owes_grant })? else {
+        return Ok(None);
+    };
     let deadline = header
         .timeout()
         .map(|t| crate::deadline::saturating_after(arrived, t));
-    Ok(RequestHead {
+    Ok(Some(RequestHead {
         header,
         method,
         rest_by: deadline.unwrap_or(head_by),
         deadline,
         limit,
-    })
+    }))
 }
 
 /// Reads the argument of the request whose head is `head` (and, unless a byte stream follows,
@@ -412,7 +420,7 @@ async fn read_exact(recv: &mut RecvStream, buf: &mut [u8], early: Kind) -> Resul
 
 /// A failed read, as an error: the connection's loss, or the stream's reset (named when it is
 /// one of ours). Either is temporary: another try may succeed.
-fn read_failed(e: quinn::ReadError) -> Error {
+pub(crate) fn read_failed(e: quinn::ReadError) -> Error {
     match e {
         quinn::ReadError::ConnectionLost(c) => c.into(),
         quinn::ReadError::Reset(code) => {

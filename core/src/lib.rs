@@ -74,6 +74,7 @@ mod life;
 mod link;
 mod machine;
 mod metrics;
+mod mux;
 mod outcomes;
 mod private_dir;
 mod provision;

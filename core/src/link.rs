@@ -10,6 +10,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Kind};
+use crate::mux::client::{MuxClient, Muxes};
 
 /// The life of a machine. States only move forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -46,6 +47,8 @@ pub(crate) struct Link {
     stopped: CancellationToken,
     /// Calls whose argument awaits the machine's grant, at most [`LARGE_CALLS`] at once.
     large_calls: Arc<Semaphore>,
+    /// The long-lived streams small calls share.
+    muxes: Muxes,
 }
 
 /// How many calls to one machine may await its grant for their argument (and send it) at
@@ -63,7 +66,13 @@ impl Link {
             err: Mutex::new(None),
             stopped: CancellationToken::new(),
             large_calls: Arc::new(Semaphore::new(LARGE_CALLS)),
+            muxes: Muxes::default(),
         }
+    }
+
+    /// The next of the machine's multiplexed streams, for a small call.
+    pub(crate) async fn mux(&self) -> crate::Result<Arc<MuxClient>> {
+        self.muxes.get(&self.pool, self.max_reply).await
     }
 
     /// A place among the calls awaiting the machine's grant (see [`LARGE_CALLS`]), held until

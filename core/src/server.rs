@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use bytes::Bytes;
 
 use crate::budget::{Budget, Drawn};
-use crate::buffers::Pooled;
+use crate::buffers::{Payload, Pooled};
 use crate::context::{with_reply_slot, Context};
 use crate::error::{Error, Kind};
 use crate::fault::{ReplyFault, ReplyFaults};
@@ -38,8 +38,14 @@ use crate::io;
 use crate::metrics::{Ended, Metrics, Origin, Tally};
 use crate::outcomes::{self, Begin, Kept, OutcomeLimits, Outcomes, Recorder};
 use crate::service::{Failure, Handler, Outcome, Request, Service, ServiceTable};
+use crate::stream::ByteStream;
 use crate::supervisor::SUPERVISOR;
-use crate::wire::{self, ReplyHeader, Reset, Status, REPLY_HEADER_LEN};
+use crate::wire::{self, MethodName, RequestHeader, Reset, Status};
+
+mod mux;
+mod replier;
+
+use replier::Replier;
 
 /// Limits and test hooks of a server.
 #[derive(Debug, Clone)]
@@ -204,6 +210,7 @@ async fn connection(
         peer,
         caller,
         inflight: Budget::new(shared.config.connection_inflight_bytes),
+        mux_calls: Arc::new(AtomicUsize::new(0)),
     };
     loop {
         let (send, recv) = tokio::select! {
@@ -228,16 +235,14 @@ struct Link {
     caller: Arc<Identity>,
     /// The connection's budget of argument bytes.
     inflight: Budget,
+    /// The connection's multiplexed calls in flight (see [`mux::MUX_CALLS`]).
+    mux_calls: Arc<AtomicUsize>,
 }
 
-async fn call(mut send: SendStream, mut recv: RecvStream, link: Link, shared: Arc<Shared>) {
-    let Link {
-        peer,
-        caller,
-        inflight,
-    } = link;
+async fn call(send: SendStream, mut recv: RecvStream, link: Link, shared: Arc<Shared>) {
     let arrived = Instant::now();
     let config = &shared.config;
+    let mut replier = Replier::Stream(send);
     let head = match io::read_head(
         &mut recv,
         config.max_payload,
@@ -246,10 +251,16 @@ async fn call(mut send: SendStream, mut recv: RecvStream, link: Link, shared: Ar
     )
     .await
     {
-        Ok(head) => head,
+        Ok(Some(head)) => head,
+        Ok(None) => {
+            let Replier::Stream(send) = replier else {
+                return;
+            };
+            return mux::serve(send, recv, link, shared).await;
+        }
         Err(e) => {
-            tracing::debug!(%peer, error = %e.error, "malformed request");
-            refuse(&mut send, e.error, e.owes_grant, None).await;
+            tracing::debug!(peer = %link.peer, error = %e.error, "malformed request");
+            refuse(&mut replier, e.error, e.owes_grant, None).await;
             return;
         }
     };
@@ -260,75 +271,58 @@ async fn call(mut send: SendStream, mut recv: RecvStream, link: Link, shared: Ar
     // Refused before a byte of the argument is read: a request awaiting a grant is refused
     // one; another's stream is dropped unread, which tells the caller to stop sending it.
     let owes_grant = head.header.awaits_grant();
-    let service = match admit(&head, &caller, &shared.table) {
+    let service = match admit(method, &head.header, &link.caller, &shared.table) {
         Ok(service) => service,
         Err(e) => {
             if e.is(Kind::NotAllowed) {
-                tracing::debug!(%peer, caller = %caller.name, %method, "refused a peer's control call");
+                tracing::debug!(peer = %link.peer, caller = %link.caller.name, %method, "refused a peer's control call");
             }
-            refuse(&mut send, e, owes_grant, faults).await;
+            refuse(&mut replier, e, owes_grant, faults).await;
             return;
         }
     };
     let tally = config
         .metrics
         .begin(method.as_str(), head.header.payload_len, arrived);
-    let admitted = Admitted {
-        head,
-        service,
-        peer,
-        caller,
-        inflight,
-        faults,
-        arrived,
-    };
-    let ended = run(send, recv, admitted, &shared, &tally).await;
+    let ended = run(
+        replier, recv, head, service, link, faults, arrived, &shared, &tally,
+    )
+    .await;
     tally.end(ended);
 }
 
-/// A request its caller may make of a service that has its method, not yet run.
-struct Admitted {
-    head: io::RequestHead,
+/// Reads the argument of an admitted request on its own stream (once there is room for it),
+/// then runs it ([`execute`]). Returns how the call ended, `None` if its caller went away
+/// first.
+#[allow(clippy::too_many_arguments)]
+async fn run(
+    mut replier: Replier,
+    mut recv: RecvStream,
+    mut head: io::RequestHead,
     service: Arc<dyn Service>,
-    peer: SocketAddr,
-    caller: Arc<Identity>,
-    /// The connection's budget of argument bytes.
-    inflight: Budget,
+    link: Link,
     faults: Option<Arc<ReplyFaults>>,
     arrived: Instant,
-}
-
-/// Reads an admitted request's argument (once there is room for it), runs its method and
-/// replies. Returns how the call ended, `None` if its caller went away first.
-async fn run(
-    mut send: SendStream,
-    mut recv: RecvStream,
-    admitted: Admitted,
     shared: &Shared,
     tally: &Tally,
 ) -> Option<Ended> {
-    let Admitted {
-        mut head,
-        service,
-        peer,
-        caller,
-        inflight,
-        faults,
-        arrived,
-    } = admitted;
     let owes_grant = head.header.awaits_grant();
     // A large argument comes once the connection's budget and the machine's have room for it;
     // a caller that goes away meanwhile leaves the queue.
     let drawn = if owes_grant {
         let drawn = tokio::select! {
-            drawn = draw(&head, &inflight, &shared.inflight) => drawn,
-            _ = send.stopped() => return None,
+            drawn = draw(&head, &link.inflight, &shared.inflight) => drawn,
+            _ = replier.gone() => return None,
         };
         let drawn = match drawn {
             Ok(drawn) => drawn,
-            Err(e) => return refuse(&mut send, e, owes_grant, faults).await,
+            Err(e) => return refuse(&mut replier, e, owes_grant, faults).await,
         };
-        if io::write_grant(&mut send, true).await.is_err() {
+        let granted = match replier.stream() {
+            Some(send) => io::write_grant(send, true).await.is_ok(),
+            None => false,
+        };
+        if !granted {
             return None; // the caller went away
         }
         head.granted();
@@ -339,17 +333,68 @@ async fn run(
     let arg = match io::read_argument(&mut recv, &head).await {
         Ok(arg) => arg,
         Err(e) => {
-            tracing::debug!(%peer, error = %e, "malformed request");
-            return refuse(&mut send, e, false, None).await;
+            tracing::debug!(peer = %link.peer, error = %e, "malformed request");
+            return refuse(&mut replier, e, false, None).await;
         }
     };
     let io::RequestHead { header, method, .. } = head;
+    let body = header.has_stream().then(|| io::argument_stream(recv));
+    let received = Received {
+        header,
+        method,
+        arg,
+        body,
+        service,
+        peer: link.peer,
+        caller: link.caller,
+        faults,
+        arrived,
+        drawn,
+    };
+    execute(&mut replier, received, shared, tally).await
+}
+
+/// An admitted request, its argument in hand, not yet run.
+struct Received {
+    header: RequestHeader,
+    method: MethodName,
+    arg: Payload,
+    /// The argument stream that follows the argument, if one does.
+    body: Option<ByteStream>,
+    service: Arc<dyn Service>,
+    peer: SocketAddr,
+    caller: Arc<Identity>,
+    faults: Option<Arc<ReplyFaults>>,
+    arrived: Instant,
+    /// The argument's room in the connection's and the machine's budgets, if it took some.
+    drawn: Option<(Drawn, Drawn)>,
+}
+
+/// Runs a received request's method and replies through `replier`. Returns how the call
+/// ended, `None` if its caller went away first.
+async fn execute(
+    replier: &mut Replier,
+    received: Received,
+    shared: &Shared,
+    tally: &Tally,
+) -> Option<Ended> {
+    let Received {
+        header,
+        method,
+        arg,
+        body,
+        service,
+        peer,
+        caller,
+        faults,
+        arrived,
+        drawn,
+    } = received;
     let timeout = header.timeout();
     // The timeout comes from the wire: any length is taken without overflow.
     let deadline = timeout.map(|t| crate::deadline::saturating_after(arrived, t));
     let ctx = Context::for_call(deadline, peer, caller);
     let token = ctx.token().clone();
-    let body = header.has_stream().then(|| io::argument_stream(recv));
     let dispatched = Request {
         ctx,
         arg,
@@ -361,7 +406,7 @@ async fn run(
         Ok(handler) => handler,
         Err(e) => {
             drop(drawn);
-            return reply(&mut send, Err(Failure::Server(e)), None, faults).await;
+            return reply(replier, Err(Failure::Server(e)), None, faults).await;
         }
     };
     // An exactly-once call's repeat never runs the handler (a future not yet polled: dropping
@@ -374,7 +419,7 @@ async fn run(
         Some(Begin::First(recorder)) => Some(recorder),
         Some(Begin::Done(kept)) => {
             drop((handler, drawn));
-            return send_reply(&mut send, kept, faults).await;
+            return send_reply(replier, kept, faults).await;
         }
         Some(Begin::Conflict) => {
             drop((handler, drawn));
@@ -385,11 +430,11 @@ async fn run(
                     header.call_id
                 ),
             );
-            return reply(&mut send, Err(Failure::Server(e)), None, faults).await;
+            return reply(replier, Err(Failure::Server(e)), None, faults).await;
         }
         Some(Begin::Running(first)) => {
             drop((handler, drawn));
-            return repeat_of_running(send, first, method.as_str(), deadline, timeout, faults)
+            return repeat_of_running(replier, first, method.as_str(), deadline, timeout, faults)
                 .await;
         }
     };
@@ -400,7 +445,7 @@ async fn run(
         if once {
             futures::future::pending::<()>().await;
         }
-        let _ = send.stopped().await;
+        replier.gone().await;
     };
     let (outcome, reply_slot) = with_reply_slot(run_handler(
         handler,
@@ -419,6 +464,9 @@ async fn run(
         tracing::trace!(%peer, %method, "caller went away; call canceled");
         return None;
     };
+    if reply_slot.asked().is_some() {
+        replier.want_ack();
+    }
     // How the call ended, and whether its whole reply was handed to the transport.
     let (ended, handed) = match outcome {
         Ok(Outcome::Stream(stream)) => {
@@ -430,7 +478,16 @@ async fn run(
                 );
                 recorder.record(encode(Err(Failure::Server(e))));
             }
-            let streamed = io::write_reply_stream(&mut send, stream, tally.stream_bytes());
+            let Some(send) = replier.stream() else {
+                // Only a caller breaking the protocol asks for a stream on a shared one.
+                let e = Error::fatal(
+                    Kind::Invalid,
+                    format!("{method} replies with a byte stream, which needs a stream of its own"),
+                );
+                let ended = reply(replier, Err(Failure::Server(e)), None, faults).await;
+                return ended;
+            };
+            let streamed = io::write_reply_stream(send, stream, tally.stream_bytes());
             let streamed = match deadline {
                 Some(d) => tokio::time::timeout_at(d, streamed)
                     .await
@@ -450,7 +507,7 @@ async fn run(
                         }
                         _ => tracing::debug!(%peer, %method, "reply stream cut at its deadline"),
                     }
-                    io::reset(&mut send, Reset::ReplyAborted);
+                    io::reset(send, Reset::ReplyAborted);
                     (cut.err(), false)
                 }
             }
@@ -458,21 +515,21 @@ async fn run(
         Ok(Outcome::Archive(payload)) => {
             // Without a copy: the pooled buffer returns to its pool when the last clone goes.
             let parts = (Bytes::from_owner(Pooled(payload)), Bytes::new());
-            let ended = reply(&mut send, Ok(parts), recorder, faults).await;
+            let ended = reply(replier, Ok(parts), recorder, faults).await;
             (ended, ended.is_some())
         }
         Ok(Outcome::Parts(payload, tail)) => {
-            let ended = reply(&mut send, Ok((payload, tail)), recorder, faults).await;
+            let ended = reply(replier, Ok((payload, tail)), recorder, faults).await;
             (ended, ended.is_some())
         }
         Err(failure) => {
-            let ended = reply(&mut send, Err(failure), recorder, faults).await;
+            let ended = reply(replier, Err(failure), recorder, faults).await;
             (ended, ended.is_some())
         }
     };
     if let Some(watch) = reply_slot.asked() {
-        // Every byte of the reply acknowledged by the caller: the stream is done, not stopped.
-        let delivered = handed && matches!(send.stopped().await, Ok(None));
+        // Every byte of the reply acknowledged by the caller.
+        let delivered = replier.delivered(handed).await;
         watch.settle(delivered);
     }
     ended
@@ -482,15 +539,20 @@ async fn run(
 /// for its argument) is first told it gets none. A broken stream gets no answer (nobody is
 /// there to read it). Returns how the call ended, `None` if the answer did not get through.
 async fn refuse(
-    send: &mut SendStream,
+    replier: &mut Replier,
     e: Error,
     owes_grant: bool,
     faults: Option<Arc<ReplyFaults>>,
 ) -> Option<Ended> {
-    if e.kind() == Kind::Net || owes_grant && io::write_grant(send, false).await.is_err() {
+    if e.kind() == Kind::Net {
         return None;
     }
-    reply(send, Err(Failure::Server(e)), None, faults).await
+    if let (true, Some(send)) = (owes_grant, replier.stream()) {
+        if io::write_grant(send, false).await.is_err() {
+            return None;
+        }
+    }
+    reply(replier, Err(Failure::Server(e)), None, faults).await
 }
 
 /// Room for the argument of the request whose head is `head` (one awaiting a grant): drawn
@@ -525,11 +587,11 @@ async fn draw(
 /// The service a request's head calls, if `caller` may call it and it has the method with the
 /// request's types: decided before the argument is read.
 fn admit(
-    head: &io::RequestHead,
+    method: &MethodName,
+    header: &RequestHeader,
     caller: &Identity,
     table: &ServiceTable,
 ) -> Result<Arc<dyn Service>, Error> {
-    let method = &head.method;
     if method.service() == SUPERVISOR
         && caller.role != Role::Driver
         && !crate::supervisor::open_to_peers(method.method())
@@ -548,7 +610,6 @@ fn admit(
             format!("no service named {} on this machine", method.service()),
         )
     })?;
-    let header = &head.header;
     service.accepts(
         method.method(),
         header.arg_type,
@@ -563,7 +624,7 @@ fn admit(
 /// first; with a temporary [`Kind::Unavailable`] if the first try ended without an outcome. A
 /// caller that goes away ends the wait.
 async fn repeat_of_running(
-    mut send: SendStream,
+    replier: &mut Replier,
     first: tokio::sync::watch::Receiver<Option<Kept>>,
     method: &str,
     deadline: Option<Instant>,
@@ -582,11 +643,11 @@ async fn repeat_of_running(
             format!("{method}: the first try of this exactly-once call ended without an outcome"),
         )),
         _ = expired => Err(Error::deadline_exceeded(&format!("{method} on the server"), timeout)),
-        _ = send.stopped() => return None,
+        _ = replier.gone() => return None,
     };
     match waited {
-        Ok(kept) => send_reply(&mut send, kept, faults).await,
-        Err(e) => reply(&mut send, Err(Failure::Server(e)), None, faults).await,
+        Ok(kept) => send_reply(replier, kept, faults).await,
+        Err(e) => reply(replier, Err(Failure::Server(e)), None, faults).await,
     }
 }
 
@@ -665,7 +726,7 @@ fn encode(outcome: Result<(Bytes, Bytes), Failure>) -> Kept {
 /// try), applying an injected fault if one is drawn. Returns how the call ended if the whole
 /// reply was handed to the transport, `None` if it was not.
 async fn reply(
-    send: &mut SendStream,
+    replier: &mut Replier,
     outcome: Result<(Bytes, Bytes), Failure>,
     recorder: Option<Recorder>,
     faults: Option<Arc<ReplyFaults>>,
@@ -674,13 +735,13 @@ async fn reply(
     if let Some(recorder) = recorder {
         recorder.record(kept.clone());
     }
-    send_reply(send, kept, faults).await
+    send_reply(replier, kept, faults).await
 }
 
 /// Sends an encoded outcome, applying an injected fault if one is drawn. Returns how the call
 /// ended if the whole reply was handed to the transport, `None` if it was not.
 async fn send_reply(
-    send: &mut SendStream,
+    replier: &mut Replier,
     kept: Kept,
     faults: Option<Arc<ReplyFaults>>,
 ) -> Option<Ended> {
@@ -693,37 +754,19 @@ async fn send_reply(
             Ended::Failed(wire::decode_error(&kept.payload).kind(), Origin::Server)
         }
     };
-    send_kept(send, kept, faults).await.then_some(ended)
+    send_kept(replier, kept, faults).await.then_some(ended)
 }
 
 /// Sends a reply's status and payload, or the fault drawn instead. Returns whether the whole
 /// reply was handed to the transport.
-async fn send_kept(send: &mut SendStream, kept: Kept, faults: Option<Arc<ReplyFaults>>) -> bool {
+async fn send_kept(replier: &mut Replier, kept: Kept, faults: Option<Arc<ReplyFaults>>) -> bool {
     let result = match faults.and_then(|f| f.draw()) {
-        None => io::write_reply(send, kept.status, kept.payload, kept.tail)
-            .await
-            .map(|()| true),
+        None => replier.write(kept).await.map(|()| true),
         Some(ReplyFault::Drop) => {
-            io::reset(send, Reset::Dropped);
+            replier.reset(Reset::Dropped);
             return false;
         }
-        Some(ReplyFault::Truncate) => {
-            let header = ReplyHeader {
-                status: kept.status,
-                payload_len: kept.len() as u64,
-            };
-            let mut frame = header.encode().to_vec();
-            frame.extend_from_slice(&kept.payload);
-            frame.extend_from_slice(&kept.tail);
-            frame.truncate((REPLY_HEADER_LEN + kept.len()) / 2);
-            async {
-                send.write_all(&frame).await?;
-                send.finish()?;
-                Ok(())
-            }
-            .await
-            .map(|()| false)
-        }
+        Some(ReplyFault::Truncate) => replier.truncate(kept).await.map(|()| false),
     };
     match result {
         Ok(whole) => whole,

@@ -35,6 +35,7 @@
 mod error;
 mod frame;
 mod header;
+pub mod mux;
 mod reset;
 
 pub use error::{decode_error, encode_error, MAX_ERROR_DEPTH};
