@@ -13,7 +13,7 @@ use std::time::Duration;
 use bigmachine::testsystem::TestSystem;
 use bigmachine::{service, Blob, Context, Error, Kind, Result, Services, State, B};
 use bigmachine_core::__internal::wire::mux::{
-    FrameHeader, FrameKind, MuxDecoder, MuxEvent, Outgoing, FLAG_ACK_WANTED, MUX_PRELUDE,
+    FrameHeader, FrameKind, Head, MuxDecoder, MuxEvent, Outgoing, FLAG_ACK_WANTED, MUX_PRELUDE,
 };
 use bigmachine_core::__internal::wire::{self, ReplyHeader, RequestHeader, Status};
 use bigmachine_core::__internal::{decode, encode, type_tag};
@@ -54,19 +54,19 @@ fn request_with<A: bigmachine::Encode, R: 'static>(
         ..RequestHeader::default()
     };
     let (service, method) = method.split_once('.').ok_or_else(|| Error::other("name"))?;
-    let mut head = Vec::new();
-    header.encode_head(service, method, &mut head)?;
+    let mut head = Head::with_capacity(0);
+    header.encode_head(service, method, head.buffer())?;
     Ok(frames(Outgoing::new(
         FrameKind::Request,
         0,
         id,
-        head.into(),
-        [Bytes::copy_from_slice(&arg)],
+        head,
+        [Bytes::copy_from_slice(&arg), Bytes::new()],
     )))
 }
 
 fn control(kind: FrameKind, id: u64) -> Vec<u8> {
-    frames(Outgoing::control(kind, id, Bytes::new()))
+    frames(Outgoing::control(kind, id, &[]))
 }
 
 fn frames(mut message: Outgoing) -> Vec<u8> {
@@ -273,20 +273,25 @@ async fn a_broken_frame_ends_its_stream_and_nothing_else() -> Result<()> {
     let (_endpoint, conn) = raw_client(&b, &machines[0]).await?;
     let mut unknown_kind = control(FrameKind::Ack, 1);
     unknown_kind[0] = 0x7f;
-    let mut duplicate = request::<u64, ()>(5, "Echo.hang", &5101u64)?;
-    duplicate.extend(request::<u64, ()>(5, "Echo.hang", &5102u64)?);
-    let reply_from_caller = frames(Outgoing::new(FrameKind::Reply, 0, 9, Bytes::new(), []));
-    for (what, bytes) in [
-        ("an unknown frame kind", unknown_kind),
-        ("a try id in use", duplicate),
-        ("a reply from the caller", reply_from_caller),
+    let duplicate = request::<u64, ()>(5, "Echo.hang", &5102u64)?;
+    let reply_from_caller = frames(Outgoing::control(FrameKind::Reply, 9, &[]));
+    // The try id of a call running: first the call, then the id again.
+    let running = request::<u64, ()>(5, "Echo.hang", &5101u64)?;
+    for (what, first, then) in [
+        ("an unknown frame kind", unknown_kind, None),
+        ("a try id in use", running, Some((5101, duplicate))),
+        ("a reply from the caller", reply_from_caller, None),
     ] {
-        let (_send, mut recv) = open_shared(&conn, &bytes).await?;
+        let (mut send, mut recv) = open_shared(&conn, &first).await?;
+        if let Some((started, bytes)) = then {
+            assert!(handler_started(started, Duration::from_secs(5)).await);
+            send.write_all(&bytes).await?;
+        }
         let mut decoder = MuxDecoder::new();
         let ended = read_messages(&mut recv, &mut decoder, 1).await?;
         assert!(ended.is_none(), "{what}: the stream goes on: {ended:?}");
     }
-    // The hang of the stream that ended was dropped with it.
+    // The call of the stream that ended was dropped with it.
     assert!(handler_dropped(5101, Duration::from_secs(5)).await);
     // The connection, the machine and the driver's calls are unharmed.
     let (_send, mut recv) = open_shared(
@@ -355,6 +360,40 @@ async fn a_long_reply_holds_up_the_small_calls_sharing_its_stream_by_a_chunk_at_
     }
     let len = big.await.map_err(Error::other)??;
     assert_eq!(len, 256 << 20);
+    b.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_long_calls_than_the_shared_streams_take_hold_up_no_other_call() -> Result<()> {
+    let (b, machines) = echo_cluster(TestSystem::new(), 1).await?;
+    let machine = &machines[0];
+    // More hanging calls than the shared streams' places (2 × 128): the rest take streams
+    // of their own.
+    let ids: Vec<u64> = (6000..6300).collect();
+    let hangs: Vec<_> = ids
+        .iter()
+        .map(|&id| {
+            let machine = machine.clone();
+            tokio::spawn(async move { machine.call::<u64, ()>("Echo.hang", &id).await })
+        })
+        .collect();
+    let all_started = common::eventually(Duration::from_secs(10), || {
+        common::hangs()
+            .borrow()
+            .started
+            .is_superset(&ids.iter().copied().collect())
+    })
+    .await;
+    assert!(all_started, "not every hanging call reached the machine");
+    let reply: String = machine
+        .call("Echo.echo", &"through".to_string())
+        .timeout(Duration::from_secs(5))
+        .await?;
+    assert_eq!(reply, "hello, through");
+    for hang in hangs {
+        hang.abort();
+    }
     b.shutdown().await;
     Ok(())
 }

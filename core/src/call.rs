@@ -27,6 +27,7 @@ use crate::error::{Error, Kind, Result};
 use crate::io;
 use crate::link::{Link, State};
 use crate::stream::{AbortOnDrop, ByteStream};
+use crate::wire::mux::Head;
 use crate::wire::{
     self, MethodName, RequestHeader, Status, FLAG_AWAIT_GRANT, FLAG_EXACTLY_ONCE, FLAG_STREAM_ARG,
 };
@@ -492,14 +493,17 @@ async fn exchange(request: Request<'_>, body: Option<ByteStream>) -> Result<Resp
     header.timeout_us = deadline.map_or(0, |d| {
         (d.saturating_duration_since(Instant::now()).as_micros() as u64).max(1)
     });
-    // A shared stream's request carries its argument as a piece of its own.
-    let inline = if shares { 0 } else { arg.len() };
-    let mut head = Vec::with_capacity(io::head_capacity(name.0.len() + 1 + name.1.len(), inline));
-    header.encode_head(name.0, name.1, &mut head)?;
+    let name_len = name.0.len() + 1 + name.1.len();
     if shares {
-        let (status, payload) = link.mux().await?.call(head, arg).await?;
-        return response(status, payload, None, None, name, link);
+        if let Some((mux, place)) = link.shared_place().await? {
+            let mut head = Head::with_capacity(wire::REQUEST_HEADER_LEN + name_len);
+            header.encode_head(name.0, name.1, head.buffer())?;
+            let (status, payload) = mux.call(place, head, arg).await?;
+            return response(status, payload, None, None, name, link);
+        }
     }
+    let mut head = Vec::with_capacity(io::head_capacity(name_len, arg.len()));
+    header.encode_head(name.0, name.1, &mut head)?;
     // Calls awaiting the machine's grant take few of the connection's streams, so that the
     // others (keepalives among them) always find one.
     let large = if io::awaits_grant(arg.len()) {

@@ -70,9 +70,13 @@ impl Link {
         }
     }
 
-    /// The next of the machine's multiplexed streams, for a small call.
-    pub(crate) async fn mux(&self) -> crate::Result<Arc<MuxClient>> {
-        self.muxes.get(&self.pool, self.max_reply).await
+    /// A place for a small call on one of the machine's shared streams; `None` if they are
+    /// full (the call then takes a stream of its own: a crowd of long calls never holds up
+    /// keepalives and the like).
+    pub(crate) async fn shared_place(
+        &self,
+    ) -> crate::Result<Option<(Arc<MuxClient>, OwnedSemaphorePermit)>> {
+        self.muxes.place(&self.pool, self.max_reply).await
     }
 
     /// A place among the calls awaiting the machine's grant (see [`LARGE_CALLS`]), held until

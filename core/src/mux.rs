@@ -5,22 +5,23 @@
 //! Small calls (an argument of at most [`MUX_ARG_MAX`] bytes, no byte stream either way) share
 //! [`client::MUX_STREAMS`] long-lived streams per machine instead of opening a QUIC stream
 //! each: a stream's open and close, its flow-control frames and the wake-ups they cost are what
-//! a small call spent most of its time on. Each stream has one writer task, which batches every
-//! message waiting into one write and interleaves long messages chunk by chunk, and one reader
-//! task. Calls with large arguments, argument streams or reply streams keep a stream of their
+//! a small call spent most of its time on. Each stream has one writer task, which batches the
+//! messages waiting into few writes and interleaves long messages chunk by chunk, and one
+//! reader task. A call that finds its shared stream full (see [`client::MUX_INFLIGHT`]) takes
+//! a stream of its own, as every call did before. Calls with large arguments, argument streams or reply streams keep a stream of their
 //! own, so the machine's grant of room for large arguments and the streams' own flow control
 //! are unchanged.
 
 pub(crate) mod client;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 use bytes::Bytes;
 use quinn::{RecvStream, SendStream};
 use tokio::sync::mpsc;
 
 use crate::error::{Error, Kind, Result};
-use crate::wire::mux::{MuxDecoder, MuxEvent, Outgoing};
+use crate::wire::mux::{FrameHeader, MuxDecoder, MuxEvent, Outgoing};
 
 /// The largest argument a multiplexed call carries; larger ones go on a stream of their own.
 pub(crate) const MUX_ARG_MAX: usize = 64 << 10;
@@ -31,15 +32,17 @@ const BATCH: usize = 256 << 10;
 /// Where messages for a stream's writer go.
 pub(crate) type Outbox = mpsc::UnboundedSender<Outgoing>;
 
-/// Writes the messages arriving in `inbox` to `send` (after `prelude`), batching whatever is
-/// waiting into one write and taking one frame of each message in turn, until every sender is
-/// gone (then finishes the stream) or a write fails.
+/// Writes the messages arriving in `inbox` to `send` (after `prelude`), batching what is
+/// waiting into writes of up to [`BATCH`] bytes and taking one frame of each message in turn,
+/// until every sender is gone (then finishes the stream) or a write fails.
 pub(crate) async fn write_loop(
     mut send: SendStream,
     prelude: Option<Bytes>,
     mut inbox: mpsc::UnboundedReceiver<Outgoing>,
 ) -> Result<()> {
     let mut ready: VecDeque<Outgoing> = VecDeque::new();
+    // Messages written whole, dropped (with what they keep) once quinn took their bytes.
+    let mut finished: Vec<Outgoing> = Vec::new();
     let mut batch: Vec<Bytes> = prelude.into_iter().collect();
     loop {
         if ready.is_empty() && batch.is_empty() {
@@ -59,11 +62,14 @@ pub(crate) async fn write_loop(
             let before = batch.len();
             if message.next_frame(&mut batch) {
                 ready.push_back(message);
+            } else {
+                finished.push(message);
             }
             bytes += batch[before..].iter().map(Bytes::len).sum::<usize>();
         }
         send.write_all_chunks(&mut batch).await?;
         batch.clear();
+        finished.clear();
     }
     let _ = send.finish();
     Ok(())
@@ -108,4 +114,73 @@ pub(crate) fn protocol(what: impl Into<String>) -> Error {
         Kind::Invalid,
         format!("multiplexed stream: {}", what.into()),
     )
+}
+
+/// Messages arriving as frames, the frames of several interleaved: the message whose frame is
+/// arriving, and those waiting for their next PART (at most `limit` of them).
+#[derive(Debug)]
+pub(crate) struct Messages<A> {
+    current: Option<(FrameHeader, A)>,
+    waiting: HashMap<u64, A>,
+    limit: usize,
+}
+
+impl<A> Messages<A> {
+    pub(crate) fn new(limit: usize) -> Self {
+        Self {
+            current: None,
+            waiting: HashMap::new(),
+            limit,
+        }
+    }
+
+    /// A message's first frame, `h`, begins; `a` assembles it.
+    pub(crate) fn first(&mut self, h: FrameHeader, a: A) -> Result<()> {
+        if self.waiting.contains_key(&h.id) {
+            return Err(protocol(format!(
+                "a second message {} before the first ended",
+                h.id
+            )));
+        }
+        self.current = Some((h, a));
+        Ok(())
+    }
+
+    /// A PART frame, `h`, of a waiting message begins.
+    pub(crate) fn part(&mut self, h: FrameHeader) -> Result<()> {
+        let a = self
+            .waiting
+            .remove(&h.id)
+            .ok_or_else(|| protocol(format!("a part of no message ({})", h.id)))?;
+        self.current = Some((h, a));
+        Ok(())
+    }
+
+    /// The message whose frame is arriving, and its id.
+    pub(crate) fn current(&mut self) -> Option<(u64, &mut A)> {
+        self.current.as_mut().map(|(h, a)| (h.id, a))
+    }
+
+    /// The current frame ended: its message, if that was its last frame.
+    pub(crate) fn end(&mut self) -> Result<Option<(u64, A)>> {
+        let Some((h, a)) = self.current.take() else {
+            return Err(protocol("a frame's end without its start"));
+        };
+        if !h.more() {
+            return Ok(Some((h.id, a)));
+        }
+        if self.waiting.len() >= self.limit {
+            return Err(protocol(format!(
+                "more than {} messages arriving in pieces",
+                self.limit
+            )));
+        }
+        self.waiting.insert(h.id, a);
+        Ok(None)
+    }
+
+    /// Forgets the message `id` (aborted between its frames).
+    pub(crate) fn forget(&mut self, id: u64) {
+        self.waiting.remove(&id);
+    }
 }

@@ -3,7 +3,7 @@
 //! messages split into frames decode back to their bytes.
 #![no_main]
 
-use bigmachine_core::__internal::wire::mux::{FrameKind, MuxDecoder, MuxEvent, Outgoing};
+use bigmachine_core::__internal::wire::mux::{FrameKind, Head, MuxDecoder, MuxEvent, Outgoing};
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 
@@ -62,8 +62,8 @@ fuzz_target!(|input: &[u8]| {
         FrameKind::Reply,
         0,
         u64::from(mode),
-        Bytes::copy_from_slice(head),
-        [Bytes::copy_from_slice(data)],
+        Head::from_slice(head),
+        [Bytes::copy_from_slice(data), Bytes::new()],
     );
     let mut chunks = Vec::new();
     while message.next_frame(&mut chunks) {}

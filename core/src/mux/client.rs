@@ -13,13 +13,16 @@ use std::sync::{Arc, Mutex};
 
 use bigmachine_quic::Pool;
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 
-use super::{fill, protocol, Outbox};
+use super::{fill, protocol, Messages, Outbox};
 use crate::buffers::Payload;
 use crate::error::{Error, Kind, Result};
 use crate::link::lock;
-use crate::wire::mux::{FrameHeader, FrameKind, MuxEvent, Outgoing, FLAG_ACK_WANTED, MUX_PRELUDE};
+use crate::wire::mux::{
+    FrameHeader, FrameKind, Head, MuxEvent, Outgoing, FLAG_ACK_WANTED, MUX_PRELUDE,
+};
 use crate::wire::{ReplyHeader, Reset, Status, REPLY_HEADER_LEN};
 
 /// How many long-lived streams small calls to one machine share.
@@ -53,9 +56,26 @@ impl Slot {
 }
 
 impl Muxes {
-    /// The next stream in turn, opened on a connection of `pool` if it has none or it broke.
-    pub(crate) async fn get(&self, pool: &Pool, max_reply: u64) -> Result<Arc<MuxClient>> {
-        let slot = &self.slots[self.next.fetch_add(1, Ordering::Relaxed) % MUX_STREAMS];
+    /// A place for a call on one of the streams (the next in turn first), each opened on a
+    /// connection of `pool` if it has none or it broke; `None` if every stream is full.
+    pub(crate) async fn place(
+        &self,
+        pool: &Pool,
+        max_reply: u64,
+    ) -> Result<Option<(Arc<MuxClient>, OwnedSemaphorePermit)>> {
+        let first = self.next.fetch_add(1, Ordering::Relaxed);
+        for i in 0..MUX_STREAMS {
+            let mux = self
+                .get(&self.slots[(first + i) % MUX_STREAMS], pool, max_reply)
+                .await?;
+            if let Some(place) = mux.place() {
+                return Ok(Some((mux, place)));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn get(&self, slot: &Slot, pool: &Pool, max_reply: u64) -> Result<Arc<MuxClient>> {
         if let Some(mux) = slot.live() {
             return Ok(mux);
         }
@@ -76,7 +96,10 @@ struct Shared {
     /// The calls waiting for their reply, by try id; `None` once the stream ended.
     waiters: Mutex<Option<HashMap<u64, Waiter>>>,
     /// Places for calls in flight.
-    slots: Semaphore,
+    slots: Arc<Semaphore>,
+    /// Canceled when the reader ends: the writer stops too (the machine sees the stream end
+    /// and drops the calls it still runs for it).
+    ended: CancellationToken,
 }
 
 impl Shared {
@@ -86,6 +109,7 @@ impl Shared {
 
     /// Ends the stream: every waiting call fails with `e`, and later calls find it closed.
     fn end(&self, e: &Error) {
+        self.ended.cancel();
         let waiters = lock(&self.waiters).take();
         for (_, waiter) in waiters.into_iter().flatten() {
             let _ = waiter.send(Err(e.clone()));
@@ -95,6 +119,13 @@ impl Shared {
     /// The waiter of try `id`, if it still waits.
     fn take(&self, id: u64) -> Option<Waiter> {
         lock(&self.waiters).as_mut()?.remove(&id)
+    }
+
+    /// Whether try `id` still waits for its reply.
+    fn waits(&self, id: u64) -> bool {
+        lock(&self.waiters)
+            .as_ref()
+            .is_some_and(|w| w.contains_key(&id))
     }
 }
 
@@ -107,9 +138,10 @@ pub(crate) struct MuxClient {
 }
 
 impl MuxClient {
-    /// Opens a stream on `conn`, with its writer and reader tasks. The writer ends (finishing
-    /// the stream, after which the machine finishes its side and the reader ends) once this
-    /// and the calls using it are dropped.
+    /// Opens a stream on `conn`, with its writer and reader tasks. The writer ends once this
+    /// and the calls using it are dropped, or once the reader ended (the stream broke). The
+    /// writer's end finishes the stream: the machine drops the calls it still runs for it
+    /// (exactly-once calls run on) and then finishes its side, which ends the reader.
     async fn open(conn: &quinn::Connection, max_reply: u64) -> Result<Self> {
         let (send, recv) = conn.open_bi().await?;
         // Ahead of bulk streams on the same connection: these carry many calls' requests.
@@ -117,12 +149,17 @@ impl MuxClient {
         let (out, inbox) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             waiters: Mutex::new(Some(HashMap::new())),
-            slots: Semaphore::new(MUX_INFLIGHT),
+            slots: Arc::new(Semaphore::new(MUX_INFLIGHT)),
+            ended: CancellationToken::new(),
         });
         let writer = shared.clone();
         tokio::spawn(async move {
             let prelude = Bytes::from_static(&MUX_PRELUDE);
-            if let Err(e) = super::write_loop(send, Some(prelude), inbox).await {
+            let written = tokio::select! {
+                written = super::write_loop(send, Some(prelude), inbox) => written,
+                _ = writer.ended.cancelled() => Ok(()),
+            };
+            if let Err(e) = written {
                 writer.end(&e);
             }
         });
@@ -131,9 +168,9 @@ impl MuxClient {
         tokio::spawn(async move {
             let mut replies = Replies {
                 max_reply,
-                frame: None,
-                abort: Vec::new(),
-                open: HashMap::new(),
+                messages: Messages::new(4 * MUX_INFLIGHT),
+                abort: None,
+                abort_body: Vec::new(),
             };
             let ended = super::read_loop(recv, |event| replies.on(event, &reader, &acks)).await;
             let e = match ended {
@@ -153,10 +190,19 @@ impl MuxClient {
         })
     }
 
-    /// Sends a request (`head`: its header and method name; `arg`: its archive) and waits for
-    /// its reply. Dropping the future cancels the call on the machine.
-    pub(crate) async fn call(&self, head: Vec<u8>, arg: &Bytes) -> Result<(Status, Payload)> {
-        let _place = self.shared.slots.acquire().await.map_err(|_| closed())?;
+    /// A place for one more call on this stream, if it has room.
+    fn place(&self) -> Option<OwnedSemaphorePermit> {
+        self.shared.slots.clone().try_acquire_owned().ok()
+    }
+
+    /// Sends a request (`head`: its header and method name; `arg`: its archive) in `place`
+    /// and waits for its reply. Dropping the future cancels the call on the machine.
+    pub(crate) async fn call(
+        &self,
+        place: OwnedSemaphorePermit,
+        head: Head,
+        arg: &Bytes,
+    ) -> Result<(Status, Payload)> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (waiter, reply) = oneshot::channel();
         match lock(&self.shared.waiters).as_mut() {
@@ -164,10 +210,10 @@ impl MuxClient {
             None => return Err(closed()),
         };
         let pending = Pending { id, client: self };
-        let request = Outgoing::new(FrameKind::Request, 0, id, head.into(), [arg.clone()]);
+        let request = Outgoing::new(FrameKind::Request, 0, id, head, [arg.clone(), Bytes::new()]);
         self.out.send(request).map_err(|_| closed())?;
         let reply = reply.await.unwrap_or_else(|_| Err(closed()));
-        drop(pending);
+        drop((pending, place));
         reply
     }
 }
@@ -185,7 +231,7 @@ struct Pending<'a> {
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
         if self.client.shared.take(self.id).is_some() {
-            let cancel = Outgoing::control(FrameKind::Cancel, self.id, Bytes::new());
+            let cancel = Outgoing::control(FrameKind::Cancel, self.id, &[]);
             let _ = self.client.out.send(cancel);
         }
     }
@@ -194,11 +240,10 @@ impl Drop for Pending<'_> {
 /// The reader's state: replies being assembled.
 struct Replies {
     max_reply: u64,
-    /// The frame whose body is arriving.
-    frame: Option<FrameHeader>,
-    /// An ABORT frame's body.
-    abort: Vec<u8>,
-    open: HashMap<u64, Assembly>,
+    messages: Messages<Assembly>,
+    /// The ABORT frame arriving, and its body.
+    abort: Option<FrameHeader>,
+    abort_body: Vec<u8>,
 }
 
 /// A reply arriving.
@@ -219,39 +264,44 @@ impl Replies {
         acks: &mpsc::WeakUnboundedSender<Outgoing>,
     ) -> Result<()> {
         match event {
-            MuxEvent::Frame(h) => {
-                match h.kind {
-                    FrameKind::Reply if !self.open.contains_key(&h.id) => {
-                        let assembly = Assembly {
-                            head: Vec::with_capacity(REPLY_HEADER_LEN),
-                            header: None,
-                            payload: Payload::new(),
-                            ack: h.flags & FLAG_ACK_WANTED != 0,
-                            refused: false,
-                        };
-                        self.open.insert(h.id, assembly);
-                    }
-                    FrameKind::Part if self.open.contains_key(&h.id) => {}
-                    FrameKind::Abort if h.len <= 4 => self.abort.clear(),
-                    kind => {
-                        return Err(protocol(format!(
-                            "an unexpected {kind:?} frame for call {}",
-                            h.id
-                        )))
-                    }
+            MuxEvent::Frame(h) => match h.kind {
+                FrameKind::Reply => {
+                    let assembly = Assembly {
+                        head: Vec::with_capacity(REPLY_HEADER_LEN),
+                        header: None,
+                        payload: Payload::new(),
+                        ack: h.flags & FLAG_ACK_WANTED != 0,
+                        refused: false,
+                    };
+                    self.messages.first(h, assembly)?;
                 }
-                self.frame = Some(h);
+                FrameKind::Part => self.messages.part(h)?,
+                FrameKind::Abort if h.len <= 4 => {
+                    self.abort = Some(h);
+                    self.abort_body.clear();
+                }
+                kind => {
+                    return Err(protocol(format!(
+                        "an unexpected {kind:?} frame for call {}",
+                        h.id
+                    )))
+                }
+            },
+            MuxEvent::Body(piece) if self.abort.is_some() => {
+                self.abort_body.extend_from_slice(&piece);
             }
-            MuxEvent::Body(piece) => self.body(piece, shared)?,
-            MuxEvent::End => {
-                let Some(h) = self.frame.take() else {
-                    return Err(protocol("a frame's end without its start"));
+            MuxEvent::Body(piece) => {
+                let Some((id, a)) = self.messages.current() else {
+                    return Err(protocol("a body of no reply"));
                 };
-                if h.kind == FrameKind::Abort {
-                    self.open.remove(&h.id);
+                body(a, piece, self.max_reply, shared, id)?;
+            }
+            MuxEvent::End => {
+                if let Some(h) = self.abort.take() {
+                    self.messages.forget(h.id);
                     let mut code = [0u8; 4];
-                    let n = self.abort.len().min(4);
-                    code[..n].copy_from_slice(&self.abort[..n]);
+                    let n = self.abort_body.len().min(4);
+                    code[..n].copy_from_slice(&self.abort_body[..n]);
                     let why = Reset::from_code(u32::from_le_bytes(code).into())
                         .map_or("an unknown reason", Reset::describe);
                     if let Some(waiter) = shared.take(h.id) {
@@ -261,83 +311,86 @@ impl Replies {
                         );
                         let _ = waiter.send(Err(e));
                     }
-                } else if !h.more() {
-                    self.complete(h.id, shared, acks)?;
+                } else if let Some((id, a)) = self.messages.end()? {
+                    complete(id, a, shared, acks)?;
                 }
             }
         }
         Ok(())
     }
+}
 
-    fn body(&mut self, mut piece: Bytes, shared: &Shared) -> Result<()> {
-        let Some(h) = self.frame else {
-            return Err(protocol("a frame's body without its header"));
+/// Adds a piece of a reply's frame to `a`: its header first (refused: the waiter `take` gives
+/// gets the error), then its payload.
+fn body(
+    a: &mut Assembly,
+    mut piece: Bytes,
+    max_reply: u64,
+    shared: &Shared,
+    id: u64,
+) -> Result<()> {
+    if a.refused {
+        return Ok(());
+    }
+    if a.header.is_none() {
+        fill(&mut a.head, REPLY_HEADER_LEN, &mut piece);
+        let Ok(hb) = <[u8; REPLY_HEADER_LEN]>::try_from(a.head.as_slice()) else {
+            return Ok(()); // more of the header to come
         };
-        if h.kind == FrameKind::Abort {
-            self.abort.extend_from_slice(&piece);
-            return Ok(());
-        }
-        let Some(a) = self.open.get_mut(&h.id) else {
-            return Err(protocol("a body of no reply"));
-        };
-        if a.refused {
-            return Ok(());
-        }
-        if a.header.is_none() {
-            fill(&mut a.head, REPLY_HEADER_LEN, &mut piece);
-            let Ok(hb) = <[u8; REPLY_HEADER_LEN]>::try_from(a.head.as_slice()) else {
-                return Ok(()); // more of the header to come
-            };
-            match ReplyHeader::decode(&hb, self.max_reply) {
-                Ok(header) => {
-                    let len = header.payload_len as usize;
-                    a.payload = crate::buffers::take(len)
-                        .unwrap_or_else(|| Payload::with_capacity(len.min(1 << 20)));
-                    a.header = Some(header);
-                }
-                Err(e) => {
-                    a.refused = true;
-                    if let Some(waiter) = shared.take(h.id) {
-                        let _ = waiter.send(Err(e));
-                    }
-                    return Ok(());
+        match ReplyHeader::decode(&hb, max_reply) {
+            // No room is made for a reply nobody waits for (its call was dropped).
+            Ok(_) if !shared.waits(id) => a.refused = true,
+            Ok(header) => {
+                // Memory grows with what arrives past the first MiB (see io::read_payload).
+                let len = usize::try_from(header.payload_len).unwrap_or(usize::MAX);
+                a.payload = crate::buffers::take(len)
+                    .unwrap_or_else(|| Payload::with_capacity(len.min(1 << 20)));
+                a.header = Some(header);
+            }
+            Err(e) => {
+                a.refused = true;
+                if let Some(waiter) = shared.take(id) {
+                    let _ = waiter.send(Err(e));
                 }
             }
         }
-        let want = a.header.map_or(0, |h| h.payload_len);
-        if (a.payload.len() + piece.len()) as u64 > want {
-            return Err(protocol("a reply longer than its header says"));
-        }
-        a.payload.extend_from_slice(&piece);
-        crate::codec::count_copy(piece.len());
-        Ok(())
     }
+    if a.refused {
+        return Ok(());
+    }
+    let want = a.header.map_or(0, |h| h.payload_len);
+    if (a.payload.len() + piece.len()) as u64 > want {
+        return Err(protocol("a reply longer than its header says"));
+    }
+    a.payload.extend_from_slice(&piece);
+    crate::codec::count_copy(piece.len());
+    Ok(())
+}
 
-    /// The last frame of reply `id` arrived: its waiter gets it, and the machine an ACK if it
-    /// asked for one.
-    fn complete(
-        &mut self,
-        id: u64,
-        shared: &Shared,
-        acks: &mpsc::WeakUnboundedSender<Outgoing>,
-    ) -> Result<()> {
-        let Some(a) = self.open.remove(&id) else {
-            return Err(protocol("the end of no reply"));
+/// Reply `id` arrived whole: its waiter gets it; the machine, if it asked, an ACK (or a
+/// CANCEL for a reply nobody took, so that it does not wait for an ACK forever).
+fn complete(
+    id: u64,
+    a: Assembly,
+    shared: &Shared,
+    acks: &mpsc::WeakUnboundedSender<Outgoing>,
+) -> Result<()> {
+    let delivered = match a.header {
+        _ if a.refused => false,
+        Some(header) if header.payload_len == a.payload.len() as u64 => shared
+            .take(id)
+            .is_some_and(|waiter| waiter.send(Ok((header.status, a.payload))).is_ok()),
+        _ => return Err(protocol("a reply shorter than its header says")),
+    };
+    if a.ack {
+        let answer = if delivered {
+            FrameKind::Ack
+        } else {
+            FrameKind::Cancel
         };
-        if a.refused {
-            return Ok(());
+        if let Some(out) = acks.upgrade() {
+            let _ = out.send(Outgoing::control(answer, id, &[]));
         }
-        let Some(header) = a.header.filter(|h| h.payload_len == a.payload.len() as u64) else {
-            return Err(protocol("a reply shorter than its header says"));
-        };
-        if let Some(waiter) = shared.take(id) {
-            let delivered = waiter.send(Ok((header.status, a.payload))).is_ok();
-            if delivered && a.ack {
-                if let Some(out) = acks.upgrade() {
-                    let _ = out.send(Outgoing::control(FrameKind::Ack, id, Bytes::new()));
-                }
-            }
-        }
-        Ok(())
     }
+    Ok(())
 }

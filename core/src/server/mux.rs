@@ -3,7 +3,9 @@
 //! replies go to the stream's writer, which interleaves them.
 //!
 //! A CANCEL reaches the call as a stopped stream would (its method's future is dropped and its
-//! context canceled); so does the end of the stream or its connection. A connection carries at
+//! context canceled, a wait for the caller's ACK ends undelivered); so does the end of the
+//! stream or its connection. A call that ends without an answer (a panic outside its method,
+//! a refusal that sends nothing) is aborted, so its caller never waits for nothing. A connection carries at
 //! most [`MUX_CALLS`] multiplexed calls at once; more are refused with a temporary
 //! [`Kind::Unavailable`] error (a well-behaved caller holds back before that, see
 //! [`crate::mux::client::MUX_INFLIGHT`]).
@@ -22,12 +24,12 @@ use super::{admit, encode, execute, Link, Received, Replier, Shared};
 use crate::buffers::Payload;
 use crate::error::{Error, Kind, Result};
 use crate::link::lock;
-use crate::mux::{fill, protocol, read_loop, write_loop, Outbox, MUX_ARG_MAX};
+use crate::mux::{fill, protocol, read_loop, write_loop, Messages, Outbox, MUX_ARG_MAX};
 use crate::outcomes::Kept;
 use crate::service::Failure;
 use crate::supervisor::SUPERVISOR;
 use crate::wire::mux::{
-    FrameHeader, FrameKind, MuxEvent, Outgoing, CHUNK, FLAG_ACK_WANTED, FLAG_MORE,
+    FrameHeader, FrameKind, Head, MuxEvent, Outgoing, CHUNK, FLAG_ACK_WANTED, FLAG_MORE,
 };
 use crate::wire::{MethodName, ReplyHeader, RequestHeader, Reset, REQUEST_HEADER_LEN};
 
@@ -101,14 +103,41 @@ pub(crate) struct MuxReply {
     calls: Arc<Calls>,
     gone: CancellationToken,
     ack: Option<oneshot::Receiver<()>>,
-    /// The connection's count of multiplexed calls, of which this is one.
-    running: Arc<AtomicUsize>,
+    /// The call's place among the connection's multiplexed calls, held until its reply is
+    /// handed to the transport.
+    place: Option<Place>,
+    /// Whether anything was sent for the call (a reply, or an abort).
+    answered: bool,
+}
+
+/// A place among a connection's multiplexed calls (see [`MUX_CALLS`]), held until dropped.
+#[derive(Debug)]
+struct Place(Arc<AtomicUsize>);
+
+impl Place {
+    fn take(running: &Arc<AtomicUsize>) -> Option<Self> {
+        if running.fetch_add(1, Ordering::Relaxed) >= MUX_CALLS {
+            running.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Self(running.clone()))
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Drop for MuxReply {
     fn drop(&mut self) {
         self.calls.remove(self.id);
-        self.running.fetch_sub(1, Ordering::Relaxed);
+        // A call that ends unanswered (a refusal that sends nothing, a panic) must not leave
+        // its caller waiting.
+        if !self.answered && !self.gone.is_cancelled() {
+            self.abort(Reset::Unanswered);
+        }
     }
 }
 
@@ -123,10 +152,15 @@ impl MuxReply {
         self.ack = Some(rx);
     }
 
+    /// Whether the caller acknowledged the reply; `false` once it went away instead (a
+    /// CANCEL, which a caller also sends for a reply it did not take, or the stream's end).
     pub(super) async fn acked(&mut self) -> bool {
-        match self.ack.take() {
-            Some(ack) => ack.await.is_ok(),
-            None => false,
+        let Some(ack) = self.ack.take() else {
+            return false;
+        };
+        tokio::select! {
+            acked = ack => acked.is_ok(),
+            _ = self.gone.cancelled() => false,
         }
     }
 
@@ -136,25 +170,33 @@ impl MuxReply {
         } else {
             0
         };
-        let message = reply_message(self.id, flags, kept);
+        self.answered = true;
+        let message = reply_message(self.id, flags, kept).keep(self.place.take());
         self.out.send(message).map_err(|_| gone())
     }
 
     pub(super) fn abort(&mut self, why: Reset) {
-        let code = Bytes::copy_from_slice(&why.code().to_le_bytes());
+        self.answered = true;
+        let code = why.code().to_le_bytes();
         let _ = self
             .out
-            .send(Outgoing::control(FrameKind::Abort, self.id, code));
+            .send(Outgoing::control(FrameKind::Abort, self.id, &code));
     }
 
-    /// Sends the first half of `kept` (within one frame, so that nothing of it follows the
+    /// Sends the first half of `kept` (at most one frame, so that no PART of it follows the
     /// abort), then aborts it.
     pub(super) fn truncate(&mut self, kept: Kept) {
         let len = kept.len();
         let mut data = kept.payload;
         data.truncate((len / 2).min(CHUNK));
         let header = reply_header(kept.status, len);
-        let cut = Outgoing::new(FrameKind::Reply, FLAG_MORE, self.id, header, [data]);
+        let cut = Outgoing::new(
+            FrameKind::Reply,
+            FLAG_MORE,
+            self.id,
+            header,
+            [data, Bytes::new()],
+        );
         let _ = self.out.send(cut);
         self.abort(Reset::Dropped);
     }
@@ -164,12 +206,12 @@ fn gone() -> Error {
     Error::temporary(Kind::Net, "the multiplexed stream ended")
 }
 
-fn reply_header(status: crate::wire::Status, len: usize) -> Bytes {
+fn reply_header(status: crate::wire::Status, len: usize) -> Head {
     let header = ReplyHeader {
         status,
         payload_len: len as u64,
     };
-    Bytes::copy_from_slice(&header.encode())
+    Head::from_slice(&header.encode())
 }
 
 fn reply_message(id: u64, flags: u8, kept: Kept) -> Outgoing {
@@ -186,17 +228,21 @@ fn reply_message(id: u64, flags: u8, kept: Kept) -> Outgoing {
 /// Serves the multiplexed stream `send`/`recv` (its prelude read) until it or its connection
 /// ends, or it breaks the protocol.
 pub(super) async fn serve(send: SendStream, recv: RecvStream, link: Link, shared: Arc<Shared>) {
-    let _ = send.set_priority(1);
+    // (At the default priority: a long reply here must not go ahead of the connection's
+    // reply streams.)
     let (out, inbox) = mpsc::unbounded_channel();
+    let calls = Arc::new(Calls::new());
+    let writing = calls.clone();
     tokio::spawn(async move {
         if let Err(e) = write_loop(send, None, inbox).await {
+            // Nothing more reaches the callers: their calls are over.
             tracing::trace!(error = %e, "a multiplexed stream's writer ended");
+            writing.end();
         }
     });
-    let calls = Arc::new(Calls::new());
     let mut requests = Requests {
-        frame: None,
-        open: HashMap::new(),
+        messages: Messages::new(MUX_CALLS),
+        control: None,
         out,
         calls: calls.clone(),
         link,
@@ -211,8 +257,9 @@ pub(super) async fn serve(send: SendStream, recv: RecvStream, link: Link, shared
 
 /// The reader's state: requests being assembled, and what starting a call takes.
 struct Requests {
-    frame: Option<FrameHeader>,
-    open: HashMap<u64, Assembly>,
+    messages: Messages<Assembly>,
+    /// The CANCEL or ACK frame arriving.
+    control: Option<FrameHeader>,
     out: Outbox,
     calls: Arc<Calls>,
     link: Link,
@@ -233,113 +280,55 @@ struct Assembly {
 impl Requests {
     fn on(&mut self, event: MuxEvent) -> Result<()> {
         match event {
-            MuxEvent::Frame(h) => {
-                match h.kind {
-                    FrameKind::Request
-                        if !self.open.contains_key(&h.id) && !self.calls.in_use(h.id) =>
-                    {
-                        let assembly = Assembly {
-                            arrived: Instant::now(),
-                            head: Vec::with_capacity(REQUEST_HEADER_LEN + 64),
-                            header: None,
-                            method: None,
-                            arg: Payload::new(),
-                            refused: None,
-                        };
-                        self.open.insert(h.id, assembly);
-                    }
-                    FrameKind::Part if self.open.contains_key(&h.id) => {}
-                    FrameKind::Cancel | FrameKind::Ack if h.len == 0 => {}
-                    kind => {
-                        return Err(protocol(format!(
-                            "an unexpected {kind:?} frame for call {}",
-                            h.id
-                        )))
-                    }
+            MuxEvent::Frame(h) => match h.kind {
+                // A request is one frame (its argument fits one: see MUX_ARG_MAX).
+                FrameKind::Request if !h.more() && !self.calls.in_use(h.id) => {
+                    let assembly = Assembly {
+                        arrived: Instant::now(),
+                        head: Vec::with_capacity(REQUEST_HEADER_LEN + 64),
+                        header: None,
+                        method: None,
+                        arg: Payload::new(),
+                        refused: None,
+                    };
+                    self.messages.first(h, assembly)?;
                 }
-                self.frame = Some(h);
-            }
-            MuxEvent::Body(piece) => self.body(piece)?,
-            MuxEvent::End => {
-                let Some(h) = self.frame.take() else {
-                    return Err(protocol("a frame's end without its start"));
+                FrameKind::Part => self.messages.part(h)?,
+                FrameKind::Cancel | FrameKind::Ack if h.len == 0 => self.control = Some(h),
+                kind => {
+                    return Err(protocol(format!(
+                        "an unexpected {kind:?} frame for call {}",
+                        h.id
+                    )))
+                }
+            },
+            MuxEvent::Body(piece) => {
+                let Some((_, a)) = self.messages.current() else {
+                    return Err(protocol("a body of no request"));
                 };
-                match h.kind {
-                    FrameKind::Cancel => self.calls.with(h.id, |e| e.gone.cancel()),
-                    FrameKind::Ack => self.calls.with(h.id, |e| {
-                        if let Some(ack) = e.ack.take() {
-                            let _ = ack.send(());
-                        }
-                    }),
-                    _ if h.more() => {}
-                    _ => self.complete(h.id)?,
-                }
+                body(a, piece, self.shared.config.max_payload);
             }
+            MuxEvent::End => match self.control.take() {
+                Some(h) if h.kind == FrameKind::Cancel => {
+                    self.calls.with(h.id, |e| e.gone.cancel());
+                }
+                Some(h) => self.calls.with(h.id, |e| {
+                    if let Some(ack) = e.ack.take() {
+                        let _ = ack.send(());
+                    }
+                }),
+                None => {
+                    if let Some((id, a)) = self.messages.end()? {
+                        self.complete(id, a);
+                    }
+                }
+            },
         }
         Ok(())
     }
 
-    fn body(&mut self, mut piece: Bytes) -> Result<()> {
-        let Some(h) = self.frame else {
-            return Err(protocol("a frame's body without its header"));
-        };
-        let max_payload = self.shared.config.max_payload;
-        let Some(a) = self.open.get_mut(&h.id) else {
-            return Err(protocol("a body of no request"));
-        };
-        if a.refused.is_some() {
-            return Ok(());
-        }
-        if a.header.is_none() {
-            fill(&mut a.head, REQUEST_HEADER_LEN, &mut piece);
-            let Ok(hb) = <[u8; REQUEST_HEADER_LEN]>::try_from(a.head.as_slice()) else {
-                return Ok(());
-            };
-            match RequestHeader::decode(&hb, max_payload).and_then(multiplexable) {
-                Ok(header) => {
-                    a.arg = Payload::with_capacity(header.payload_len as usize);
-                    a.header = Some(header);
-                }
-                Err(e) => {
-                    a.refused = Some(e);
-                    return Ok(());
-                }
-            }
-        }
-        let Some(header) = a.header else {
-            return Ok(());
-        };
-        if a.method.is_none() {
-            let want = REQUEST_HEADER_LEN + usize::from(header.method_len);
-            fill(&mut a.head, want, &mut piece);
-            if a.head.len() < want {
-                return Ok(());
-            }
-            match MethodName::parse(a.head[REQUEST_HEADER_LEN..].to_vec()) {
-                Ok(method) => a.method = Some(method),
-                Err(e) => {
-                    a.refused = Some(e);
-                    return Ok(());
-                }
-            }
-        }
-        if (a.arg.len() + piece.len()) as u64 > header.payload_len {
-            a.refused = Some(Error::fatal(
-                Kind::Invalid,
-                "an argument longer than its header says",
-            ));
-            return Ok(());
-        }
-        a.arg.extend_from_slice(&piece);
-        crate::codec::count_copy(piece.len());
-        Ok(())
-    }
-
-    /// The last frame of request `id` arrived: its call starts, or is refused.
-    fn complete(&mut self, id: u64) -> Result<()> {
-        let Some(a) = self.open.remove(&id) else {
-            return Err(protocol("the end of no request"));
-        };
+    /// Request `id` arrived whole: its call starts, or is refused.
+    fn complete(&mut self, id: u64, a: Assembly) {
         let refused = match (a.refused, a.header, a.method) {
             (Some(e), ..) => Err(e),
             (None, Some(header), Some(method)) if header.payload_len == a.arg.len() as u64 => {
@@ -357,7 +346,6 @@ impl Requests {
                 self.refuse(id, e);
             }
         }
-        Ok(())
     }
 
     /// Answers try `id` with `e` without running anything.
@@ -374,18 +362,17 @@ impl Requests {
         arg: Payload,
         arrived: Instant,
     ) {
-        let running = self.link.mux_calls.clone();
-        if running.fetch_add(1, Ordering::Relaxed) >= MUX_CALLS {
-            running.fetch_sub(1, Ordering::Relaxed);
+        let Some(place) = Place::take(&self.link.mux_calls) else {
             let e = Error::temporary(
                 Kind::Unavailable,
                 format!("{method}: more than {MUX_CALLS} calls in flight on one connection"),
             );
             return self.refuse(id, e);
-        }
+        };
+        // (The id is free: the frame that began it was checked.)
         let Some(gone) = self.calls.begin(id) else {
-            running.fetch_sub(1, Ordering::Relaxed);
-            return;
+            let e = Error::fatal(Kind::Invalid, format!("try id {id} is in use"));
+            return self.refuse(id, e);
         };
         let mut replier = Replier::Mux(MuxReply {
             id,
@@ -393,7 +380,8 @@ impl Requests {
             calls: self.calls.clone(),
             gone,
             ack: None,
-            running,
+            place: Some(place),
+            answered: false,
         });
         let link = self.link.clone();
         let shared = self.shared.clone();
@@ -450,4 +438,56 @@ fn multiplexable(header: RequestHeader) -> Result<RequestHeader> {
         ));
     }
     Ok(header)
+}
+
+/// Adds a piece of a request's frame to `a`: its header, its method name, then its argument.
+/// What is wrong with them refuses the request (its call is answered with the error once the
+/// request has arrived whole).
+fn body(a: &mut Assembly, mut piece: Bytes, max_payload: u64) {
+    if a.refused.is_some() {
+        return;
+    }
+    if a.header.is_none() {
+        fill(&mut a.head, REQUEST_HEADER_LEN, &mut piece);
+        let Ok(hb) = <[u8; REQUEST_HEADER_LEN]>::try_from(a.head.as_slice()) else {
+            return;
+        };
+        match RequestHeader::decode(&hb, max_payload).and_then(multiplexable) {
+            Ok(header) => {
+                // At most MUX_ARG_MAX bytes: checked just above.
+                a.arg = Payload::with_capacity(header.payload_len as usize);
+                a.header = Some(header);
+            }
+            Err(e) => {
+                a.refused = Some(e);
+                return;
+            }
+        }
+    }
+    let Some(header) = a.header else {
+        return;
+    };
+    if a.method.is_none() {
+        let want = REQUEST_HEADER_LEN + usize::from(header.method_len);
+        fill(&mut a.head, want, &mut piece);
+        if a.head.len() < want {
+            return;
+        }
+        match MethodName::parse(a.head[REQUEST_HEADER_LEN..].to_vec()) {
+            Ok(method) => a.method = Some(method),
+            Err(e) => {
+                a.refused = Some(e);
+                return;
+            }
+        }
+    }
+    if (a.arg.len() + piece.len()) as u64 > header.payload_len {
+        a.refused = Some(Error::fatal(
+            Kind::Invalid,
+            "an argument longer than its header says",
+        ));
+        return;
+    }
+    a.arg.extend_from_slice(&piece);
+    crate::codec::count_copy(piece.len());
 }

@@ -61,7 +61,7 @@ impl Replier {
     }
 
     /// Writes the first half of a reply and ends it there (an injected fault): on a stream of
-    /// its own, finished early; multiplexed, aborted after its first frames.
+    /// its own, finished early; multiplexed, aborted after its first frame.
     pub(super) async fn truncate(&mut self, kept: Kept) -> Result<()> {
         match self {
             Self::Stream(send) => {

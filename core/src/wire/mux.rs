@@ -19,8 +19,6 @@
 //! frames of several messages interleave and one long reply delays the others by one chunk at
 //! most. Nothing here does I/O; a frame that breaks these rules ends the stream.
 
-use std::collections::VecDeque;
-
 use bytes::Bytes;
 
 use super::header::{invalid, MAX_METHOD_LEN, REQUEST_HEADER_LEN};
@@ -195,70 +193,116 @@ pub struct Outgoing {
     kind: FrameKind,
     flags: u8,
     id: u64,
-    head: Option<Bytes>,
-    data: VecDeque<Bytes>,
-    started: bool,
+    /// The first frame's header (room for it) and the message's head, until the first frame
+    /// goes.
+    first: Option<Vec<u8>>,
+    /// The data, in up to two pieces, from `next` on.
+    data: [Bytes; 2],
+    next: usize,
+    /// Held until the message's last frame is handed on (see [`Outgoing::keep`]).
+    kept: Option<Box<dyn std::any::Any + Send>>,
+}
+
+/// A message's head, built after room for its first frame's header (so that both go in one
+/// buffer).
+#[derive(Debug)]
+pub struct Head(Vec<u8>);
+
+impl Head {
+    /// An empty head with room for `capacity` bytes.
+    pub fn with_capacity(capacity: usize) -> Self {
+        let mut buf = Vec::with_capacity(FRAME_HEADER_LEN + capacity);
+        buf.resize(FRAME_HEADER_LEN, 0);
+        Self(buf)
+    }
+
+    /// A head of `bytes`.
+    pub fn from_slice(bytes: &[u8]) -> Self {
+        let mut head = Self::with_capacity(bytes.len());
+        head.0.extend_from_slice(bytes);
+        head
+    }
+
+    /// Appends the head's bytes to the returned buffer (whose first [`FRAME_HEADER_LEN`]
+    /// bytes are overwritten by the frame's header).
+    pub fn buffer(&mut self) -> &mut Vec<u8> {
+        &mut self.0
+    }
 }
 
 impl Outgoing {
-    /// A message of `kind` for try `id`: `head`, then the pieces of `data`.
-    pub fn new(
-        kind: FrameKind,
-        flags: u8,
-        id: u64,
-        head: Bytes,
-        data: impl IntoIterator<Item = Bytes>,
-    ) -> Self {
+    /// A message of `kind` for try `id`: `head`, then `data`.
+    pub fn new(kind: FrameKind, flags: u8, id: u64, head: Head, data: [Bytes; 2]) -> Self {
+        let mut first = head.0;
+        if first.len() < FRAME_HEADER_LEN {
+            first.splice(0..0, [0; FRAME_HEADER_LEN]);
+        }
         Self {
             kind,
             flags,
             id,
-            head: Some(head),
-            data: data.into_iter().filter(|b| !b.is_empty()).collect(),
-            started: false,
+            first: Some(first),
+            data,
+            next: 0,
+            kept: None,
         }
     }
 
-    /// A frame without a body (CANCEL, ACK) or with a short one (ABORT).
-    pub fn control(kind: FrameKind, id: u64, body: Bytes) -> Self {
-        Self::new(kind, 0, id, body, [])
+    /// Holds `value` with the message until its last frame was handed to the transport (a
+    /// writer drops the message then): what the message's sender must hold while it waits.
+    pub fn keep(mut self, value: impl std::any::Any + Send) -> Self {
+        self.kept = Some(Box::new(value));
+        self
+    }
+
+    /// A frame of `kind` whose body is `body`: empty (CANCEL, ACK) or short (ABORT).
+    pub fn control(kind: FrameKind, id: u64, body: &[u8]) -> Self {
+        Self::new(
+            kind,
+            0,
+            id,
+            Head::from_slice(body),
+            [Bytes::new(), Bytes::new()],
+        )
     }
 
     /// Appends the next frame's pieces to `out`; returns whether frames remain.
     pub fn next_frame(&mut self, out: &mut Vec<Bytes>) -> bool {
-        let kind = if self.started {
-            FrameKind::Part
-        } else {
-            self.kind
-        };
-        self.started = true;
+        let first = self.first.take();
         let at = out.len();
-        out.push(Bytes::new()); // the header, once the length is known
-        let mut len = 0;
-        if let Some(head) = self.head.take() {
-            len += head.len();
-            out.push(head);
-        }
+        out.push(Bytes::new()); // the frame's header, once its length is known
+        let mut len = first.as_ref().map_or(0, |f| f.len() - FRAME_HEADER_LEN);
         let mut room = CHUNK;
-        while room > 0 {
-            let Some(mut piece) = self.data.pop_front() else {
-                break;
-            };
-            if piece.len() > room {
-                self.data.push_front(piece.split_off(room));
+        while room > 0 && self.next < self.data.len() {
+            let piece = &mut self.data[self.next];
+            let taken = piece.split_to(piece.len().min(room));
+            if piece.is_empty() {
+                self.next += 1;
             }
-            room -= piece.len();
-            len += piece.len();
-            out.push(piece);
+            room -= taken.len();
+            len += taken.len();
+            if !taken.is_empty() {
+                out.push(taken);
+            }
         }
-        let more = !self.data.is_empty();
+        let more = self.data[self.next.min(1)..].iter().any(|d| !d.is_empty());
         let header = FrameHeader {
-            kind,
+            kind: if first.is_some() {
+                self.kind
+            } else {
+                FrameKind::Part
+            },
             flags: self.flags | if more { FLAG_MORE } else { 0 },
             len: len as u32,
             id: self.id,
         };
-        out[at] = Bytes::copy_from_slice(&header.encode());
+        out[at] = match first {
+            Some(mut first) => {
+                first[..FRAME_HEADER_LEN].copy_from_slice(&header.encode());
+                Bytes::from(first)
+            }
+            None => Bytes::copy_from_slice(&header.encode()),
+        };
         more
     }
 }
@@ -301,13 +345,12 @@ mod tests {
     #[test]
     fn a_long_message_goes_out_in_chunks_and_decodes_back_however_it_is_cut() -> Result<()> {
         let data: Vec<u8> = (0..(CHUNK * 2 + 100)).map(|i| i as u8).collect();
-        let head = Bytes::from_static(b"head");
         let (a, b) = data.split_at(1000);
         let m = Outgoing::new(
             FrameKind::Reply,
             FLAG_ACK_WANTED,
             7,
-            head,
+            Head::from_slice(b"head"),
             [Bytes::copy_from_slice(a), Bytes::copy_from_slice(b)],
         );
         let bytes = frames(m);
@@ -334,13 +377,13 @@ mod tests {
 
     #[test]
     fn control_frames_have_no_body_and_short_messages_one_frame() -> Result<()> {
-        let mut bytes = frames(Outgoing::control(FrameKind::Cancel, 3, Bytes::new()));
+        let mut bytes = frames(Outgoing::control(FrameKind::Cancel, 3, &[]));
         bytes.extend(frames(Outgoing::new(
             FrameKind::Request,
             0,
             4,
-            Bytes::from_static(b"h"),
-            [Bytes::from_static(b"arg")],
+            Head::from_slice(b"h"),
+            [Bytes::from_static(b"arg"), Bytes::new()],
         )));
         let got = decode(&bytes, 5)?;
         assert_eq!(got.len(), 2);

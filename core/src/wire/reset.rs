@@ -15,14 +15,17 @@ pub enum Reset {
     ArgumentAborted = 2,
     /// A reply stream ended early: its reader went away, or the deadline passed.
     ReplyAborted = 3,
+    /// The machine ended a call on a shared stream without a reply.
+    Unanswered = 4,
 }
 
 impl Reset {
-    const ALL: [Self; 4] = [
+    const ALL: [Self; 5] = [
         Self::Dropped,
         Self::Unencodable,
         Self::ArgumentAborted,
         Self::ReplyAborted,
+        Self::Unanswered,
     ];
 
     /// The code on the wire.
@@ -42,6 +45,7 @@ impl Reset {
             Self::Unencodable => "the reply could not be encoded",
             Self::ArgumentAborted => "the argument stream was aborted",
             Self::ReplyAborted => "the reply stream was cut short",
+            Self::Unanswered => "the machine ended the call without a reply",
         }
     }
 }
