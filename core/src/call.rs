@@ -1,8 +1,11 @@
 //! Calls: the [`Call`] builder returned by [`crate::Machine::call`], the exchange of one request
 //! and its reply, and the retry policy.
 //!
-//! A call is one QUIC stream. Its future can be dropped at any time: the stream is stopped and the
-//! machine drops the method's future. A deadline ([`Call::timeout`], [`Call::deadline`], or the
+//! A small call (an argument of at most 64 KiB, no byte stream either way) is a message on one
+//! of the machine's shared long-lived streams ([`crate::mux`]); any other call, or a small one
+//! that finds them full, is a QUIC stream of its own. Either way its future can be dropped at
+//! any time: the machine is told (a CANCEL, or the stream stopped) and drops the method's
+//! future. A deadline ([`Call::timeout`], [`Call::deadline`], or the
 //! one inherited with [`Call::context`]) travels with the request and is enforced on both sides.
 //!
 //! Every call carries an id, the same for each of its tries. A call marked

@@ -1,8 +1,10 @@
 //! The server side of calls: accepts connections and streams on an endpoint and dispatches each
 //! call to its service, concurrently.
 //!
-//! Each call runs in its own task. The task ends with a reply, or early when the caller goes away
-//! (it reset or stopped the stream: the method's future is dropped and its context canceled) or
+//! Each call runs in its own task, whether it came on a stream of its own or on a shared one
+//! (`mux`; a stream tells which by its first bytes). The task ends with a reply, or early when
+//! the caller goes away (it stopped its stream, or sent a CANCEL on a shared one: the method's
+//! future is dropped and its context canceled) or
 //! when the deadline the caller sent passes (the method's future is dropped, its context
 //! canceled, and the reply is [`Kind::DeadlineExceeded`]). A panicking method becomes a [`Severity::Fatal`] method error; the
 //! server lives on. Malformed requests get an error reply, never a crash.

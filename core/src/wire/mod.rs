@@ -2,7 +2,8 @@
 //! slices. Nothing here does I/O; [`crate::io`] moves these frames to and from quinn streams, so
 //! tests and fuzzers drive the decoders with bytes alone.
 //!
-//! Each call is one bidirectional QUIC stream:
+//! A call is one bidirectional QUIC stream, or a message on a shared one (small calls: see
+//! [`mux`], whose frames carry the same request head and reply header). A call's own stream:
 //!
 //! ```text
 //! request:  magic u16 | version u8 | flags u8 | method_len u16 | reserved u16
