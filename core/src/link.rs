@@ -71,8 +71,8 @@ impl Link {
     }
 
     /// A place for a small call on one of the machine's shared streams; `None` if they are
-    /// full (the call then takes a stream of its own: a crowd of long calls never holds up
-    /// keepalives and the like).
+    /// full (the call then takes a stream of its own, so a crowd of long calls holds up
+    /// keepalives and the like only once the connections' streams are taken too).
     pub(crate) async fn shared_place(
         &self,
     ) -> crate::Result<Option<(Arc<MuxClient>, OwnedSemaphorePermit)>> {

@@ -7,7 +7,7 @@
 //! each: a stream's open and close, its flow-control frames and the wake-ups they cost are what
 //! a small call spent most of its time on. Each stream has one writer task, which batches the
 //! messages waiting into few writes and interleaves long messages chunk by chunk, and one
-//! reader task. A call that finds its shared stream full (see [`client::MUX_INFLIGHT`]) takes
+//! reader task. A call that finds the shared streams full (see [`client::MUX_INFLIGHT`]) takes
 //! a stream of its own, as every call did before. Calls with large arguments, argument streams or reply streams keep a stream of their
 //! own, so the machine's grant of room for large arguments and the streams' own flow control
 //! are unchanged.

@@ -9,7 +9,8 @@
 //! Peers: **bigmachine** (a driver and one local machine), and the same with the machine's
 //! metrics off (`bigmachine-nometrics`: what counting calls costs); **raw quinn**, a stream per request on
 //! endpoints configured exactly as bigmachine's (the transport floor), and the same with quinn's
-//! default configuration (*naive*: what a first quinn program gets); **TCP** over loopback with
+//! default configuration (*naive*: what a first quinn program gets), and the tuned floor with its
+//! stream striped over two connections (`quinn-striped`: what striping could buy at most); **TCP** over loopback with
 //! bigmachine's header sizes (the kernel floor: sequential calls are a ping-pong, calls in flight
 //! are multiplexed over one connection), and the same over TLS 1.3 with the cluster's
 //! certificates (`tls`: the encrypted floor over TCP); **tonic** gRPC with mutual TLS (unary; server streaming
@@ -112,11 +113,16 @@ async fn compare() {
         bm.shutdown().await;
     }
     if selected("quinn") {
-        let quinn = peer_quinn::Client::start(&ca, &creds, false).await;
+        let quinn = peer_quinn::Client::start(&ca, &creds, false, 1).await;
         rows.push(harness::measure("raw quinn, tuned (floor)", &quinn, &w).await);
     }
+    if selected("quinn-striped") {
+        // What striping a large stream over a pool's 2 connections could buy at most.
+        let quinn = peer_quinn::Client::start(&ca, &creds, false, 2).await;
+        rows.push(harness::measure("raw quinn, stream over 2 conns", &quinn, &w).await);
+    }
     if selected("quinn-naive") {
-        let quinn = peer_quinn::Client::start(&ca, &creds, true).await;
+        let quinn = peer_quinn::Client::start(&ca, &creds, true, 1).await;
         rows.push(harness::measure("raw quinn, defaults (naive)", &quinn, &w).await);
     }
     if selected("tcp") {

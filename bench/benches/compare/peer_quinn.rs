@@ -120,33 +120,48 @@ pub(crate) async fn serve(naive: bool) {
     }
 }
 
-/// One connection to the server.
+/// Connections to the server: requests go on the first; a stream is striped over all of them
+/// (`stripes` > 1: what striping a large stream over a pool's connections could buy at most).
 pub(crate) struct Client {
     _endpoint: Ep,
-    conn: quinn::Connection,
+    conns: Vec<quinn::Connection>,
     _server: tokio::process::Child,
 }
 
 impl Client {
-    pub(crate) async fn start(ca: &Authority, creds: &Credentials, naive: bool) -> Self {
+    pub(crate) async fn start(
+        ca: &Authority,
+        creds: &Credentials,
+        naive: bool,
+        stripes: usize,
+    ) -> Self {
         let peer = if naive { "quinn-naive" } else { "quinn" };
         let (addr, child) = server::spawn(peer, creds).await;
         let me = ca.issue("client").unwrap_or_else(|e| panic!("{e}"));
         let endpoint = Ep::bind(naive, &me);
-        let conn = endpoint.connect(addr).await;
+        let mut conns = Vec::new();
+        for _ in 0..stripes.max(1) {
+            conns.push(endpoint.connect(addr).await);
+        }
         Self {
             _endpoint: endpoint,
-            conn,
+            conns,
             _server: child,
         }
     }
 
     async fn request(&self, op: u8, n: u64, payload: Option<&Bytes>) -> quinn::RecvStream {
-        let (mut send, recv) = self
-            .conn
-            .open_bi()
-            .await
-            .unwrap_or_else(|e| panic!("open: {e}"));
+        self.request_on(&self.conns[0], op, n, payload).await
+    }
+
+    async fn request_on(
+        &self,
+        conn: &quinn::Connection,
+        op: u8,
+        n: u64,
+        payload: Option<&Bytes>,
+    ) -> quinn::RecvStream {
+        let (mut send, recv) = conn.open_bi().await.unwrap_or_else(|e| panic!("open: {e}"));
         let mut hdr = [0u8; 9];
         hdr[0] = op;
         hdr[1..].copy_from_slice(&n.to_le_bytes());
@@ -198,7 +213,13 @@ impl Peer for Client {
     }
 
     async fn stream(&self, n: u64) -> Option<u64> {
-        Some(self.get(n).await)
+        let k = self.conns.len() as u64;
+        let parts = self.conns.iter().enumerate().map(|(i, conn)| async move {
+            // The last stripe takes the remainder.
+            let len = n / k + if i as u64 == k - 1 { n % k } else { 0 };
+            Self::count(self.request_on(conn, GET, len, None).await).await
+        });
+        Some(futures::future::join_all(parts).await.into_iter().sum())
     }
 
     fn server_pid(&self) -> u32 {

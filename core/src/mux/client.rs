@@ -27,11 +27,26 @@ use crate::wire::{ReplyHeader, Reset, Status, REPLY_HEADER_LEN};
 
 /// How many long-lived streams small calls to one machine share.
 pub(crate) const MUX_STREAMS: usize = 2;
-/// How many calls one stream carries at once; further calls wait their turn.
+/// How many calls one stream carries at once; a call that finds both streams full takes a
+/// stream of its own.
 pub(crate) const MUX_INFLIGHT: usize = 128;
 
 /// A call waiting for its reply.
 type Waiter = oneshot::Sender<Result<(Status, Payload)>>;
+
+/// A try in flight, holding its place on the stream until the machine answers it (a reply or
+/// an abort): the machine counts it as running until then, so a caller that dropped it must
+/// not count its place free before.
+#[derive(Debug)]
+enum Try {
+    /// Its caller waits for the reply.
+    Waiting(Waiter, OwnedSemaphorePermit),
+    /// Its caller dropped it; the machine was sent a CANCEL.
+    Dropped {
+        /// Held until the machine answers.
+        _place: OwnedSemaphorePermit,
+    },
+}
 
 /// A machine's multiplexed streams, opened on first use and again after one breaks.
 #[derive(Debug, Default)]
@@ -94,7 +109,7 @@ impl Muxes {
 #[derive(Debug)]
 struct Shared {
     /// The calls waiting for their reply, by try id; `None` once the stream ended.
-    waiters: Mutex<Option<HashMap<u64, Waiter>>>,
+    waiters: Mutex<Option<HashMap<u64, Try>>>,
     /// Places for calls in flight.
     slots: Arc<Semaphore>,
     /// Canceled when the reader ends: the writer stops too (the machine sees the stream end
@@ -111,21 +126,46 @@ impl Shared {
     fn end(&self, e: &Error) {
         self.ended.cancel();
         let waiters = lock(&self.waiters).take();
-        for (_, waiter) in waiters.into_iter().flatten() {
-            let _ = waiter.send(Err(e.clone()));
+        for (_, t) in waiters.into_iter().flatten() {
+            if let Try::Waiting(waiter, _) = t {
+                let _ = waiter.send(Err(e.clone()));
+            }
         }
     }
 
-    /// The waiter of try `id`, if it still waits.
+    /// Try `id` was answered: its place is free, and its waiter, if it still waits, is
+    /// returned.
     fn take(&self, id: u64) -> Option<Waiter> {
-        lock(&self.waiters).as_mut()?.remove(&id)
+        match lock(&self.waiters).as_mut()?.remove(&id)? {
+            Try::Waiting(waiter, _) => Some(waiter),
+            Try::Dropped { .. } => None,
+        }
     }
 
-    /// Whether try `id` still waits for its reply.
+    /// Whether try `id`'s caller still waits for its reply.
     fn waits(&self, id: u64) -> bool {
         lock(&self.waiters)
             .as_ref()
-            .is_some_and(|w| w.contains_key(&id))
+            .is_some_and(|w| matches!(w.get(&id), Some(Try::Waiting(..))))
+    }
+
+    /// Try `id`'s caller dropped it: whether the machine must be told (it was waiting).
+    fn drop_try(&self, id: u64) -> bool {
+        let mut waiters = lock(&self.waiters);
+        let Some(waiters) = waiters.as_mut() else {
+            return false;
+        };
+        match waiters.remove(&id) {
+            Some(Try::Waiting(_, place)) => {
+                waiters.insert(id, Try::Dropped { _place: place });
+                true
+            }
+            Some(dropped) => {
+                waiters.insert(id, dropped);
+                false
+            }
+            None => false,
+        }
     }
 }
 
@@ -196,7 +236,8 @@ impl MuxClient {
     }
 
     /// Sends a request (`head`: its header and method name; `arg`: its archive) in `place`
-    /// and waits for its reply. Dropping the future cancels the call on the machine.
+    /// and waits for its reply. Dropping the future cancels the call on the machine; its place
+    /// stays taken until the machine answers (see [`Try`]).
     pub(crate) async fn call(
         &self,
         place: OwnedSemaphorePermit,
@@ -206,14 +247,14 @@ impl MuxClient {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (waiter, reply) = oneshot::channel();
         match lock(&self.shared.waiters).as_mut() {
-            Some(waiters) => waiters.insert(id, waiter),
+            Some(waiters) => waiters.insert(id, Try::Waiting(waiter, place)),
             None => return Err(closed()),
         };
         let pending = Pending { id, client: self };
         let request = Outgoing::new(FrameKind::Request, 0, id, head, [arg.clone(), Bytes::new()]);
         self.out.send(request).map_err(|_| closed())?;
         let reply = reply.await.unwrap_or_else(|_| Err(closed()));
-        drop((pending, place));
+        drop(pending);
         reply
     }
 }
@@ -230,7 +271,7 @@ struct Pending<'a> {
 
 impl Drop for Pending<'_> {
     fn drop(&mut self) {
-        if self.client.shared.take(self.id).is_some() {
+        if self.client.shared.drop_try(self.id) {
             let cancel = Outgoing::control(FrameKind::Cancel, self.id, &[]);
             let _ = self.client.out.send(cancel);
         }

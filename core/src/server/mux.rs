@@ -6,9 +6,10 @@
 //! context canceled, a wait for the caller's ACK ends undelivered); so does the end of the
 //! stream or its connection. A call that ends without an answer (a panic outside its method,
 //! a refusal that sends nothing) is aborted, so its caller never waits for nothing. A connection carries at
-//! most [`MUX_CALLS`] multiplexed calls at once; more are refused with a temporary
-//! [`Kind::Unavailable`] error (a well-behaved caller holds back before that, see
-//! [`crate::mux::client::MUX_INFLIGHT`]).
+//! most [`MUX_CALLS`] multiplexed calls and refusals at once (a call counts until its answer
+//! is handed to quinn, or its ACK came); a peer that sends more breaks the protocol and its
+//! stream ends. A well-behaved caller never gets there: it counts a call until the machine's
+//! answer arrives (see [`crate::mux::client::MUX_INFLIGHT`]), at most 256 per connection.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -133,9 +134,9 @@ impl Drop for Place {
 impl Drop for MuxReply {
     fn drop(&mut self) {
         self.calls.remove(self.id);
-        // A call that ends unanswered (a refusal that sends nothing, a panic) must not leave
-        // its caller waiting.
-        if !self.answered && !self.gone.is_cancelled() {
+        // Every call is answered, even one that ends without a reply (a refusal that sends
+        // nothing, a panic, a caller gone): the caller's place is taken until then.
+        if !self.answered {
             self.abort(Reset::Unanswered);
         }
     }
@@ -170,8 +171,18 @@ impl MuxReply {
         } else {
             0
         };
+        if self.gone.is_cancelled() {
+            // The caller went away (an exactly-once call, which runs on): nothing is sent
+            // but the abort that frees its place.
+            self.abort(Reset::Unanswered);
+            return Err(gone());
+        }
         self.answered = true;
-        let message = reply_message(self.id, flags, kept).keep(self.place.take());
+        let mut message = reply_message(self.id, flags, kept);
+        if self.ack.is_none() {
+            // (A call waiting for its ACK keeps its place until then.)
+            message = message.keep(self.place.take());
+        }
         self.out.send(message).map_err(|_| gone())
     }
 
@@ -319,7 +330,7 @@ impl Requests {
                 }),
                 None => {
                     if let Some((id, a)) = self.messages.end()? {
-                        self.complete(id, a);
+                        self.complete(id, a)?;
                     }
                 }
             },
@@ -327,8 +338,9 @@ impl Requests {
         Ok(())
     }
 
-    /// Request `id` arrived whole: its call starts, or is refused.
-    fn complete(&mut self, id: u64, a: Assembly) {
+    /// Request `id` arrived whole: its call starts, or is refused. Either takes a place among
+    /// the connection's [`MUX_CALLS`]; a peer past them breaks the protocol.
+    fn complete(&mut self, id: u64, a: Assembly) -> Result<()> {
         let refused = match (a.refused, a.header, a.method) {
             (Some(e), ..) => Err(e),
             (None, Some(header), Some(method)) if header.payload_len == a.arg.len() as u64 => {
@@ -339,19 +351,26 @@ impl Requests {
                 "a request shorter than its header says",
             )),
         };
+        let place = Place::take(&self.link.mux_calls).ok_or_else(|| {
+            protocol(format!(
+                "more than {MUX_CALLS} calls in flight on one connection"
+            ))
+        })?;
         match refused {
-            Ok((header, method)) => self.start(id, header, method, a.arg, a.arrived),
+            Ok((header, method)) => self.start(id, header, method, a.arg, a.arrived, place),
             Err(e) => {
                 tracing::debug!(peer = %self.link.peer, error = %e, "malformed request");
-                self.refuse(id, e);
+                self.refuse(id, e, place);
             }
         }
+        Ok(())
     }
 
-    /// Answers try `id` with `e` without running anything.
-    fn refuse(&self, id: u64, e: Error) {
+    /// Answers try `id` with `e` without running anything; `place` is held until the answer
+    /// is handed to quinn.
+    fn refuse(&self, id: u64, e: Error, place: Place) {
         let kept = encode(Err(Failure::Server(e)));
-        let _ = self.out.send(reply_message(id, 0, kept));
+        let _ = self.out.send(reply_message(id, 0, kept).keep(place));
     }
 
     fn start(
@@ -361,18 +380,12 @@ impl Requests {
         method: MethodName,
         arg: Payload,
         arrived: Instant,
+        place: Place,
     ) {
-        let Some(place) = Place::take(&self.link.mux_calls) else {
-            let e = Error::temporary(
-                Kind::Unavailable,
-                format!("{method}: more than {MUX_CALLS} calls in flight on one connection"),
-            );
-            return self.refuse(id, e);
-        };
         // (The id is free: the frame that began it was checked.)
         let Some(gone) = self.calls.begin(id) else {
             let e = Error::fatal(Kind::Invalid, format!("try id {id} is in use"));
-            return self.refuse(id, e);
+            return self.refuse(id, e, place);
         };
         let mut replier = Replier::Mux(MuxReply {
             id,

@@ -5,17 +5,19 @@
 //!
 //! ```text
 //! frame:   kind u8 | flags u8 | reserved u16 | len u32 | id u64   (16 bytes, LE) | len bytes
-//! client:  REQUEST  request header, method name, then the argument's archive
-//!          PART     more of the message begun by the frame of the same id (flag MORE: more follow)
-//!          CANCEL   the caller went away: the machine drops the call's method
+//! client:  REQUEST  request header, method name, then the argument's archive (one frame)
+//!          CANCEL   the caller went away (or did not take the reply): the machine drops the
+//!                   call's method, or learns its reply was not delivered
 //!          ACK      the whole reply arrived (answers a reply flagged ACK_WANTED)
-//! server:  REPLY    reply header, then the payload (a long payload continues in PART frames)
-//!          PART     as above
-//!          ABORT    the reply will not complete: a u32 [`Reset`](super::Reset) code
+//! server:  REPLY    reply header, then the payload
+//!          PART     more of the reply begun by the frame of the same id (a first frame
+//!                   flagged MORE: more follow)
+//!          ABORT    the call ends without a (whole) reply: a u32 [`Reset`](super::Reset) code
 //! ```
 //!
 //! `id` names one try of a call on its stream (the request header's `call_id` still names the
-//! call). A message longer than [`CHUNK`] goes out as a first frame and PARTs, so that the
+//! call); every try is answered, by a REPLY or an ABORT, and the caller counts it in flight
+//! until then. A message longer than [`CHUNK`] goes out as a first frame and PARTs, so that the
 //! frames of several messages interleave and one long reply delays the others by one chunk at
 //! most. Nothing here does I/O; a frame that breaks these rules ends the stream.
 
