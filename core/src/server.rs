@@ -213,6 +213,7 @@ async fn connection(
         caller,
         inflight: Budget::new(shared.config.connection_inflight_bytes),
         mux_calls: Arc::new(AtomicUsize::new(0)),
+        mux_refused: Arc::new(AtomicUsize::new(0)),
     };
     loop {
         let (send, recv) = tokio::select! {
@@ -239,6 +240,8 @@ struct Link {
     inflight: Budget,
     /// The connection's multiplexed calls in flight (see [`mux::MUX_CALLS`]).
     mux_calls: Arc<AtomicUsize>,
+    /// The refusals of calls past those, not yet handed to quinn.
+    mux_refused: Arc<AtomicUsize>,
 }
 
 async fn call(send: SendStream, mut recv: RecvStream, link: Link, shared: Arc<Shared>) {

@@ -34,9 +34,10 @@ pub(crate) const MUX_INFLIGHT: usize = 128;
 /// A call waiting for its reply.
 type Waiter = oneshot::Sender<Result<(Status, Payload)>>;
 
-/// A try in flight, holding its place on the stream until the machine answers it (a reply or
-/// an abort): the machine counts it as running until then, so a caller that dropped it must
-/// not count its place free before.
+/// A try in flight, holding its place on the stream until the machine's answer (a reply or
+/// an abort) has arrived whole: the machine counts it as running until it handed that answer
+/// on, so a caller that dropped the try, or refused its reply, must not count its place free
+/// before.
 #[derive(Debug)]
 enum Try {
     /// Its caller waits for the reply.
@@ -133,12 +134,23 @@ impl Shared {
         }
     }
 
-    /// Try `id` was answered: its place is free, and its waiter, if it still waits, is
-    /// returned.
-    fn take(&self, id: u64) -> Option<Waiter> {
-        match lock(&self.waiters).as_mut()?.remove(&id)? {
-            Try::Waiting(waiter, _) => Some(waiter),
-            Try::Dropped { .. } => None,
+    /// Try `id` was answered: its entry, whose place is free once it is dropped (after
+    /// whatever the answer calls for was queued, so the machine never counts more calls than
+    /// this side).
+    fn take(&self, id: u64) -> Option<Try> {
+        lock(&self.waiters).as_mut()?.remove(&id)
+    }
+
+    /// Try `id`'s reply is refused before it arrived whole: its waiter gets `e`; its place
+    /// stays taken until the rest of the reply has arrived.
+    fn fail(&self, id: u64, e: Error) {
+        let mut waiters = lock(&self.waiters);
+        let Some(waiters) = waiters.as_mut() else {
+            return;
+        };
+        if let Some(Try::Waiting(waiter, place)) = waiters.remove(&id) {
+            let _ = waiter.send(Err(e));
+            waiters.insert(id, Try::Dropped { _place: place });
         }
     }
 
@@ -345,7 +357,7 @@ impl Replies {
                     code[..n].copy_from_slice(&self.abort_body[..n]);
                     let why = Reset::from_code(u32::from_le_bytes(code).into())
                         .map_or("an unknown reason", Reset::describe);
-                    if let Some(waiter) = shared.take(h.id) {
+                    if let Some(Try::Waiting(waiter, _)) = shared.take(h.id) {
                         let e = Error::temporary(
                             Kind::Net,
                             format!("the machine aborted the reply: {why}"),
@@ -390,9 +402,7 @@ fn body(
             }
             Err(e) => {
                 a.refused = true;
-                if let Some(waiter) = shared.take(id) {
-                    let _ = waiter.send(Err(e));
-                }
+                shared.fail(id, e);
             }
         }
     }
@@ -409,29 +419,48 @@ fn body(
 }
 
 /// Reply `id` arrived whole: its waiter gets it; the machine, if it asked, an ACK (or a
-/// CANCEL for a reply nobody took, so that it does not wait for an ACK forever).
+/// CANCEL for a reply nobody took, so that it does not wait for an ACK forever); its place
+/// is free, whether its caller waited or had dropped it.
 fn complete(
     id: u64,
     a: Assembly,
     shared: &Shared,
     acks: &mpsc::WeakUnboundedSender<Outgoing>,
 ) -> Result<()> {
-    let delivered = match a.header {
-        _ if a.refused => false,
-        Some(header) if header.payload_len == a.payload.len() as u64 => shared
-            .take(id)
-            .is_some_and(|waiter| waiter.send(Ok((header.status, a.payload))).is_ok()),
-        _ => return Err(protocol("a reply shorter than its header says")),
-    };
-    if a.ack {
-        let answer = if delivered {
-            FrameKind::Ack
-        } else {
-            FrameKind::Cancel
-        };
-        if let Some(out) = acks.upgrade() {
-            let _ = out.send(Outgoing::control(answer, id, &[]));
-        }
+    if !a.refused
+        && a.header
+            .is_none_or(|h| h.payload_len != a.payload.len() as u64)
+    {
+        return Err(protocol("a reply shorter than its header says"));
     }
+    let (delivered, place) = match shared.take(id) {
+        Some(Try::Waiting(waiter, place)) => {
+            let delivered = match a.header {
+                Some(header) if !a.refused => waiter.send(Ok((header.status, a.payload))).is_ok(),
+                _ => false,
+            };
+            (delivered, Some(place))
+        }
+        Some(Try::Dropped { _place }) => (false, Some(_place)),
+        None => (false, None),
+    };
+    answer(id, a.ack, delivered, acks);
+    // The place is free once the answer is queued: it goes out before any call that takes it.
+    drop(place);
     Ok(())
+}
+
+/// Answers a reply flagged ACK_WANTED (`ack`): an ACK if it was `delivered`, else a CANCEL.
+fn answer(id: u64, ack: bool, delivered: bool, acks: &mpsc::WeakUnboundedSender<Outgoing>) {
+    if !ack {
+        return;
+    }
+    let kind = if delivered {
+        FrameKind::Ack
+    } else {
+        FrameKind::Cancel
+    };
+    if let Some(out) = acks.upgrade() {
+        let _ = out.send(Outgoing::control(kind, id, &[]));
+    }
 }

@@ -6,10 +6,13 @@
 //! context canceled, a wait for the caller's ACK ends undelivered); so does the end of the
 //! stream or its connection. A call that ends without an answer (a panic outside its method,
 //! a refusal that sends nothing) is aborted, so its caller never waits for nothing. A connection carries at
-//! most [`MUX_CALLS`] multiplexed calls and refusals at once (a call counts until its answer
-//! is handed to quinn, or its ACK came); a peer that sends more breaks the protocol and its
-//! stream ends. A well-behaved caller never gets there: it counts a call until the machine's
-//! answer arrives (see [`crate::mux::client::MUX_INFLIGHT`]), at most 256 per connection.
+//! most [`MUX_CALLS`] multiplexed calls at once (a call counts until its answer is handed to
+//! quinn, or, when it waits for its caller's ACK, until its task ends). A caller counts a call
+//! until the answer has arrived (see [`crate::mux::client::MUX_INFLIGHT`]; at most 256 per
+//! connection), so it stays below; calls past the limit (the counts can differ briefly, e.g.
+//! while a stream is replaced and exactly-once calls run on) are refused with a temporary
+//! [`Kind::Unavailable`] error, and a peer past as many refusals again breaks the protocol and
+//! its stream ends (a bound on the answers queued for a peer that does not read them).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -189,9 +192,8 @@ impl MuxReply {
     pub(super) fn abort(&mut self, why: Reset) {
         self.answered = true;
         let code = why.code().to_le_bytes();
-        let _ = self
-            .out
-            .send(Outgoing::control(FrameKind::Abort, self.id, &code));
+        let abort = Outgoing::control(FrameKind::Abort, self.id, &code).keep(self.place.take());
+        let _ = self.out.send(abort);
     }
 
     /// Sends the first half of `kept` (at most one frame, so that no PART of it follows the
@@ -351,11 +353,21 @@ impl Requests {
                 "a request shorter than its header says",
             )),
         };
-        let place = Place::take(&self.link.mux_calls).ok_or_else(|| {
-            protocol(format!(
-                "more than {MUX_CALLS} calls in flight on one connection"
-            ))
-        })?;
+        let Some(place) = Place::take(&self.link.mux_calls) else {
+            // Past the connection's calls (a caller's count can lag the machine's briefly):
+            // refused, a temporary error; past as many refusals again, the peer floods.
+            let over = Place::take(&self.link.mux_refused).ok_or_else(|| {
+                protocol(format!(
+                    "more than {MUX_CALLS} calls and as many refusals in flight on one connection"
+                ))
+            })?;
+            let e = Error::temporary(
+                Kind::Unavailable,
+                format!("more than {MUX_CALLS} calls in flight on one connection"),
+            );
+            self.refuse(id, e, over);
+            return Ok(());
+        };
         match refused {
             Ok((header, method)) => self.start(id, header, method, a.arg, a.arrived, place),
             Err(e) => {
