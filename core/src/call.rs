@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::buffers::{Payload, Pooled};
 use crate::codec::{type_tag, Encode, FromPayload};
 use crate::context::Context;
+use crate::deadline::{Bound, Bounded};
 use crate::error::{Error, Kind, Result};
 use crate::io;
 use crate::link::{Link, State};
@@ -346,17 +347,17 @@ where
         let shares = self.body.is_none()
             && arg.len() <= crate::mux::MUX_ARG_MAX
             && R::tag() != type_tag::<ByteStream>();
+        let request = Request {
+            link: self.link,
+            name: (self.service, self.method),
+            header,
+            arg: &arg,
+            deadline: self.deadline,
+            shares,
+        };
         let try_once = || {
             let body = self.body.as_ref().map(|make| make());
-            let request = Request {
-                link: self.link,
-                name: (self.service, self.method),
-                header,
-                arg: &arg,
-                deadline: self.deadline,
-                shares,
-            };
-            async move { attempt(request, self.internal, body).await }
+            attempt(&request, self.internal, body)
         };
         let response = drive(
             &what,
@@ -428,21 +429,11 @@ where
             }
         }
     };
-    let bounded = async {
-        match deadline {
-            None => attempts.await,
-            Some(deadline) => tokio::time::timeout_at(deadline, attempts)
-                .await
-                .unwrap_or_else(|_| Err(Error::deadline_exceeded(&what(), None))),
-        }
-    };
-    let result = match cancel {
-        None => bounded.await,
-        Some(token) => tokio::select! {
-            biased;
-            _ = token.cancelled() => Err(Error::canceled(what())),
-            result = bounded => result,
-        },
+    let canceled = cancel.map(CancellationToken::cancelled);
+    let result = match Bounded::new(attempts, deadline, canceled).await {
+        Bound::Done(result) => result,
+        Bound::Expired => Err(Error::deadline_exceeded(&what(), None)),
+        Bound::Stopped => Err(Error::canceled(what())),
     };
     match (result, last) {
         (Err(e), Some(cause)) if matches!(e.kind(), Kind::DeadlineExceeded | Kind::Canceled) => {
@@ -468,7 +459,7 @@ struct Request<'a> {
 /// One try: waits for the machine to be Running (unless `internal`), then exchanges request and
 /// reply, failing at once if the machine stops meanwhile.
 async fn attempt(
-    request: Request<'_>,
+    request: &Request<'_>,
     internal: bool,
     body: Option<ByteStream>,
 ) -> Result<Response> {
@@ -483,9 +474,10 @@ async fn attempt(
     }
 }
 
-/// Sends the request on a new stream of the machine's pool and reads the reply's head.
-async fn exchange(request: Request<'_>, body: Option<ByteStream>) -> Result<Response> {
-    let Request {
+/// Sends the request, on a shared stream or one of its own from the machine's pool, and reads
+/// the reply's head.
+async fn exchange(request: &Request<'_>, body: Option<ByteStream>) -> Result<Response> {
+    let &Request {
         link,
         name,
         mut header,
@@ -505,6 +497,20 @@ async fn exchange(request: Request<'_>, body: Option<ByteStream>) -> Result<Resp
             return response(status, payload, None, None, name, link);
         }
     }
+    // Boxed: its state would otherwise inflate every small call's future (moved and
+    // allocated per call).
+    Box::pin(own_stream(link, name, header, arg, body)).await
+}
+
+/// Exchanges a request and its reply on a stream of their own.
+async fn own_stream(
+    link: &Link,
+    name: (&str, &str),
+    header: RequestHeader,
+    arg: &Bytes,
+    body: Option<ByteStream>,
+) -> Result<Response> {
+    let name_len = name.0.len() + 1 + name.1.len();
     let mut head = Vec::with_capacity(io::head_capacity(name_len, arg.len()));
     header.encode_head(name.0, name.1, &mut head)?;
     // Calls awaiting the machine's grant take few of the connection's streams, so that the

@@ -4,8 +4,10 @@
 use std::cell::RefCell;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use bigmachine_quic::Identity;
@@ -127,14 +129,33 @@ tokio::task_local! {
 
 /// Runs a call's handler where [`Context::reply_delivered`] can find the call; returns the
 /// handler's output and the call's [`ReplySlot`] (holding a watch if the method asked).
-pub(crate) async fn with_reply_slot<F: Future>(handler: F) -> (F::Output, ReplySlot) {
-    let mut scoped = std::pin::pin!(REPLY.scope(RefCell::new(ReplySlot(None)), handler));
-    let output = scoped.as_mut().await;
-    let slot = scoped
-        .as_mut()
-        .take_value()
-        .map_or(ReplySlot(None), RefCell::into_inner);
-    (output, slot)
+pub(crate) fn with_reply_slot<F: Future>(handler: F) -> WithReplySlot<F> {
+    WithReplySlot {
+        scoped: REPLY.scope(RefCell::new(ReplySlot(None)), handler),
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`with_reply_slot`]: written by hand so that the handler's future is
+    /// stored once (an `async fn` would hold it both as its argument and as its awaitee, and
+    /// every call's task carries it).
+    pub(crate) struct WithReplySlot<F: Future> {
+        #[pin]
+        scoped: tokio::task::futures::TaskLocalFuture<RefCell<ReplySlot>, F>,
+    }
+}
+
+impl<F: Future> Future for WithReplySlot<F> {
+    type Output = (F::Output, ReplySlot);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let mut scoped = self.project().scoped;
+        let output = std::task::ready!(scoped.as_mut().poll(cx));
+        let slot = scoped
+            .take_value()
+            .map_or(ReplySlot(None), RefCell::into_inner);
+        Poll::Ready((output, slot))
+    }
 }
 
 const PENDING: u8 = 0;

@@ -29,7 +29,8 @@
 //! - `boot` and `provision`: booting an owned machine, and getting its binary onto it;
 //!   `boot_timeouts`: [`BootTimeouts`], the bounds of its steps.
 //! - `keepalive`: [`KeepaliveConfig`], and the loop that keeps machines alive.
-//! - `deadline`: instants after durations of any length, without overflow; `text`: text cut
+//! - `deadline`: instants after durations of any length, without overflow, and work raced
+//!   against a deadline and a stop signal; `text`: text cut
 //!   to a length on a character boundary.
 //! - `life`: the task that follows a machine from boot to Stopped.
 //! - `b`: [`B`] and its [`Builder`]; `start`: [`B::start`], [`B::dial`] and [`Params`].

@@ -14,14 +14,14 @@
 
 pub(crate) mod client;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use bytes::Bytes;
 use quinn::{RecvStream, SendStream};
 use tokio::sync::mpsc;
 
 use crate::error::{Error, Kind, Result};
-use crate::wire::mux::{FrameHeader, MuxDecoder, MuxEvent, Outgoing};
+use crate::wire::mux::{MuxDecoder, MuxEvent, Outgoing};
 
 /// The largest argument a multiplexed call carries; larger ones go on a stream of their own.
 pub(crate) const MUX_ARG_MAX: usize = 64 << 10;
@@ -114,73 +114,4 @@ pub(crate) fn protocol(what: impl Into<String>) -> Error {
         Kind::Invalid,
         format!("multiplexed stream: {}", what.into()),
     )
-}
-
-/// Messages arriving as frames, the frames of several interleaved: the message whose frame is
-/// arriving, and those waiting for their next PART (at most `limit` of them).
-#[derive(Debug)]
-pub(crate) struct Messages<A> {
-    current: Option<(FrameHeader, A)>,
-    waiting: HashMap<u64, A>,
-    limit: usize,
-}
-
-impl<A> Messages<A> {
-    pub(crate) fn new(limit: usize) -> Self {
-        Self {
-            current: None,
-            waiting: HashMap::new(),
-            limit,
-        }
-    }
-
-    /// A message's first frame, `h`, begins; `a` assembles it.
-    pub(crate) fn first(&mut self, h: FrameHeader, a: A) -> Result<()> {
-        if self.waiting.contains_key(&h.id) {
-            return Err(protocol(format!(
-                "a second message {} before the first ended",
-                h.id
-            )));
-        }
-        self.current = Some((h, a));
-        Ok(())
-    }
-
-    /// A PART frame, `h`, of a waiting message begins.
-    pub(crate) fn part(&mut self, h: FrameHeader) -> Result<()> {
-        let a = self
-            .waiting
-            .remove(&h.id)
-            .ok_or_else(|| protocol(format!("a part of no message ({})", h.id)))?;
-        self.current = Some((h, a));
-        Ok(())
-    }
-
-    /// The message whose frame is arriving, and its id.
-    pub(crate) fn current(&mut self) -> Option<(u64, &mut A)> {
-        self.current.as_mut().map(|(h, a)| (h.id, a))
-    }
-
-    /// The current frame ended: its message, if that was its last frame.
-    pub(crate) fn end(&mut self) -> Result<Option<(u64, A)>> {
-        let Some((h, a)) = self.current.take() else {
-            return Err(protocol("a frame's end without its start"));
-        };
-        if !h.more() {
-            return Ok(Some((h.id, a)));
-        }
-        if self.waiting.len() >= self.limit {
-            return Err(protocol(format!(
-                "more than {} messages arriving in pieces",
-                self.limit
-            )));
-        }
-        self.waiting.insert(h.id, a);
-        Ok(None)
-    }
-
-    /// Forgets the message `id` (aborted between its frames).
-    pub(crate) fn forget(&mut self, id: u64) {
-        self.waiting.remove(&id);
-    }
 }

@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bigmachine_quic::{Endpoint, Identity, Role};
+use futures::future::Either;
 use futures::FutureExt;
 use quinn::{RecvStream, SendStream};
 use tokio::time::Instant;
@@ -34,6 +35,7 @@ use bytes::Bytes;
 use crate::budget::{Budget, Drawn};
 use crate::buffers::{Payload, Pooled};
 use crate::context::{with_reply_slot, Context};
+use crate::deadline::{Bound, Bounded};
 use crate::error::{Error, Kind};
 use crate::fault::{ReplyFault, ReplyFaults};
 use crate::io;
@@ -439,8 +441,16 @@ async fn execute(
         }
         Some(Begin::Running(first)) => {
             drop((handler, drawn));
-            return repeat_of_running(replier, first, method.as_str(), deadline, timeout, faults)
-                .await;
+            // Boxed: rare, and its state would otherwise inflate every call's future.
+            return Box::pin(repeat_of_running(
+                replier,
+                first,
+                method.as_str(),
+                deadline,
+                timeout,
+                faults,
+            ))
+            .await;
         }
     };
     // An exactly-once call's method runs to its end (or deadline) even if the caller goes
@@ -475,47 +485,15 @@ async fn execute(
     // How the call ended, and whether its whole reply was handed to the transport.
     let (ended, handed) = match outcome {
         Ok(Outcome::Stream(stream)) => {
-            if let Some(recorder) = recorder {
-                // Cannot be kept: a repeat gets an error, not a second run.
-                let e = Error::fatal(
-                    Kind::Invalid,
-                    format!("{method} replied with a byte stream, which an exactly-once call cannot repeat"),
-                );
-                recorder.record(encode(Err(Failure::Server(e))));
-            }
-            let Some(send) = replier.stream() else {
-                // Only a caller breaking the protocol asks for a stream on a shared one.
-                let e = Error::fatal(
-                    Kind::Invalid,
-                    format!("{method} replies with a byte stream, which needs a stream of its own"),
-                );
-                let ended = reply(replier, Err(Failure::Server(e)), None, faults).await;
-                return ended;
+            // Boxed: its state would otherwise inflate every call's future.
+            let out = StreamOut {
+                method: &method,
+                deadline,
+                peer,
+                token: &token,
+                faults,
             };
-            let streamed = io::write_reply_stream(send, stream, tally.stream_bytes());
-            let streamed = match deadline {
-                Some(d) => tokio::time::timeout_at(d, streamed)
-                    .await
-                    .map_err(|_| Ended::Failed(Kind::DeadlineExceeded, Origin::Server)),
-                None => Ok(streamed.await),
-            };
-            match streamed {
-                Ok(Ok(None)) => (Some(Ended::Streamed), true),
-                Ok(Ok(Some(kind))) => (Some(Ended::Failed(kind, Origin::Method)), true),
-                // The reader went away or the deadline passed; dropping the stream tells its
-                // producer, and the context's cancellation whatever else the method started.
-                cut => {
-                    token.cancel();
-                    match &cut {
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, %method, error = %e, "reply stream ended early")
-                        }
-                        _ => tracing::debug!(%peer, %method, "reply stream cut at its deadline"),
-                    }
-                    io::reset(send, Reset::ReplyAborted);
-                    (cut.err(), false)
-                }
-            }
+            Box::pin(out.send(replier, stream, recorder, tally)).await
         }
         Ok(Outcome::Archive(payload)) => {
             // Without a copy: the pooled buffer returns to its pool when the last clone goes.
@@ -538,6 +516,79 @@ async fn execute(
         watch.settle(delivered);
     }
     ended
+}
+
+/// What a reply stream's sending needs of its call.
+struct StreamOut<'a> {
+    method: &'a MethodName,
+    deadline: Option<Instant>,
+    peer: SocketAddr,
+    token: &'a CancellationToken,
+    faults: Option<Arc<ReplyFaults>>,
+}
+
+impl StreamOut<'_> {
+    /// Sends a method's reply stream on the call's own stream (an error on a shared one, or
+    /// for an exactly-once call's repeats): how the call ended, and whether the whole reply
+    /// was handed to the transport.
+    async fn send(
+        self,
+        replier: &mut Replier,
+        stream: ByteStream,
+        recorder: Option<Recorder>,
+        tally: &Tally,
+    ) -> (Option<Ended>, bool) {
+        let Self {
+            method,
+            deadline,
+            peer,
+            token,
+            faults,
+        } = self;
+        if let Some(recorder) = recorder {
+            // Cannot be kept: a repeat gets an error, not a second run.
+            let e = Error::fatal(
+                Kind::Invalid,
+                format!(
+                    "{method} replied with a byte stream, which an exactly-once call cannot repeat"
+                ),
+            );
+            recorder.record(encode(Err(Failure::Server(e))));
+        }
+        let Some(send) = replier.stream() else {
+            // Only a caller breaking the protocol asks for a stream on a shared one.
+            let e = Error::fatal(
+                Kind::Invalid,
+                format!("{method} replies with a byte stream, which needs a stream of its own"),
+            );
+            let ended = reply(replier, Err(Failure::Server(e)), None, faults).await;
+            return (ended, false);
+        };
+        let streamed = io::write_reply_stream(send, stream, tally.stream_bytes());
+        let streamed = match deadline {
+            Some(d) => tokio::time::timeout_at(d, streamed)
+                .await
+                .map_err(|_| Ended::Failed(Kind::DeadlineExceeded, Origin::Server)),
+            None => Ok(streamed.await),
+        };
+        match streamed {
+            Ok(Ok(None)) => (Some(Ended::Streamed), true),
+            Ok(Ok(Some(kind))) => (Some(Ended::Failed(kind, Origin::Method)), true),
+            // The reader went away or the deadline passed; dropping the stream tells its
+            // producer, and the context's cancellation whatever else the method started.
+            cut => {
+                token.cancel();
+                match &cut {
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, %method, error = %e, "reply stream ended early")
+                    }
+                    _ => tracing::debug!(%peer, %method, "reply stream cut at its deadline"),
+                }
+                io::reset(send, Reset::ReplyAborted);
+                (cut.err(), false)
+            }
+        }
+    }
 }
 
 /// Answers a request refused before it ran with `e`: one that `owes_grant` (it awaits a grant
@@ -660,37 +711,32 @@ async fn repeat_of_running(
 /// its deadline passes (a [`Kind::DeadlineExceeded`] server error), or `gone` completes (the
 /// caller went away: `None`). In the last two cases the handler future is dropped and `cancel`
 /// (the method's context) is canceled, so work the method spawned stops too.
-async fn run_handler(
+fn run_handler<'a, G: Future<Output = ()> + 'a>(
     handler: Handler,
-    method: &str,
+    method: &'a str,
     deadline: Option<Instant>,
     timeout: Option<Duration>,
-    gone: impl Future<Output = ()>,
-    cancel: &CancellationToken,
-) -> Option<Result<Outcome, Failure>> {
-    let handler = AssertUnwindSafe(handler).catch_unwind().map(|r| {
-        r.unwrap_or_else(|panic| Err(Failure::Method(Error::from_panic(method, &*panic))))
-    });
-    let expired = async {
-        match deadline {
-            Some(d) => tokio::time::sleep_until(d).await,
-            None => futures::future::pending().await,
-        }
-    };
-    tokio::select! {
-        outcome = handler => Some(outcome),
-        _ = expired => {
+    gone: G,
+    cancel: &'a CancellationToken,
+) -> impl Future<Output = Option<Result<Outcome, Failure>>> + 'a {
+    let handler = AssertUnwindSafe(handler).catch_unwind();
+    Bounded::new(handler, deadline, Some(gone)).map(move |bound| match bound {
+        Bound::Done(outcome) => Some(
+            outcome
+                .unwrap_or_else(|panic| Err(Failure::Method(Error::from_panic(method, &*panic)))),
+        ),
+        Bound::Expired => {
             cancel.cancel();
             Some(Err(Failure::Server(Error::deadline_exceeded(
                 &format!("{method} on the server"),
                 timeout,
             ))))
         }
-        _ = gone => {
+        Bound::Stopped => {
             cancel.cancel();
             None
         }
-    }
+    })
 }
 
 /// A call's outcome as its reply carries it. An error that cannot be encoded is replaced by
@@ -728,28 +774,31 @@ fn encode(outcome: Result<(Bytes, Bytes), Failure>) -> Kept {
 }
 
 /// Sends the outcome of a call, first keeping it with `recorder` (an exactly-once call's first
-/// try), applying an injected fault if one is drawn. Returns how the call ended if the whole
-/// reply was handed to the transport, `None` if it was not.
-async fn reply(
+/// try), applying an injected fault if one is drawn. Completes with how the call ended if the
+/// whole reply was handed to the transport, `None` if it was not.
+///
+/// This and the functions below do their work at once and return only the wait that is left
+/// (none on a shared stream): every call's future holds it.
+fn reply(
     replier: &mut Replier,
     outcome: Result<(Bytes, Bytes), Failure>,
     recorder: Option<Recorder>,
     faults: Option<Arc<ReplyFaults>>,
-) -> Option<Ended> {
+) -> impl Future<Output = Option<Ended>> + Send + '_ {
     let kept = encode(outcome);
     if let Some(recorder) = recorder {
         recorder.record(kept.clone());
     }
-    send_reply(replier, kept, faults).await
+    send_reply(replier, kept, faults)
 }
 
-/// Sends an encoded outcome, applying an injected fault if one is drawn. Returns how the call
-/// ended if the whole reply was handed to the transport, `None` if it was not.
-async fn send_reply(
+/// Sends an encoded outcome, applying an injected fault if one is drawn. Completes with how
+/// the call ended if the whole reply was handed to the transport, `None` if it was not.
+fn send_reply(
     replier: &mut Replier,
     kept: Kept,
     faults: Option<Arc<ReplyFaults>>,
-) -> Option<Ended> {
+) -> impl Future<Output = Option<Ended>> + Send + '_ {
     let ended = match kept.status {
         Status::Ok | Status::Stream => Ended::Replied(kept.len() as u64),
         Status::MethodError => {
@@ -759,27 +808,31 @@ async fn send_reply(
             Ended::Failed(wire::decode_error(&kept.payload).kind(), Origin::Server)
         }
     };
-    send_kept(replier, kept, faults).await.then_some(ended)
+    send_kept(replier, kept, faults).map(move |whole| whole.then_some(ended))
 }
 
-/// Sends a reply's status and payload, or the fault drawn instead. Returns whether the whole
-/// reply was handed to the transport.
-async fn send_kept(replier: &mut Replier, kept: Kept, faults: Option<Arc<ReplyFaults>>) -> bool {
-    let result = match faults.and_then(|f| f.draw()) {
-        None => replier.write(kept).await.map(|()| true),
+/// Sends a reply's status and payload, or the fault drawn instead. Completes with whether the
+/// whole reply was handed to the transport.
+fn send_kept(
+    replier: &mut Replier,
+    kept: Kept,
+    faults: Option<Arc<ReplyFaults>>,
+) -> impl Future<Output = bool> + Send + '_ {
+    let (written, whole) = match faults.and_then(|f| f.draw()) {
+        None => (replier.write(kept), true),
         Some(ReplyFault::Drop) => {
             replier.reset(Reset::Dropped);
-            return false;
+            (Either::Left(futures::future::ready(Ok(()))), false)
         }
-        Some(ReplyFault::Truncate) => replier.truncate(kept).await.map(|()| false),
+        Some(ReplyFault::Truncate) => (replier.truncate(kept), false),
     };
-    match result {
-        Ok(whole) => whole,
+    written.map(move |result| match result {
+        Ok(()) => whole,
         Err(e) => {
             tracing::trace!(error = %e, "reply not delivered");
             false
         }
-    }
+    })
 }
 
 #[cfg(test)]

@@ -7,6 +7,10 @@ use bigmachine_core::__internal::wire::mux::{FrameKind, Head, MuxDecoder, MuxEve
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 
+#[path = "common/pieces.rs"]
+mod common;
+use common::pieces;
+
 /// What bytes decode to: each frame's (kind, flags, id) and body, and whether decoding
 /// refused the input (its error kind) or stopped between frames.
 type Decoded = (
@@ -19,15 +23,7 @@ type Decoded = (
 fn decode(bytes: &[u8], cuts: &[u8]) -> Decoded {
     let mut decoder = MuxDecoder::new();
     let mut frames: Vec<(u8, u8, u64, Vec<u8>)> = Vec::new();
-    let mut rest = bytes;
-    let mut sizes = cuts.iter().cycle();
-    while !rest.is_empty() {
-        let n = sizes
-            .next()
-            .map_or(rest.len(), |&c| usize::from(c).max(1))
-            .min(rest.len());
-        let (piece, tail) = rest.split_at(n);
-        rest = tail;
+    for piece in pieces(bytes, cuts) {
         let mut input = Bytes::copy_from_slice(piece);
         loop {
             match decoder.decode(&mut input) {

@@ -7,6 +7,10 @@ use bigmachine_core::__internal::wire::{data_header, end_ok, split_data, Frame, 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 
+#[path = "common/pieces.rs"]
+mod common;
+use common::pieces;
+
 /// How a stream ended: its end frame (the kinds of the error's chain, none for success; an
 /// error's text can hold addresses, from validation errors), or a decoding error (its kind), or
 /// no end at all (the input stopped first).
@@ -15,24 +19,6 @@ enum End {
     Frame(Vec<bigmachine_core::Kind>),
     Refused(bigmachine_core::Kind),
     Cut,
-}
-
-/// `bytes` in pieces whose sizes the `cuts` give in turn (the whole at once without cuts).
-fn pieces<'a>(bytes: &'a [u8], cuts: &'a [u8]) -> impl Iterator<Item = &'a [u8]> {
-    let mut rest = bytes;
-    let mut sizes = cuts.iter().cycle();
-    std::iter::from_fn(move || {
-        if rest.is_empty() {
-            return None;
-        }
-        let n = sizes
-            .next()
-            .map_or(rest.len(), |&c| usize::from(c).max(1))
-            .min(rest.len());
-        let (piece, tail) = rest.split_at(n);
-        rest = tail;
-        Some(piece)
-    })
 }
 
 /// What a stream decodes to: its data, and how it ended.

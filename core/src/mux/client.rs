@@ -16,7 +16,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use super::{fill, protocol, Messages, Outbox};
+use super::{fill, protocol, Outbox};
 use crate::buffers::Payload;
 use crate::error::{Error, Kind, Result};
 use crate::link::lock;
@@ -92,9 +92,14 @@ impl Muxes {
     }
 
     async fn get(&self, slot: &Slot, pool: &Pool, max_reply: u64) -> Result<Arc<MuxClient>> {
-        if let Some(mux) = slot.live() {
-            return Ok(mux);
+        match slot.live() {
+            Some(mux) => Ok(mux),
+            // Boxed: opening is rare, and its state would inflate every call's future.
+            None => Box::pin(Self::open_slot(slot, pool, max_reply)).await,
         }
+    }
+
+    async fn open_slot(slot: &Slot, pool: &Pool, max_reply: u64) -> Result<Arc<MuxClient>> {
         let _opening = slot.opening.lock().await;
         if let Some(mux) = slot.live() {
             return Ok(mux);
@@ -462,5 +467,74 @@ fn answer(id: u64, ack: bool, delivered: bool, acks: &mpsc::WeakUnboundedSender<
     };
     if let Some(out) = acks.upgrade() {
         let _ = out.send(Outgoing::control(kind, id, &[]));
+    }
+}
+
+/// Replies arriving as frames, the frames of several interleaved: the reply whose frame is
+/// arriving, and those waiting for their next PART (at most `limit` of them).
+#[derive(Debug)]
+struct Messages<A> {
+    current: Option<(FrameHeader, A)>,
+    waiting: HashMap<u64, A>,
+    limit: usize,
+}
+
+impl<A> Messages<A> {
+    fn new(limit: usize) -> Self {
+        Self {
+            current: None,
+            waiting: HashMap::new(),
+            limit,
+        }
+    }
+
+    /// A message's first frame, `h`, begins; `a` assembles it.
+    fn first(&mut self, h: FrameHeader, a: A) -> Result<()> {
+        if self.waiting.contains_key(&h.id) {
+            return Err(protocol(format!(
+                "a second message {} before the first ended",
+                h.id
+            )));
+        }
+        self.current = Some((h, a));
+        Ok(())
+    }
+
+    /// A PART frame, `h`, of a waiting message begins.
+    fn part(&mut self, h: FrameHeader) -> Result<()> {
+        let a = self
+            .waiting
+            .remove(&h.id)
+            .ok_or_else(|| protocol(format!("a part of no message ({})", h.id)))?;
+        self.current = Some((h, a));
+        Ok(())
+    }
+
+    /// The message whose frame is arriving, and its id.
+    fn current(&mut self) -> Option<(u64, &mut A)> {
+        self.current.as_mut().map(|(h, a)| (h.id, a))
+    }
+
+    /// The current frame ended: its message, if that was its last frame.
+    fn end(&mut self) -> Result<Option<(u64, A)>> {
+        let Some((h, a)) = self.current.take() else {
+            return Err(protocol("a frame's end without its start"));
+        };
+        if !h.more() {
+            return Ok(Some((h.id, a)));
+        }
+        if self.waiting.len() >= self.limit {
+            return Err(protocol(format!(
+                "more than {} messages arriving in pieces",
+                self.limit
+            )));
+        }
+        self.waiting.insert(h.id, a);
+        Ok(None)
+    }
+
+    /// Forgets the message `id` (aborted between its frames).
+    fn forget(&mut self, id: u64) {
+        self.waiting.remove(&id);
     }
 }

@@ -28,7 +28,7 @@ use super::{admit, encode, execute, Link, Received, Replier, Shared};
 use crate::buffers::Payload;
 use crate::error::{Error, Kind, Result};
 use crate::link::lock;
-use crate::mux::{fill, protocol, read_loop, write_loop, Messages, Outbox, MUX_ARG_MAX};
+use crate::mux::{fill, protocol, read_loop, write_loop, Outbox, MUX_ARG_MAX};
 use crate::outcomes::Kept;
 use crate::service::Failure;
 use crate::supervisor::SUPERVISOR;
@@ -254,7 +254,7 @@ pub(super) async fn serve(send: SendStream, recv: RecvStream, link: Link, shared
         }
     });
     let mut requests = Requests {
-        messages: Messages::new(MUX_CALLS),
+        request: None,
         control: None,
         out,
         calls: calls.clone(),
@@ -270,7 +270,8 @@ pub(super) async fn serve(send: SendStream, recv: RecvStream, link: Link, shared
 
 /// The reader's state: requests being assembled, and what starting a call takes.
 struct Requests {
-    messages: Messages<Assembly>,
+    /// The request whose frame is arriving (a request is one frame: none waits for more).
+    request: Option<(u64, Assembly)>,
     /// The CANCEL or ACK frame arriving.
     control: Option<FrameHeader>,
     out: Outbox,
@@ -304,9 +305,8 @@ impl Requests {
                         arg: Payload::new(),
                         refused: None,
                     };
-                    self.messages.first(h, assembly)?;
+                    self.request = Some((h.id, assembly));
                 }
-                FrameKind::Part => self.messages.part(h)?,
                 FrameKind::Cancel | FrameKind::Ack if h.len == 0 => self.control = Some(h),
                 kind => {
                     return Err(protocol(format!(
@@ -316,7 +316,7 @@ impl Requests {
                 }
             },
             MuxEvent::Body(piece) => {
-                let Some((_, a)) = self.messages.current() else {
+                let Some((_, a)) = self.request.as_mut() else {
                     return Err(protocol("a body of no request"));
                 };
                 body(a, piece, self.shared.config.max_payload);
@@ -331,9 +331,10 @@ impl Requests {
                     }
                 }),
                 None => {
-                    if let Some((id, a)) = self.messages.end()? {
-                        self.complete(id, a)?;
-                    }
+                    let Some((id, a)) = self.request.take() else {
+                        return Err(protocol("a frame's end without its start"));
+                    };
+                    self.complete(id, a)?;
                 }
             },
         }

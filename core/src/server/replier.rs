@@ -1,6 +1,7 @@
 //! [`Replier`]: where a call's reply goes (its own stream, or a multiplexed one) and how the
 //! server learns that its caller went away or that the reply arrived.
 
+use futures::future::{ready, BoxFuture, Either, Ready};
 use quinn::SendStream;
 
 use super::mux::MuxReply;
@@ -8,6 +9,10 @@ use crate::error::Result;
 use crate::io;
 use crate::outcomes::Kept;
 use crate::wire::{ReplyHeader, Reset, REPLY_HEADER_LEN};
+
+/// A reply's writing: done at once (multiplexed), or the boxed writing on a stream of its
+/// own.
+pub(super) type Written<'a> = Either<Ready<Result<()>>, BoxFuture<'a, Result<()>>>;
 
 /// Where a call's reply goes.
 pub(super) enum Replier {
@@ -45,10 +50,18 @@ impl Replier {
     }
 
     /// Writes a reply whole (handed to the transport; on a stream of its own, finished).
-    pub(super) async fn write(&mut self, kept: Kept) -> Result<()> {
+    /// Multiplexed, the reply is handed to the stream's writer at once; on a stream of its
+    /// own, the returned future writes it (boxed: a shared stream's calls, the many small ones,
+    /// should not carry that state).
+    pub(super) fn write(&mut self, kept: Kept) -> Written<'_> {
         match self {
-            Self::Stream(send) => io::write_reply(send, kept.status, kept.payload, kept.tail).await,
-            Self::Mux(mux) => mux.write(kept),
+            Self::Stream(send) => Either::Right(Box::pin(io::write_reply(
+                send,
+                kept.status,
+                kept.payload,
+                kept.tail,
+            ))),
+            Self::Mux(mux) => Either::Left(ready(mux.write(kept))),
         }
     }
 
@@ -62,24 +75,12 @@ impl Replier {
 
     /// Writes the first half of a reply and ends it there (an injected fault): on a stream of
     /// its own, finished early; multiplexed, aborted after its first frame.
-    pub(super) async fn truncate(&mut self, kept: Kept) -> Result<()> {
+    pub(super) fn truncate(&mut self, kept: Kept) -> Written<'_> {
         match self {
-            Self::Stream(send) => {
-                let header = ReplyHeader {
-                    status: kept.status,
-                    payload_len: kept.len() as u64,
-                };
-                let mut frame = header.encode().to_vec();
-                frame.extend_from_slice(&kept.payload);
-                frame.extend_from_slice(&kept.tail);
-                frame.truncate((REPLY_HEADER_LEN + kept.len()) / 2);
-                send.write_all(&frame).await?;
-                send.finish()?;
-                Ok(())
-            }
+            Self::Stream(send) => Either::Right(Box::pin(truncate(send, kept))),
             Self::Mux(mux) => {
                 mux.truncate(kept);
-                Ok(())
+                Either::Left(ready(Ok(())))
             }
         }
     }
@@ -93,4 +94,19 @@ impl Replier {
             Self::Mux(mux) => handed && mux.acked().await,
         }
     }
+}
+
+/// Writes the first half of a reply on its own stream `send`, and finishes it there.
+async fn truncate(send: &mut SendStream, kept: Kept) -> Result<()> {
+    let header = ReplyHeader {
+        status: kept.status,
+        payload_len: kept.len() as u64,
+    };
+    let mut frame = header.encode().to_vec();
+    frame.extend_from_slice(&kept.payload);
+    frame.extend_from_slice(&kept.tail);
+    frame.truncate((REPLY_HEADER_LEN + kept.len()) / 2);
+    send.write_all(&frame).await?;
+    send.finish()?;
+    Ok(())
 }
