@@ -445,7 +445,7 @@ where
     }
 }
 
-/// One try of a call, as it goes on the wire.
+/// A call's request as it goes on the wire, borrowed by each of its tries.
 struct Request<'a> {
     link: &'a Link,
     name: (&'a str, &'a str),

@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tokio::task::Unconstrained;
 use tokio::time::{Instant, Sleep};
 
 /// About 30 years: later than any deadline that matters, and within every clock's range.
@@ -40,12 +41,13 @@ pin_project_lite::pin_project! {
     /// then the work, then the deadline, at each wake-up: work that finishes as the deadline
     /// passes is taken; stopped work is not started). Written by hand rather than with
     /// `select!` over async blocks, which would store the work twice in every call's future.
-    #[derive(Debug)]
     pub(crate) struct Bounded<F, S> {
         #[pin]
         work: F,
+        // Unconstrained: work that spends the task's whole cooperative budget on every poll
+        // must not keep its deadline from firing (as `tokio::time::timeout` ensures too).
         #[pin]
-        deadline: Option<Sleep>,
+        deadline: Option<Unconstrained<Sleep>>,
         #[pin]
         stop: Option<S>,
     }
@@ -56,7 +58,7 @@ impl<F: Future, S: Future> Bounded<F, S> {
     pub(crate) fn new(work: F, deadline: Option<Instant>, stop: Option<S>) -> Self {
         Self {
             work,
-            deadline: deadline.map(tokio::time::sleep_until),
+            deadline: deadline.map(|d| tokio::task::unconstrained(tokio::time::sleep_until(d))),
             stop,
         }
     }
@@ -133,5 +135,18 @@ mod tests {
         let stopped = Bounded::new(work, None, Some(std::future::ready(())));
         assert!(matches!(stopped.await, Bound::Stopped));
         assert!(!polled.load(std::sync::atomic::Ordering::Relaxed));
+    }
+
+    #[tokio::test]
+    async fn work_that_spends_its_whole_budget_on_every_poll_still_meets_its_deadline() {
+        let busy = async {
+            loop {
+                tokio::task::consume_budget().await;
+            }
+        };
+        let deadline = Instant::now() + Duration::from_millis(20);
+        let bounded = Bounded::<_, std::future::Pending<()>>::new(busy, Some(deadline), None);
+        let ended = tokio::time::timeout(Duration::from_secs(10), bounded).await;
+        assert!(matches!(ended, Ok(Bound::Expired)), "{ended:?}");
     }
 }

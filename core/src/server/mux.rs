@@ -268,7 +268,7 @@ pub(super) async fn serve(send: SendStream, recv: RecvStream, link: Link, shared
     calls.end();
 }
 
-/// The reader's state: requests being assembled, and what starting a call takes.
+/// The reader's state: the request being assembled, and what starting a call takes.
 struct Requests {
     /// The request whose frame is arriving (a request is one frame: none waits for more).
     request: Option<(u64, Assembly)>,
