@@ -5,7 +5,9 @@ mod common;
 use std::time::Duration;
 
 use bigmachine::testsystem::TestSystem;
-use bigmachine::{service, ByteStream, Context, Kind, Result, Services, Severity, State, B};
+use bigmachine::{
+    service, Archived, Blob, ByteStream, Context, Kind, Result, Services, Severity, State, B,
+};
 use common::{
     echo_cluster, handler_dropped, handler_started, init_tracing, reply_fate, EchoClient,
 };
@@ -355,6 +357,79 @@ async fn trait_services_are_installed_and_called_through_their_client() -> Resul
         .call("Greeter.greet", &"Bob".to_string())
         .await?;
     assert_eq!(by_name, "Hello, Bob");
+    b.shutdown().await;
+    Ok(())
+}
+
+/// Methods taking a byte vector in each of its forms; each answers the length and a checksum
+/// of what it got.
+#[derive(Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct Sums;
+
+fn checksum(bytes: &[u8]) -> (u64, u64) {
+    let sum = bytes.iter().enumerate().fold(0u64, |h, (i, &b)| {
+        h.wrapping_mul(31).wrapping_add(u64::from(b) ^ i as u64)
+    });
+    (bytes.len() as u64, sum)
+}
+
+#[service]
+impl Sums {
+    async fn owned(&self, _ctx: &Context, data: Vec<u8>) -> Result<(u64, u64)> {
+        Ok(checksum(&data))
+    }
+
+    async fn in_place(&self, _ctx: &Context, data: Archived<Vec<u8>>) -> Result<(u64, u64)> {
+        Ok(checksum(data.as_slice()))
+    }
+
+    async fn blob(&self, _ctx: &Context, data: Blob) -> Result<(u64, u64)> {
+        Ok(checksum(&data))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_argument_arrives_whole_in_every_form_a_method_takes() -> Result<()> {
+    let b = B::new(TestSystem::new())?;
+    let machines = b.start(1, Services::new().with("Sums", Sums)).await?;
+    let m = &machines[0];
+    assert_eq!(m.wait(State::Running).await, State::Running);
+    // Pseudo-random bytes; blobs are slices at an odd offset, so nothing lines up by luck.
+    let mut x = 0x9e37_79b9_u32;
+    let source: bytes::Bytes = (0..(3 << 20) + 64)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect::<Vec<u8>>()
+        .into();
+    // Empty, inline with the head, a shared stream's largest and one past it, one past the
+    // size sent at once (it waits for the machine's grant), several MiB.
+    let sizes = [
+        0,
+        1,
+        13,
+        16 << 10,
+        64 << 10,
+        (64 << 10) + 1,
+        (256 << 10) + 1,
+        3 << 20,
+    ];
+    let client = SumsClient::new(m, "Sums");
+    for n in sizes {
+        let blob = Blob::from(source.slice(7..7 + n));
+        let want = checksum(&blob);
+        for method in ["Sums.owned", "Sums.in_place", "Sums.blob"] {
+            let got: (u64, u64) = m.call(method, &blob).await?;
+            assert_eq!(got, want, "{method} of a {n}-byte blob");
+        }
+        assert_eq!(client.blob(&blob).await?, want, "typed client, {n} bytes");
+        // A vector and a blob of the same bytes are the same archive.
+        let got: (u64, u64) = m.call("Sums.blob", &blob.to_vec()).await?;
+        assert_eq!(got, want, "a {n}-byte vector to a method taking a blob");
+    }
     b.shutdown().await;
     Ok(())
 }

@@ -16,14 +16,13 @@ use std::future::{Future, IntoFuture};
 use std::marker::PhantomData;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures::future::BoxFuture;
 use quinn::RecvStream;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::buffers::{Payload, Pooled};
+use crate::buffers::Payload;
 use crate::codec::{type_tag, Encode, FromPayload};
 use crate::context::Context;
 use crate::deadline::{Bound, Bounded};
@@ -322,7 +321,7 @@ where
             ));
         }
         // Shared, not copied, by every try (and handed to quinn without a copy).
-        let arg = Bytes::from_owner(Pooled(self.arg.encode()?));
+        let arg = io::Arg(self.arg.encode_parts()?.into_shared());
         let mut flags = 0;
         if self.body.is_some() {
             flags |= FLAG_STREAM_ARG;
@@ -335,7 +334,7 @@ where
         }
         let header = RequestHeader {
             flags,
-            arg_type: type_tag::<A>(),
+            arg_type: A::tag(),
             reply_type: R::tag(),
             payload_len: arg.len() as u64,
             // Random: ids of calls from different callers must not meet.
@@ -450,7 +449,7 @@ struct Request<'a> {
     link: &'a Link,
     name: (&'a str, &'a str),
     header: RequestHeader,
-    arg: &'a Bytes,
+    arg: &'a io::Arg,
     deadline: Option<Instant>,
     /// Whether the call may share a multiplexed stream (see [`crate::mux`]).
     shares: bool,
@@ -507,7 +506,7 @@ async fn own_stream(
     link: &Link,
     name: (&str, &str),
     header: RequestHeader,
-    arg: &Bytes,
+    arg: &io::Arg,
     body: Option<ByteStream>,
 ) -> Result<Response> {
     let name_len = name.0.len() + 1 + name.1.len();

@@ -34,9 +34,52 @@ use crate::buffers::{Payload, PayloadWriter, PAYLOAD_ALIGN};
 use crate::error::{Error, Kind, Result};
 
 /// A value that can be sent: it serializes to an rkyv archive.
+///
+/// Implemented for every archivable type, and for [`Blob`](crate::Blob), which is sent as the
+/// archive of a `Vec<u8>` without copying its bytes.
 pub trait Encode {
+    /// The type tag the receiving method checks the value against: the type's own, unless
+    /// the value is sent as the archive of another type.
+    fn tag() -> u64
+    where
+        Self: Sized,
+    {
+        type_tag::<Self>()
+    }
+
     /// Serializes `self` into a new archive.
     fn encode(&self) -> Result<Payload>;
+
+    /// The archive as it is sent: by default [`Encode::encode`]'s, in one buffer; a value that
+    /// owns bytes the archive holds as they are can hand them over without a copy.
+    fn encode_parts(&self) -> Result<Encoded> {
+        self.encode().map(Encoded::Whole)
+    }
+}
+
+/// An archive ready to be sent ([`Encode::encode_parts`]).
+#[derive(Debug)]
+pub enum Encoded {
+    /// The archive in one aligned buffer.
+    Whole(Payload),
+    /// The archive in two buffers sent one after the other, as they are: bytes held by the value
+    /// (shared, not copied), then what makes them the archive (for a `Vec<u8>`'s archive, its
+    /// root; see [`Blob`](crate::Blob)).
+    Parts(bytes::Bytes, bytes::Bytes),
+}
+
+impl Encoded {
+    /// The archive as two shared buffers (the second empty for a whole archive), for sending
+    /// by every try of a call without a copy.
+    pub(crate) fn into_shared(self) -> [bytes::Bytes; 2] {
+        match self {
+            Self::Whole(payload) => [
+                bytes::Bytes::from_owner(crate::buffers::Pooled(payload)),
+                bytes::Bytes::new(),
+            ],
+            Self::Parts(body, tail) => [body, tail],
+        }
+    }
 }
 
 impl<T> Encode for T

@@ -106,7 +106,7 @@ pub(crate) async fn read_argument(recv: &mut RecvStream, head: &RequestHead) -> 
     let read = async {
         let arg = read_payload(recv, header.payload_len, Kind::Invalid).await?;
         if !header.has_stream() {
-            read_end(recv, Kind::Invalid).await?;
+            read_end(recv).await?;
         }
         Ok::<_, Error>(arg)
     };
@@ -155,6 +155,17 @@ pub(crate) enum Sent {
     Answered(u8),
 }
 
+/// A call's argument as it goes on the wire: its archive in one buffer or two (see
+/// [`crate::Encoded`]), shared by every try.
+pub(crate) struct Arg(pub(crate) [Bytes; 2]);
+
+impl Arg {
+    /// The archive's length.
+    pub(crate) fn len(&self) -> usize {
+        self.0[0].len() + self.0[1].len()
+    }
+}
+
 /// Writes a request: its `head` (header and method name, see
 /// [`RequestHeader::encode_head`]), then the argument's archive, which is handed to the
 /// transport without a copy (small ones go in the head's write; large ones, see
@@ -164,10 +175,12 @@ pub(crate) async fn write_request(
     send: &mut SendStream,
     recv: &mut RecvStream,
     mut head: Vec<u8>,
-    arg: &Bytes,
+    arg: &Arg,
 ) -> Result<Sent> {
+    let [body, tail] = &arg.0;
     let written = if arg.len() <= INLINE {
-        head.extend_from_slice(arg);
+        head.extend_from_slice(body);
+        head.extend_from_slice(tail);
         send.write_chunk(head.into()).await
     } else if awaits_grant(arg.len()) {
         if let Err(e) = send.write_chunk(head.into()).await {
@@ -176,12 +189,13 @@ pub(crate) async fn write_request(
         let mut answer = [0u8; 1];
         read_exact(recv, &mut answer, Kind::Net).await?;
         match answer[0] {
-            wire::GRANT => send.write_chunk(arg.clone()).await,
+            wire::GRANT => send.write_all_chunks(&mut arg.0.clone()).await,
             wire::NO_GRANT => return Ok(Sent::Refused),
             other => return Ok(Sent::Answered(other)),
         }
     } else {
-        send.write_all_chunks(&mut [head.into(), arg.clone()]).await
+        let mut chunks = [head.into(), body.clone(), tail.clone()];
+        send.write_all_chunks(&mut chunks).await
     };
     written_or_refused(written)
 }
@@ -231,7 +245,7 @@ pub(crate) async fn read_reply_after(
     let header = ReplyHeader::decode(&hb, max_payload)?;
     let payload = read_payload(recv, header.payload_len, Kind::Net).await?;
     if header.status != Status::Stream {
-        read_end(recv, Kind::Invalid).await?;
+        read_end(recv).await?;
     }
     Ok((header.status, payload))
 }
@@ -320,7 +334,7 @@ pub(crate) fn reply_stream(recv: RecvStream) -> ByteStream {
                     // Nothing may follow the end (the decoder refuses what is left of the
                     // input); reading the stream's end also lets quinn retire it quietly.
                     let ended = match s.decoder.decode(&mut s.input) {
-                        Ok(_) => read_end(&mut s.recv, Kind::Invalid).await,
+                        Ok(_) => read_end(&mut s.recv).await,
                         Err(e) => Err(e),
                     };
                     return match (end, ended) {
@@ -443,7 +457,7 @@ fn ended_early(kind: Kind, got: usize, want: usize) -> Error {
 
 /// Reads exactly `len` payload bytes into an aligned buffer (the one copy an archive takes: see
 /// [`crate::codec`]). Memory grows with the data that actually arrives, so a peer announcing a
-/// huge length cannot make us reserve it up front.
+/// huge length cannot make us reserve it up front. No byte past the payload is read.
 async fn read_payload(recv: &mut RecvStream, len: u64, early: Kind) -> Result<Payload> {
     const FIRST_RESERVE: usize = 1 << 20;
     let len = usize::try_from(len)
@@ -466,16 +480,20 @@ async fn read_payload(recv: &mut RecvStream, len: u64, early: Kind) -> Result<Pa
     Ok(buf)
 }
 
+fn past_the_payload() -> Error {
+    Error::fatal(
+        Kind::Invalid,
+        "bytes after the payload: the frame is longer than its header says",
+    )
+}
+
 /// Reads the end of a stream whose last frame was just read: the sender finishes right after
 /// it, so the end is normally in hand already. Reading it (rather than dropping the stream
 /// early) lets quinn retire the stream quietly: a receive stream dropped before its end sends
 /// the peer a STOP_SENDING frame, two wasted frames per call.
-async fn read_end(recv: &mut RecvStream, kind: Kind) -> Result<()> {
+async fn read_end(recv: &mut RecvStream) -> Result<()> {
     match recv.read_chunk(1, true).await.map_err(read_failed)? {
         None => Ok(()),
-        Some(_) => Err(Error::fatal(
-            kind,
-            "bytes after the payload: the frame is longer than its header says",
-        )),
+        Some(_) => Err(past_the_payload()),
     }
 }

@@ -16,7 +16,7 @@
 //! - `wire`: every byte a call puts on a stream (headers, method names, reply-stream frames,
 //!   error archives, reset codes), as encoders and decoders that do no I/O.
 //! - `io`: thin loops moving those frames over quinn streams.
-//! - `stream`: [`ByteStream`] and [`ByteSink`]; `blob`: [`Blob`], bytes replied as they are;
+//! - `stream`: [`ByteStream`] and [`ByteSink`]; `blob`: [`Blob`], bytes sent as they are;
 //!   `files`: files read into and written from streams ([`FileIo`], [`FileWriter`]), through
 //!   tokio or, when asked, io_uring.
 //!
@@ -97,7 +97,7 @@ pub use blob::Blob;
 pub use boot_timeouts::BootTimeouts;
 pub use buffers::{pool_limit, pooled_bytes, set_pool_limit, Payload, DEFAULT_POOL_LIMIT};
 pub use call::{Call, Reply, RetryPolicy};
-pub use codec::{bytes_copied, Archived, Decode, Encode, FromPayload};
+pub use codec::{bytes_copied, Archived, Decode, Encode, Encoded, FromPayload};
 pub use context::Context;
 pub use error::{Error, Kind, Result, Severity};
 pub use fault::{ReplyFault, ReplyFaults};
@@ -158,7 +158,7 @@ pub mod __private {
     pub use crate::b::B;
     pub use crate::buffers::Payload;
     pub use crate::call::Call;
-    pub use crate::codec::{type_tag, Decode, Encode, FromPayload};
+    pub use crate::codec::{type_tag, Decode, Encode, Encoded, FromPayload};
     pub use crate::context::Context;
     pub use crate::error::{Error, Kind, Result};
     pub use crate::machine::Machine;
@@ -177,7 +177,7 @@ pub mod __private {
 
     impl<T: Encode + 'static> IntoReply for T {
         fn tag() -> u64 {
-            type_tag::<T>()
+            T::tag()
         }
 
         fn into_outcome(self) -> Result<Outcome> {
@@ -189,39 +189,23 @@ pub mod __private {
                     .unwrap_or_default();
                 return byte_vec_outcome(bytes);
             }
-            self.encode().map(Outcome::Archive)
+            Ok(match self.encode_parts()? {
+                Encoded::Whole(archive) => Outcome::Archive(archive),
+                Encoded::Parts(body, tail) => Outcome::Parts(body, tail),
+            })
         }
     }
 
-    /// A `Vec<u8>` reply: a long one goes out in its own buffer, followed by the archive's
-    /// root, without a copy; a short one is archived like any value.
+    /// A `Vec<u8>` reply: a long one goes out as a [`crate::Blob`] (its own buffer, then the
+    /// archive's root), without a copy; a short one is archived like any value.
     fn byte_vec_outcome(mut bytes: Vec<u8>) -> Result<Outcome> {
-        if bytes.len() >= crate::codec::OWNED_BYTES_MIN {
-            if let Some(root) = crate::codec::byte_vec_root(bytes.len()) {
-                // No spare room held past the reply (an exactly-once call keeps it, counted by
-                // its length); shrinking a large buffer remaps it rather than copying it.
-                bytes.shrink_to_fit();
-                return Ok(Outcome::Parts(bytes.into(), root));
-            }
+        if bytes.len() < crate::codec::OWNED_BYTES_MIN {
+            return bytes.encode().map(Outcome::Archive);
         }
-        bytes.encode().map(Outcome::Archive)
-    }
-
-    impl IntoReply for crate::blob::Blob {
-        fn tag() -> u64 {
-            type_tag::<Vec<u8>>()
-        }
-
-        fn into_outcome(self) -> Result<Outcome> {
-            let len = self.0.len();
-            let root = crate::codec::byte_vec_root(len).ok_or_else(|| {
-                Error::fatal(
-                    Kind::Invalid,
-                    format!("a blob of {len} bytes is longer than an archive can say"),
-                )
-            })?;
-            Ok(Outcome::Parts(self.0, root))
-        }
+        // No spare room held past the reply (an exactly-once call keeps it, counted by its
+        // length); shrinking a large buffer remaps it rather than copying it.
+        bytes.shrink_to_fit();
+        crate::blob::Blob::from(bytes).into_outcome()
     }
 
     impl IntoReply for ByteStream {

@@ -259,7 +259,7 @@ impl MuxClient {
         &self,
         place: OwnedSemaphorePermit,
         head: Head,
-        arg: &Bytes,
+        arg: &crate::io::Arg,
     ) -> Result<(Status, Payload)> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (waiter, reply) = oneshot::channel();
@@ -268,7 +268,7 @@ impl MuxClient {
             None => return Err(closed()),
         };
         let pending = Pending { id, client: self };
-        let request = Outgoing::new(FrameKind::Request, 0, id, head, [arg.clone(), Bytes::new()]);
+        let request = Outgoing::new(FrameKind::Request, 0, id, head, arg.0.clone());
         self.out.send(request).map_err(|_| closed())?;
         let reply = reply.await.unwrap_or_else(|_| Err(closed()));
         drop(pending);
