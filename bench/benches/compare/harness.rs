@@ -174,6 +174,8 @@ fn selected(name: &str) -> bool {
 /// Runs every selected workload against `peer`.
 pub(crate) async fn measure<P: Peer>(name: &str, peer: &P, w: &Workload) -> Row {
     let msg = Payload::new(w.small);
+    // Progress on stderr: where a peer that hangs stopped.
+    eprintln!("{name}: warm-up and latency");
     for _ in 0..200 {
         peer.echo(&msg).await;
     }
@@ -188,6 +190,7 @@ pub(crate) async fn measure<P: Peer>(name: &str, peer: &P, w: &Workload) -> Row 
     }
     let allocs_per_call = (alloc::count() - allocs) as f64 / calls as f64;
     let calls_per_s = if selected("inflight") {
+        eprintln!("{name}: calls in flight");
         throughput(peer, &msg, w).await
     } else {
         0.0
@@ -226,7 +229,8 @@ async fn bulk<P: Peer>(
     let data = Payload::new(w.bulk as usize);
     let (mut put, mut get, mut stream) = (Vec::new(), Vec::new(), Vec::new());
     let mut streams = true;
-    for _ in 0..w.reps {
+    for rep in 0..w.reps {
+        eprintln!("{name}: bulk, round {rep}");
         peer.prepare_put(&data);
         let t = Instant::now();
         assert_eq!(peer.put(&data).await, w.bulk, "{name}: put length");

@@ -252,6 +252,10 @@ impl Client {
                 conn.write_all(&h).await?;
                 conn.write_all(payload).await?;
             }
+            // A TLS stream may count bytes as written that still sit in rustls's buffer (when
+            // the socket would block): without the flush, a large request's tail can wait there
+            // while both sides wait for each other (it hung the TLS row about once in ten runs).
+            conn.flush().await?;
             let mut rh = [0u8; REPLY];
             conn.read_exact(&mut rh).await?;
             let len = field(&rh, 8);
