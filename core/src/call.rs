@@ -309,72 +309,77 @@ where
     A: Encode + Sync,
     R: Reply + 'a,
 {
-    async fn run(self) -> Result<R> {
-        MethodName::check(self.service, self.method)?;
-        if self.exactly_once && self.body.is_some() {
-            return Err(Error::fatal(
-                Kind::Precondition,
-                format!(
-                    "{}: an exactly-once call cannot send a byte stream",
-                    self.describe()
-                ),
-            ));
-        }
-        // Shared, not copied, by every try (and handed to quinn without a copy).
-        let arg = io::Arg(self.arg.encode_parts()?.into_shared());
-        let mut flags = 0;
-        if self.body.is_some() {
-            flags |= FLAG_STREAM_ARG;
-        }
-        if self.exactly_once {
-            flags |= FLAG_EXACTLY_ONCE;
-        }
-        if io::awaits_grant(arg.len()) {
-            flags |= FLAG_AWAIT_GRANT;
-        }
-        let header = RequestHeader {
-            flags,
-            arg_type: A::tag(),
-            reply_type: R::tag(),
-            payload_len: arg.len() as u64,
-            // Random: ids of calls from different callers must not meet.
-            call_id: fastrand::u128(..),
-            ..RequestHeader::default()
-        };
-        let what = || self.describe();
-        // Small calls without streams share the machine's long-lived streams.
-        let shares = self.body.is_none()
-            && arg.len() <= crate::mux::MUX_ARG_MAX
-            && R::tag() != type_tag::<ByteStream>();
-        let request = Request {
-            link: self.link,
-            name: (self.service, self.method),
-            header,
-            arg: &arg,
-            deadline: self.deadline,
-            shares,
-        };
-        let try_once = || {
-            let body = self.body.as_ref().map(|make| make());
-            attempt(&request, self.internal, body)
-        };
-        let response = drive(
-            &what,
-            self.deadline,
-            self.cancel.as_ref(),
-            self.retry,
-            try_once,
-        )
-        .await?;
-        let mut response = response;
-        if response.status == Status::Stream {
-            response.bounds = Bounds {
-                deadline: self.deadline,
-                cancel: self.cancel.clone(),
-                what: what(),
+    /// The call's future. A block, not an `async fn`, whose argument (the whole builder)
+    /// would be stored twice in the future every call allocates.
+    #[allow(clippy::manual_async_fn)] // see above: an `async fn` stores its arguments twice
+    fn run(self) -> impl Future<Output = Result<R>> + Send + 'a {
+        async move {
+            MethodName::check(self.service, self.method)?;
+            if self.exactly_once && self.body.is_some() {
+                return Err(Error::fatal(
+                    Kind::Precondition,
+                    format!(
+                        "{}: an exactly-once call cannot send a byte stream",
+                        self.describe()
+                    ),
+                ));
+            }
+            // Shared, not copied, by every try (and handed to quinn without a copy).
+            let arg = io::Arg(self.arg.encode_parts()?.into_shared());
+            let mut flags = 0;
+            if self.body.is_some() {
+                flags |= FLAG_STREAM_ARG;
+            }
+            if self.exactly_once {
+                flags |= FLAG_EXACTLY_ONCE;
+            }
+            if io::awaits_grant(arg.len()) {
+                flags |= FLAG_AWAIT_GRANT;
+            }
+            let header = RequestHeader {
+                flags,
+                arg_type: A::tag(),
+                reply_type: R::tag(),
+                payload_len: arg.len() as u64,
+                // Random: ids of calls from different callers must not meet.
+                call_id: fastrand::u128(..),
+                ..RequestHeader::default()
             };
+            let what = || self.describe();
+            // Small calls without streams share the machine's long-lived streams.
+            let shares = self.body.is_none()
+                && arg.len() <= crate::mux::MUX_ARG_MAX
+                && R::tag() != type_tag::<ByteStream>();
+            let request = Request {
+                link: self.link,
+                name: (self.service, self.method),
+                header,
+                arg: &arg,
+                deadline: self.deadline,
+                shares,
+            };
+            let try_once = || {
+                let body = self.body.as_ref().map(|make| make());
+                attempt(&request, self.internal, body)
+            };
+            let response = drive(
+                &what,
+                self.deadline,
+                self.cancel.as_ref(),
+                self.retry,
+                try_once,
+            )
+            .await?;
+            let mut response = response;
+            if response.status == Status::Stream {
+                response.bounds = Bounds {
+                    deadline: self.deadline,
+                    cancel: self.cancel.clone(),
+                    what: what(),
+                };
+            }
+            R::from_response(response)
         }
-        R::from_response(response)
     }
 }
 
@@ -395,52 +400,60 @@ where
 /// failures are tried again after the policy's wait (until the deadline, or the policy's tries
 /// without one). The whole ends at `deadline` with [`Kind::DeadlineExceeded`], or
 /// when `cancel` is canceled with [`Kind::Canceled`]; either names the last failure retried.
-async fn drive<T, F, Fut>(
-    what: &(dyn Fn() -> String + Sync),
+///
+/// A block, not an `async fn`, whose arguments would be stored twice in every call's future.
+#[allow(clippy::manual_async_fn)] // see above: an `async fn` stores its arguments twice
+fn drive<'a, T, F, Fut>(
+    what: &'a (dyn Fn() -> String + Sync),
     deadline: Option<Instant>,
-    cancel: Option<&CancellationToken>,
+    cancel: Option<&'a CancellationToken>,
     retry: Option<RetryPolicy>,
     mut attempt: F,
-) -> Result<T>
+) -> impl Future<Output = Result<T>> + 'a
 where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T>>,
+    F: FnMut() -> Fut + 'a,
+    Fut: Future<Output = Result<T>> + 'a,
+    T: 'a,
 {
-    // A cancellation token alone does not bound retries: a method's context token, say, is
-    // canceled only when its own caller goes away.
-    let ends = deadline.is_some();
-    // The last failure retried, to name when the deadline or cancellation ends the retries.
-    let mut last: Option<Error> = None;
-    let attempts = async {
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            match (attempt().await, retry) {
-                (Ok(reply), _) => return Ok(reply),
-                (Err(e), Some(policy))
-                    if e.is_temporary() && (ends || tries < policy.max_tries) =>
-                {
-                    tracing::debug!(call = %what(), tries, error = %e, "retrying call");
-                    last = Some(e);
-                    tokio::time::sleep(policy.jittered_wait(tries)).await;
+    async move {
+        // A cancellation token alone does not bound retries: a method's context token, say, is
+        // canceled only when its own caller goes away.
+        let ends = deadline.is_some();
+        // The last failure retried, to name when the deadline or cancellation ends the retries.
+        let mut last: Option<Error> = None;
+        let attempts = async {
+            let mut tries = 0;
+            loop {
+                tries += 1;
+                match (attempt().await, retry) {
+                    (Ok(reply), _) => return Ok(reply),
+                    (Err(e), Some(policy))
+                        if e.is_temporary() && (ends || tries < policy.max_tries) =>
+                    {
+                        tracing::debug!(call = %what(), tries, error = %e, "retrying call");
+                        last = Some(e);
+                        tokio::time::sleep(policy.jittered_wait(tries)).await;
+                    }
+                    (Err(e), _) => return Err(e),
                 }
-                (Err(e), _) => return Err(e),
             }
+        };
+        let canceled = cancel.map(CancellationToken::cancelled);
+        let result = match Bounded::new(attempts, deadline, canceled).await {
+            Bound::Done(result) => result,
+            Bound::Expired => Err(Error::deadline_exceeded(&what(), None)),
+            Bound::Stopped => Err(Error::canceled(what())),
+        };
+        match (result, last) {
+            (Err(e), Some(cause))
+                if matches!(e.kind(), Kind::DeadlineExceeded | Kind::Canceled) =>
+            {
+                // Named, but its severity not taken: the time is spent whatever the cause was.
+                let severity = e.severity();
+                Err(e.caused_by(cause).with_severity(severity))
+            }
+            (result, _) => result,
         }
-    };
-    let canceled = cancel.map(CancellationToken::cancelled);
-    let result = match Bounded::new(attempts, deadline, canceled).await {
-        Bound::Done(result) => result,
-        Bound::Expired => Err(Error::deadline_exceeded(&what(), None)),
-        Bound::Stopped => Err(Error::canceled(what())),
-    };
-    match (result, last) {
-        (Err(e), Some(cause)) if matches!(e.kind(), Kind::DeadlineExceeded | Kind::Canceled) => {
-            // Named, but its severity not taken: the time is spent whatever the cause was.
-            let severity = e.severity();
-            Err(e.caused_by(cause).with_severity(severity))
-        }
-        (result, _) => result,
     }
 }
 

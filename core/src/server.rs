@@ -291,16 +291,14 @@ async fn call(send: SendStream, mut recv: RecvStream, link: Link, shared: Arc<Sh
     let tally = config
         .metrics
         .begin(method.as_str(), head.header.payload_len, arrived);
-    let ended = run(
-        replier, recv, head, service, link, faults, arrived, &shared, &tally,
+    run(
+        replier, recv, head, service, link, faults, arrived, shared, tally,
     )
     .await;
-    tally.end(ended);
 }
 
 /// Reads the argument of an admitted request on its own stream (once there is room for it),
-/// then runs it ([`execute`]). Returns how the call ended, `None` if its caller went away
-/// first.
+/// then runs it ([`execute`]). Ends `tally` with how the call ended.
 #[allow(clippy::too_many_arguments)]
 async fn run(
     mut replier: Replier,
@@ -310,27 +308,27 @@ async fn run(
     link: Link,
     faults: Option<Arc<ReplyFaults>>,
     arrived: Instant,
-    shared: &Shared,
-    tally: &Tally,
-) -> Option<Ended> {
+    shared: Arc<Shared>,
+    tally: Tally,
+) {
     let owes_grant = head.header.awaits_grant();
     // A large argument comes once the connection's budget and the machine's have room for it;
     // a caller that goes away meanwhile leaves the queue.
     let drawn = if owes_grant {
         let drawn = tokio::select! {
             drawn = draw(&head, &link.inflight, &shared.inflight) => drawn,
-            _ = replier.gone() => return None,
+            _ = replier.gone() => return tally.end(None),
         };
         let drawn = match drawn {
             Ok(drawn) => drawn,
-            Err(e) => return refuse(&mut replier, e, owes_grant, faults).await,
+            Err(e) => return tally.end(refuse(&mut replier, e, owes_grant, faults).await),
         };
         let granted = match replier.stream() {
             Some(send) => io::write_grant(send, true).await.is_ok(),
             None => false,
         };
         if !granted {
-            return None; // the caller went away
+            return tally.end(None); // the caller went away
         }
         head.granted();
         Some(drawn)
@@ -341,7 +339,7 @@ async fn run(
         Ok(arg) => arg,
         Err(e) => {
             tracing::debug!(peer = %link.peer, error = %e, "malformed request");
-            return refuse(&mut replier, e, false, None).await;
+            return tally.end(refuse(&mut replier, e, false, None).await);
         }
     };
     let io::RequestHead { header, method, .. } = head;
@@ -358,7 +356,7 @@ async fn run(
         arrived,
         drawn,
     };
-    execute(&mut replier, received, shared, tally).await
+    execute(replier, received, shared, tally).await
 }
 
 /// An admitted request, its argument in hand, not yet run.
@@ -377,145 +375,151 @@ struct Received {
     drawn: Option<(Drawn, Drawn)>,
 }
 
-/// Runs a received request's method and replies through `replier`. Returns how the call
-/// ended, `None` if its caller went away first.
-async fn execute(
-    replier: &mut Replier,
+/// Runs a received request's method, replies through `replier`, and ends `tally` with how the
+/// call ended (`None`: its caller went away first).
+///
+/// It owns what it uses, so that a multiplexed call's task is this future alone: its size is
+/// allocated and moved once per call, and a wrapper holding these values beside it would store
+/// them twice. For the same reason it is a block, not an `async fn` (whose arguments are stored
+/// again as locals), and `received` is used in place, not destructured.
+#[allow(clippy::manual_async_fn)] // see above: an `async fn` stores its arguments twice
+fn execute(
+    mut replier: Replier,
     received: Received,
-    shared: &Shared,
-    tally: &Tally,
-) -> Option<Ended> {
-    let Received {
-        header,
-        method,
-        arg,
-        body,
-        service,
-        peer,
-        caller,
-        faults,
-        arrived,
-        drawn,
-    } = received;
-    let timeout = header.timeout();
-    // The timeout comes from the wire: any length is taken without overflow.
-    let deadline = timeout.map(|t| crate::deadline::saturating_after(arrived, t));
-    let ctx = Context::for_call(deadline, peer, caller);
-    let token = ctx.token().clone();
-    let dispatched = Request {
-        ctx,
-        arg,
-        arg_type: header.arg_type,
-        reply_type: header.reply_type,
-        body,
-    };
-    let handler = match service.dispatch(method.method(), dispatched) {
-        Ok(handler) => handler,
-        Err(e) => {
-            drop(drawn);
-            return reply(replier, Err(Failure::Server(e)), None, faults).await;
-        }
-    };
-    // An exactly-once call's repeat never runs the handler (a future not yet polled: dropping
-    // it runs nothing of the method).
-    let recorder = match header.exactly_once().then(|| {
-        let call = outcomes::call_of(method.as_str(), header.reply_type);
-        shared.outcomes.begin(header.call_id, call)
-    }) {
-        None => None,
-        Some(Begin::First(recorder)) => Some(recorder),
-        Some(Begin::Done(kept)) => {
-            drop((handler, drawn));
-            return send_reply(replier, kept, faults).await;
-        }
-        Some(Begin::Conflict) => {
-            drop((handler, drawn));
-            let e = Error::fatal(
-                Kind::Invalid,
-                format!(
-                    "{method}: call id {:032x} was taken by a call of another method or reply type",
-                    header.call_id
-                ),
-            );
-            return reply(replier, Err(Failure::Server(e)), None, faults).await;
-        }
-        Some(Begin::Running(first)) => {
-            drop((handler, drawn));
-            // Boxed: rare, and its state would otherwise inflate every call's future.
-            return Box::pin(repeat_of_running(
-                replier,
-                first,
-                method.as_str(),
+    shared: Arc<Shared>,
+    tally: Tally,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let replier = &mut replier;
+        let ended = 'call: {
+            let timeout = received.header.timeout();
+            // The timeout comes from the wire: any length is taken without overflow.
+            let deadline = timeout.map(|t| crate::deadline::saturating_after(received.arrived, t));
+            let ctx = Context::for_call(deadline, received.peer, received.caller);
+            let token = ctx.token().clone();
+            let dispatched = Request {
+                ctx,
+                arg: received.arg,
+                arg_type: received.header.arg_type,
+                reply_type: received.header.reply_type,
+                body: received.body,
+            };
+            let handler = match received
+                .service
+                .dispatch(received.method.method(), dispatched)
+            {
+                Ok(handler) => handler,
+                Err(e) => {
+                    drop(received.drawn);
+                    break 'call reply(replier, Err(Failure::Server(e)), None, received.faults)
+                        .await;
+                }
+            };
+            // An exactly-once call's repeat never runs the handler (a future not yet polled: dropping
+            // it runs nothing of the method).
+            let recorder = match received.header.exactly_once().then(|| {
+                let call = outcomes::call_of(received.method.as_str(), received.header.reply_type);
+                shared.outcomes.begin(received.header.call_id, call)
+            }) {
+                None => None,
+                Some(Begin::First(recorder)) => Some(recorder),
+                Some(Begin::Done(kept)) => {
+                    drop((handler, received.drawn));
+                    break 'call send_reply(replier, kept, received.faults).await;
+                }
+                Some(Begin::Conflict) => {
+                    drop((handler, received.drawn));
+                    let e = Error::fatal(
+                        Kind::Invalid,
+                        format!(
+                        "{}: call id {:032x} was taken by a call of another method or reply type",
+                        received.method, received.header.call_id
+                    ),
+                    );
+                    break 'call reply(replier, Err(Failure::Server(e)), None, received.faults)
+                        .await;
+                }
+                Some(Begin::Running(first)) => {
+                    drop((handler, received.drawn));
+                    // Boxed: rare, and its state would otherwise inflate every call's future.
+                    break 'call Box::pin(repeat_of_running(
+                        replier,
+                        first,
+                        received.method.as_str(),
+                        deadline,
+                        timeout,
+                        received.faults,
+                    ))
+                    .await;
+                }
+            };
+            // An exactly-once call's method runs to its end (or deadline) even if the caller goes
+            // away: its outcome is kept for the received.caller's next try.
+            let once = recorder.is_some();
+            let gone = async {
+                if once {
+                    futures::future::pending::<()>().await;
+                }
+                replier.gone().await;
+            };
+            let (outcome, reply_slot) = with_reply_slot(run_handler(
+                handler,
+                received.method.as_str(),
                 deadline,
                 timeout,
-                faults,
+                gone,
+                &token,
             ))
             .await;
-        }
-    };
-    // An exactly-once call's method runs to its end (or deadline) even if the caller goes
-    // away: its outcome is kept for the caller's next try.
-    let once = recorder.is_some();
-    let gone = async {
-        if once {
-            futures::future::pending::<()>().await;
-        }
-        replier.gone().await;
-    };
-    let (outcome, reply_slot) = with_reply_slot(run_handler(
-        handler,
-        method.as_str(),
-        deadline,
-        timeout,
-        gone,
-        &token,
-    ))
-    .await;
-    // The handler is gone, and the argument with it unless the method handed it on (to its
-    // reply stream or a task of its own): the budget counts arguments until their call's
-    // method returns.
-    drop(drawn);
-    let Some(outcome) = outcome else {
-        tracing::trace!(%peer, %method, "caller went away; call canceled");
-        return None;
-    };
-    if reply_slot.asked().is_some() {
-        replier.want_ack();
-    }
-    // How the call ended, and whether its whole reply was handed to the transport.
-    let (ended, handed) = match outcome {
-        Ok(Outcome::Stream(stream)) => {
-            // Boxed: its state would otherwise inflate every call's future.
-            let out = StreamOut {
-                method: &method,
-                deadline,
-                peer,
-                token: &token,
-                faults,
+            // The handler is gone, and the argument with it unless the method handed it on (to its
+            // reply stream or a task of its own): the budget counts arguments until their call's
+            // method returns.
+            drop(received.drawn);
+            let Some(outcome) = outcome else {
+                tracing::trace!(peer = %received.peer, method = %received.method, "caller went away; call canceled");
+                break 'call None;
             };
-            Box::pin(out.send(replier, stream, recorder, tally)).await
-        }
-        Ok(Outcome::Archive(payload)) => {
-            // Without a copy: the pooled buffer returns to its pool when the last clone goes.
-            let parts = (Bytes::from_owner(Pooled(payload)), Bytes::new());
-            let ended = reply(replier, Ok(parts), recorder, faults).await;
-            (ended, ended.is_some())
-        }
-        Ok(Outcome::Parts(payload, tail)) => {
-            let ended = reply(replier, Ok((payload, tail)), recorder, faults).await;
-            (ended, ended.is_some())
-        }
-        Err(failure) => {
-            let ended = reply(replier, Err(failure), recorder, faults).await;
-            (ended, ended.is_some())
-        }
-    };
-    if let Some(watch) = reply_slot.asked() {
-        // Every byte of the reply acknowledged by the caller.
-        let delivered = replier.delivered(handed).await;
-        watch.settle(delivered);
+            if reply_slot.asked().is_some() {
+                replier.want_ack();
+            }
+            // How the call ended, and whether its whole reply was handed to the transport.
+            let (ended, handed) = match outcome {
+                Ok(Outcome::Stream(stream)) => {
+                    // Boxed: its state would otherwise inflate every call's future.
+                    let out = StreamOut {
+                        method: &received.method,
+                        deadline,
+                        peer: received.peer,
+                        token: &token,
+                        faults: received.faults,
+                    };
+                    Box::pin(out.send(replier, stream, recorder, &tally)).await
+                }
+                Ok(Outcome::Archive(payload)) => {
+                    // Without a copy: the pooled buffer returns to its pool when the last clone goes.
+                    let parts = (Bytes::from_owner(Pooled(payload)), Bytes::new());
+                    let ended = reply(replier, Ok(parts), recorder, received.faults).await;
+                    (ended, ended.is_some())
+                }
+                Ok(Outcome::Parts(payload, tail)) => {
+                    let ended =
+                        reply(replier, Ok((payload, tail)), recorder, received.faults).await;
+                    (ended, ended.is_some())
+                }
+                Err(failure) => {
+                    let ended = reply(replier, Err(failure), recorder, received.faults).await;
+                    (ended, ended.is_some())
+                }
+            };
+            if let Some(watch) = reply_slot.asked() {
+                // Every byte of the reply acknowledged by the received.caller.
+                let delivered = replier.delivered(handed).await;
+                watch.settle(delivered);
+            }
+            ended
+        };
+        tally.end(ended);
     }
-    ended
 }
 
 /// What a reply stream's sending needs of its call.

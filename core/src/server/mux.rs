@@ -431,22 +431,19 @@ impl Requests {
             .config
             .metrics
             .begin(method.as_str(), header.payload_len, arrived);
-        tokio::spawn(async move {
-            let received = Received {
-                header,
-                method,
-                arg,
-                body: None,
-                service,
-                peer: link.peer,
-                caller: link.caller,
-                faults,
-                arrived,
-                drawn: None,
-            };
-            let ended = execute(&mut replier, received, &shared, &tally).await;
-            tally.end(ended);
-        });
+        let received = Received {
+            header,
+            method,
+            arg,
+            body: None,
+            service,
+            peer: link.peer,
+            caller: link.caller,
+            faults,
+            arrived,
+            drawn: None,
+        };
+        tokio::spawn(execute(replier, received, shared, tally));
     }
 }
 
