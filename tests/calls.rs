@@ -405,18 +405,14 @@ async fn a_blob_argument_arrives_whole_in_every_form_a_method_takes() -> Result<
         })
         .collect::<Vec<u8>>()
         .into();
-    // Empty, inline with the head, a shared stream's largest and one past it, one past the
-    // size sent at once (it waits for the machine's grant), several MiB.
-    let sizes = [
-        0,
-        1,
-        13,
-        16 << 10,
-        64 << 10,
-        (64 << 10) + 1,
-        (256 << 10) + 1,
-        3 << 20,
-    ];
+    // An archive is the blob rounded up to 4 bytes, then 8: around each bound on an argument's
+    // archive (16 KiB: copied into the request's head; 64 KiB: the largest on a shared stream;
+    // 256 KiB: the largest sent without the machine's grant), the largest blob within it and
+    // the next sizes past it; empty; several MiB.
+    let mut sizes = vec![0, 1, 13, 3 << 20];
+    for bound in [16usize << 10, 64 << 10, 256 << 10] {
+        sizes.extend([bound - 9, bound - 8, bound - 7, bound - 4]);
+    }
     let client = SumsClient::new(m, "Sums");
     for n in sizes {
         let blob = Blob::from(source.slice(7..7 + n));

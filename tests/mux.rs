@@ -47,7 +47,7 @@ fn request_with<A: bigmachine::Encode, R: 'static>(
     let arg = encode(arg)?;
     let header = RequestHeader {
         flags,
-        arg_type: type_tag::<A>(),
+        arg_type: A::sent_tag(),
         reply_type: type_tag::<R>(),
         payload_len: arg.len() as u64,
         call_id: u128::from(id) << 64 | 0x5eed,

@@ -309,7 +309,7 @@ async fn garbage_on_a_call_stream_gets_an_error_reply() -> Result<()> {
             f.extend_from_slice(b"trailing");
             f
         },
-        // The same after an argument of many packets (read several chunks at a time).
+        // The same after an argument of many packets.
         {
             let arg = encode(&vec![1u8; 100 << 10])?;
             let mut f = frame(b"Echo.len", &arg, type_tag::<Vec<u8>>(), type_tag::<u64>());

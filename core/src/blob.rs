@@ -16,7 +16,10 @@ use crate::error::{Error, Kind, Result};
 /// - **As an argument** (`machine.call("Store.put", &blob)`), the method takes `Vec<u8>`,
 ///   `Archived<Vec<u8>>` or `Blob`. A `Vec<u8>` argument is archived into a buffer of its own
 ///   (a copy); a `Blob`'s bytes are not copied, and every retry of the call sends them again
-///   from the same buffer.
+///   from the same buffer (except a blob of under 16 KiB, which is copied into its request's
+///   head to go out in one write). A typed client (`#[service]`) takes its method's own
+///   argument type: it sends a `Blob` to a method that takes `Blob`; call a method taking
+///   `Vec<u8>` or `Archived<Vec<u8>>` by name to send it a `Blob`.
 ///
 /// A method returning `Vec<u8>` gets the same treatment as a `Blob` when the vector is 64 KiB
 /// or longer; `Blob` serves bytes the method does not own outright. A blob is shorter than 2 GiB (rkyv's
@@ -91,7 +94,7 @@ impl Blob {
 /// A blob is sent as the archive of a `Vec<u8>`: its own buffer, then the archive's root,
 /// without a copy. Methods take it as `Vec<u8>`, `Archived<Vec<u8>>` or `Blob`.
 impl Encode for Blob {
-    fn tag() -> u64 {
+    fn sent_tag() -> u64 {
         type_tag::<Vec<u8>>()
     }
 
@@ -148,7 +151,7 @@ mod tests {
             assert_eq!([&body[..], &tail[..]].concat(), &want[..], "{len} bytes");
             assert_eq!(&blob.encode()?[..], &want[..], "{len} bytes, whole");
         }
-        assert_eq!(<Blob as Encode>::tag(), type_tag::<Vec<u8>>());
+        assert_eq!(Blob::sent_tag(), type_tag::<Vec<u8>>());
         Ok(())
     }
 }

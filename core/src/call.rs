@@ -338,7 +338,7 @@ where
             }
             let header = RequestHeader {
                 flags,
-                arg_type: A::tag(),
+                arg_type: A::sent_tag(),
                 reply_type: R::tag(),
                 payload_len: arg.len() as u64,
                 // Random: ids of calls from different callers must not meet.

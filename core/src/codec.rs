@@ -38,9 +38,11 @@ use crate::error::{Error, Kind, Result};
 /// Implemented for every archivable type, and for [`Blob`](crate::Blob), which is sent as the
 /// archive of a `Vec<u8>` without copying its bytes.
 pub trait Encode {
-    /// The type tag the receiving method checks the value against: the type's own, unless
-    /// the value is sent as the archive of another type.
-    fn tag() -> u64
+    /// The type tag the value is sent under, which the receiving method checks: the type's
+    /// own, unless the value is sent as the archive of another type (a [`Blob`](crate::Blob)
+    /// as a `Vec<u8>`'s). Named apart from [`FromPayload::tag`] so that a type implementing
+    /// both is not ambiguous.
+    fn sent_tag() -> u64
     where
         Self: Sized,
     {
@@ -59,12 +61,15 @@ pub trait Encode {
 
 /// An archive ready to be sent ([`Encode::encode_parts`]).
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Encoded {
     /// The archive in one aligned buffer.
     Whole(Payload),
     /// The archive in two buffers sent one after the other, as they are: bytes held by the value
     /// (shared, not copied), then what makes them the archive (for a `Vec<u8>`'s archive, its
-    /// root; see [`Blob`](crate::Blob)).
+    /// root; see [`Blob`](crate::Blob)). Joined, the two must be a valid archive of the type
+    /// [`Encode::sent_tag`] names, its root at the end, as rkyv writes it: the receiver checks
+    /// it like any archive.
     Parts(bytes::Bytes, bytes::Bytes),
 }
 

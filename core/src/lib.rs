@@ -177,7 +177,7 @@ pub mod __private {
 
     impl<T: Encode + 'static> IntoReply for T {
         fn tag() -> u64 {
-            T::tag()
+            T::sent_tag()
         }
 
         fn into_outcome(self) -> Result<Outcome> {
