@@ -16,8 +16,8 @@ use crate::error::{Error, Kind, Result};
 /// - **As an argument** (`machine.call("Store.put", &blob)`), the method takes `Vec<u8>`,
 ///   `Archived<Vec<u8>>` or `Blob`. A `Vec<u8>` argument is archived into a buffer of its own
 ///   (a copy); a `Blob`'s bytes are not copied, and every retry of the call sends them again
-///   from the same buffer (except a blob of under 16 KiB, which is copied into its request's
-///   head to go out in one write). A typed client (`#[service]`) takes its method's own
+///   from the same buffer (except a blob whose archive is 16 KiB or less, which is copied into
+///   its request's head to go out in one write). A typed client (`#[service]`) takes its method's own
 ///   argument type: it sends a `Blob` to a method that takes `Blob`; call a method taking
 ///   `Vec<u8>` or `Archived<Vec<u8>>` by name to send it a `Blob`.
 ///

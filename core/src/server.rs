@@ -454,7 +454,7 @@ fn execute(
                 }
             };
             // An exactly-once call's method runs to its end (or deadline) even if the caller goes
-            // away: its outcome is kept for the received.caller's next try.
+            // away: its outcome is kept for the caller's next try.
             let once = recorder.is_some();
             let gone = async {
                 if once {
@@ -512,7 +512,7 @@ fn execute(
                 }
             };
             if let Some(watch) = reply_slot.asked() {
-                // Every byte of the reply acknowledged by the received.caller.
+                // Every byte of the reply acknowledged by the caller.
                 let delivered = replier.delivered(handed).await;
                 watch.settle(delivered);
             }
