@@ -480,13 +480,6 @@ async fn read_payload(recv: &mut RecvStream, len: u64, early: Kind) -> Result<Pa
     Ok(buf)
 }
 
-fn past_the_payload() -> Error {
-    Error::fatal(
-        Kind::Invalid,
-        "bytes after the payload: the frame is longer than its header says",
-    )
-}
-
 /// Reads the end of a stream whose last frame was just read: the sender finishes right after
 /// it, so the end is normally in hand already. Reading it (rather than dropping the stream
 /// early) lets quinn retire the stream quietly: a receive stream dropped before its end sends
@@ -494,6 +487,9 @@ fn past_the_payload() -> Error {
 async fn read_end(recv: &mut RecvStream) -> Result<()> {
     match recv.read_chunk(1, true).await.map_err(read_failed)? {
         None => Ok(()),
-        Some(_) => Err(past_the_payload()),
+        Some(_) => Err(Error::fatal(
+            Kind::Invalid,
+            "bytes after the payload: the frame is longer than its header says",
+        )),
     }
 }
