@@ -538,3 +538,188 @@ impl<A> Messages<A> {
         self.waiting.remove(&id);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The caller's count of places, driven frame by frame: a place is free only once the
+    //! machine's answer to its try has arrived whole, whatever the caller did meanwhile.
+
+    use super::*;
+    use crate::wire::mux::{MuxDecoder, CHUNK, FLAG_MORE};
+    use crate::wire::ReplyHeader;
+
+    const PLACES: usize = 4;
+    const MAX_REPLY: u64 = 1 << 20;
+
+    /// A stream's shared state with no reader or writer, the reader's state, and where the
+    /// answers it queues go.
+    struct Bench {
+        shared: Shared,
+        replies: Replies,
+        out: mpsc::UnboundedSender<Outgoing>,
+        sent: mpsc::UnboundedReceiver<Outgoing>,
+    }
+
+    impl Bench {
+        fn new() -> Self {
+            let (out, sent) = mpsc::unbounded_channel();
+            Self {
+                shared: Shared {
+                    waiters: Mutex::new(Some(HashMap::new())),
+                    slots: Arc::new(Semaphore::new(PLACES)),
+                    ended: CancellationToken::new(),
+                },
+                replies: Replies {
+                    max_reply: MAX_REPLY,
+                    messages: Messages::new(PLACES),
+                    abort: None,
+                    abort_body: Vec::new(),
+                },
+                out,
+                sent,
+            }
+        }
+
+        /// A try waiting for its reply, in a place taken now.
+        fn wait(&self, id: u64) -> oneshot::Receiver<Result<(Status, Payload)>> {
+            let place = self.shared.slots.clone().try_acquire_owned();
+            let place = place.expect("a free place");
+            let (waiter, reply) = oneshot::channel();
+            if let Some(w) = lock(&self.shared.waiters).as_mut() {
+                w.insert(id, Try::Waiting(waiter, place));
+            }
+            reply
+        }
+
+        fn free(&self) -> usize {
+            self.shared.slots.available_permits()
+        }
+
+        /// Feeds the frames' bytes to the reader's state, as they would arrive.
+        fn arrive(&mut self, frames: Vec<Bytes>) -> Result<()> {
+            let mut decoder = MuxDecoder::new();
+            let acks = self.out.downgrade();
+            for mut input in frames {
+                while let Some(event) = decoder.decode(&mut input)? {
+                    self.replies.on(event, &self.shared, &acks)?;
+                }
+            }
+            Ok(())
+        }
+
+        /// The kinds of the frames queued for the machine so far.
+        fn sent(&mut self) -> Vec<FrameKind> {
+            let mut kinds = Vec::new();
+            while let Ok(mut m) = self.sent.try_recv() {
+                let mut out = Vec::new();
+                while m.next_frame(&mut out) {}
+                let mut input = Bytes::from(out.concat());
+                let mut decoder = MuxDecoder::new();
+                while let Ok(Some(event)) = decoder.decode(&mut input) {
+                    if let MuxEvent::Frame(h) = event {
+                        kinds.push(h.kind);
+                    }
+                }
+            }
+            kinds
+        }
+    }
+
+    /// The frames of a reply to try `id` whose header says `len` bytes, carrying `len`.
+    fn reply(id: u64, flags: u8, len: u64) -> Vec<Vec<Bytes>> {
+        let header = ReplyHeader {
+            status: Status::Ok,
+            payload_len: len,
+        };
+        let data = Bytes::from(vec![7u8; usize::try_from(len).unwrap_or(0)]);
+        let mut m = Outgoing::new(
+            FrameKind::Reply,
+            flags,
+            id,
+            Head::from_slice(&header.encode()),
+            [data, Bytes::new()],
+        );
+        let mut frames = Vec::new();
+        loop {
+            let mut frame = Vec::new();
+            let more = m.next_frame(&mut frame);
+            frames.push(frame);
+            if !more {
+                return frames;
+            }
+        }
+    }
+
+    fn abort(id: u64, why: Reset) -> Vec<Bytes> {
+        let mut m = Outgoing::control(FrameKind::Abort, id, &why.code().to_le_bytes());
+        let mut frame = Vec::new();
+        m.next_frame(&mut frame);
+        frame
+    }
+
+    #[test]
+    fn a_reply_crossing_its_callers_cancel_frees_the_place_once_it_arrived() -> Result<()> {
+        let mut b = Bench::new();
+        let reply_rx = b.wait(1);
+        assert_eq!(b.free(), PLACES - 1);
+        // The caller drops the try: the machine is told, the place stays taken.
+        drop(reply_rx);
+        assert!(b.shared.drop_try(1));
+        assert_eq!(b.free(), PLACES - 1);
+        // The reply, sent before the machine saw the CANCEL, arrives: nobody takes it, the
+        // machine that asked for an ACK gets a CANCEL, and the place is free.
+        for frame in reply(1, FLAG_ACK_WANTED, 10) {
+            b.arrive(frame)?;
+        }
+        assert_eq!(b.free(), PLACES);
+        assert_eq!(b.sent(), [FrameKind::Cancel]);
+        Ok(())
+    }
+
+    #[test]
+    fn a_refused_long_reply_keeps_its_place_until_its_last_part() -> Result<()> {
+        let mut b = Bench::new();
+        let mut small = b.wait(2);
+        let mut long = b.wait(3);
+        assert_eq!(b.free(), PLACES - 2);
+        // Longer than this caller takes: refused at its header, read to its end.
+        let frames = reply(3, 0, MAX_REPLY + 1);
+        assert!(frames.len() > 2);
+        assert!(frames[0][0][1] & FLAG_MORE != 0);
+        let last = frames.len() - 1;
+        for (i, frame) in frames.into_iter().enumerate() {
+            b.arrive(frame)?;
+            if i == 0 {
+                let e = long.try_recv().expect("refused at its first frame");
+                assert!(e.is_err(), "a reply over max_reply is refused");
+                // Another try's reply arrives between the long one's frames.
+                for frame in reply(2, 0, 5) {
+                    b.arrive(frame)?;
+                }
+                let (status, payload) = small.try_recv().expect("answered")?;
+                assert_eq!((status, payload.len()), (Status::Ok, 5));
+                assert_eq!(b.free(), PLACES - 1);
+            } else if i < last {
+                assert_eq!(b.free(), PLACES - 1, "frame {i} of {last}");
+            }
+        }
+        assert_eq!(b.free(), PLACES);
+        assert!(b.sent().is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn an_abort_between_a_replys_parts_fails_its_call_and_frees_its_place() -> Result<()> {
+        let mut b = Bench::new();
+        let mut rx = b.wait(4);
+        let mut frames = reply(4, 0, 3 * CHUNK as u64);
+        b.arrive(frames.remove(0))?;
+        assert_eq!(b.free(), PLACES - 1);
+        b.arrive(abort(4, Reset::Dropped))?;
+        assert!(rx.try_recv().expect("answered").is_err());
+        assert_eq!(b.free(), PLACES);
+        // The rest of the aborted reply would break the protocol: it is gone.
+        assert!(b.arrive(frames.remove(0)).is_err());
+        Ok(())
+    }
+}

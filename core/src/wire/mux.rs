@@ -235,15 +235,12 @@ impl Head {
 impl Outgoing {
     /// A message of `kind` for try `id`: `head`, then `data`.
     pub fn new(kind: FrameKind, flags: u8, id: u64, head: Head, data: [Bytes; 2]) -> Self {
-        let mut first = head.0;
-        if first.len() < FRAME_HEADER_LEN {
-            first.splice(0..0, [0; FRAME_HEADER_LEN]);
-        }
+        // (A head always begins with room for the frame's header: see Head.)
         Self {
             kind,
             flags,
             id,
-            first: Some(first),
+            first: Some(head.0),
             data,
             next: 0,
             kept: None,
