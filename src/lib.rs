@@ -72,10 +72,10 @@
 
 pub use bigmachine_core::{
     Archived, Authority, Blob, BootTimeouts, Builder, ByteSink, ByteStream, Call, Congestion,
-    Context, Credentials, Decode, DiskInfo, Encode, Encoded, Error, FromPayload, Identity, Info,
-    KeepaliveConfig, Kind, Launched, LoadInfo, Machine, MemInfo, OutcomeLimits, Params, Payload,
-    Reply, Result, RetryPolicy, Role, ServiceValue, Services, Severity, State, System,
-    TransportConfig, B, DEFAULT_MAX_PAYLOAD,
+    Context, Credentials, Decode, DiskInfo, Encode, EncodeAs, Encoded, Error, FromPayload,
+    Identity, Info, KeepaliveConfig, Kind, Launched, LoadInfo, Machine, MemInfo, OutcomeLimits,
+    Params, Payload, Reply, Result, RetryPolicy, Role, ServiceValue, Services, Severity, State,
+    System, TransportConfig, B, DEFAULT_MAX_PAYLOAD,
 };
 pub use bigmachine_macros::service;
 

@@ -386,6 +386,11 @@ impl Sums {
     async fn blob(&self, _ctx: &Context, data: Blob) -> Result<(u64, u64)> {
         Ok(checksum(&data))
     }
+
+    /// Read in place: its typed client takes the `Vec<String>` the archive is of.
+    async fn words(&self, _ctx: &Context, words: Archived<Vec<String>>) -> Result<Vec<u64>> {
+        Ok(words.iter().map(|w| w.len() as u64).collect())
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -421,11 +426,40 @@ async fn a_blob_argument_arrives_whole_in_every_form_a_method_takes() -> Result<
             let got: (u64, u64) = m.call(method, &blob).await?;
             assert_eq!(got, want, "{method} of a {n}-byte blob");
         }
-        assert_eq!(client.blob(&blob).await?, want, "typed client, {n} bytes");
-        // A vector and a blob of the same bytes are the same archive.
-        let got: (u64, u64) = m.call("Sums.blob", &blob.to_vec()).await?;
+        // The typed client sends a blob, or a vector of the same bytes (the same archive), to
+        // each form.
+        let vec = blob.to_vec();
+        assert_eq!(
+            client.owned(&blob).await?,
+            want,
+            "typed owned, {n}-byte blob"
+        );
+        assert_eq!(
+            client.in_place(&blob).await?,
+            want,
+            "typed in place, {n}-byte blob"
+        );
+        assert_eq!(client.blob(&blob).await?, want, "typed blob, {n}-byte blob");
+        assert_eq!(
+            client.owned(&vec).await?,
+            want,
+            "typed owned, {n}-byte vector"
+        );
+        assert_eq!(
+            client.in_place(&vec).await?,
+            want,
+            "typed in place, {n}-byte vector"
+        );
+        assert_eq!(
+            client.blob(&vec).await?,
+            want,
+            "typed blob, {n}-byte vector"
+        );
+        let got: (u64, u64) = m.call("Sums.blob", &vec).await?;
         assert_eq!(got, want, "a {n}-byte vector to a method taking a blob");
     }
+    let words = vec!["in".to_string(), "place".to_string()];
+    assert_eq!(client.words(&words).await?, [2, 5]);
     b.shutdown().await;
     Ok(())
 }

@@ -3,7 +3,7 @@
 use bytes::Bytes;
 
 use crate::buffers::{Payload, Pooled};
-use crate::codec::{type_tag, Archived, Encode, Encoded, FromPayload};
+use crate::codec::{type_tag, Archived, Encode, EncodeAs, Encoded, FromPayload};
 use crate::error::{Error, Kind, Result};
 
 /// Bytes sent as they are, without a copy: the buffer (shared, so a slice of a cache or of a
@@ -17,9 +17,8 @@ use crate::error::{Error, Kind, Result};
 ///   `Archived<Vec<u8>>` or `Blob`. A `Vec<u8>` argument is archived into a buffer of its own
 ///   (a copy); a `Blob`'s bytes are not copied, and every retry of the call sends them again
 ///   from the same buffer (except a blob whose archive is 16 KiB or less, which is copied into
-///   its request's head to go out in one write). A typed client (`#[service]`) takes its method's own
-///   argument type: it sends a `Blob` to a method that takes `Blob`; call a method taking
-///   `Vec<u8>` or `Archived<Vec<u8>>` by name to send it a `Blob`.
+///   its request's head to go out in one write). A typed client (`#[service]`) sends a `Blob` to
+///   any of these (see [`EncodeAs`](crate::EncodeAs)).
 ///
 /// A method returning `Vec<u8>` gets the same treatment as a `Blob` when the vector is 64 KiB
 /// or longer; `Blob` serves bytes the method does not own outright. A blob is shorter than 2 GiB (rkyv's
@@ -112,6 +111,12 @@ impl Encode for Blob {
         Ok(Encoded::Parts(self.0.clone(), self.root()?))
     }
 }
+
+// A blob is sent as a `Vec<u8>`'s archive (see `Encode::sent_tag` above): typed clients of
+// methods taking byte vectors send blobs, and byte vectors to methods taking blobs.
+impl EncodeAs<Vec<u8>> for Blob {}
+impl EncodeAs<Archived<Vec<u8>>> for Blob {}
+impl EncodeAs<Blob> for Vec<u8> {}
 
 impl FromPayload for Blob {
     fn tag() -> u64 {

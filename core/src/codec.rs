@@ -87,6 +87,27 @@ impl Encoded {
     }
 }
 
+/// What a typed client (`#[service]`) sends where its method takes a `T`: a `T`, or a value
+/// whose archive the method reads as it would a `T`'s.
+///
+/// - Any [`Encode`] type for a method taking that type.
+/// - A `T` for a method taking [`Archived<T>`] (the method reads the `T` in place).
+/// - A [`Blob`](crate::Blob) (its bytes not copied) for a method taking `Vec<u8>` or
+///   `Archived<Vec<u8>>`, and a `Vec<u8>` for a method taking a `Blob`.
+///
+/// A type of your own may say that its archive is a `T`'s; its [`Encode::sent_tag`] must then
+/// be the tag the method checks ([`FromPayload::tag`]), or the machine refuses the call.
+#[diagnostic::on_unimplemented(
+    message = "a typed client's method taking `{T}` cannot send a `{Self}`",
+    label = "not an argument for a method taking `{T}`",
+    note = "a typed client sends a method its own argument type, a `T` where it takes `Archived<T>`, and a `Vec<u8>` or a `Blob` where it takes either or `Archived<Vec<u8>>`"
+)]
+pub trait EncodeAs<T>: Encode {}
+
+impl<T: Encode> EncodeAs<T> for T {}
+
+impl<T: Encode> EncodeAs<Archived<T>> for T {}
+
 impl<T> Encode for T
 where
     T: for<'a> Serialize<HighSerializer<PayloadWriter, ArenaHandle<'a>, rancor::Error>>,

@@ -97,7 +97,7 @@ pub use blob::Blob;
 pub use boot_timeouts::BootTimeouts;
 pub use buffers::{pool_limit, pooled_bytes, set_pool_limit, Payload, DEFAULT_POOL_LIMIT};
 pub use call::{Call, Reply, RetryPolicy};
-pub use codec::{bytes_copied, Archived, Decode, Encode, Encoded, FromPayload};
+pub use codec::{bytes_copied, Archived, Decode, Encode, EncodeAs, Encoded, FromPayload};
 pub use context::Context;
 pub use error::{Error, Kind, Result, Severity};
 pub use fault::{ReplyFault, ReplyFaults};
@@ -158,7 +158,7 @@ pub mod __private {
     pub use crate::b::B;
     pub use crate::buffers::Payload;
     pub use crate::call::Call;
-    pub use crate::codec::{type_tag, Decode, Encode, Encoded, FromPayload};
+    pub use crate::codec::{type_tag, Decode, Encode, EncodeAs, Encoded, FromPayload};
     pub use crate::context::Context;
     pub use crate::error::{Error, Kind, Result};
     pub use crate::machine::Machine;

@@ -10,6 +10,9 @@
 //! - the type is registered by name (no manual registration step), so a machine can rebuild a
 //!   value the driver sent;
 //! - a typed client, `<Type>Client`, is generated: `EchoClient::new(&machine, "Echo").echo(&arg)`.
+//!   Its method takes a reference to the method's argument type; for a method taking
+//!   `Archived<T>`, a `&T`; for one taking bytes (`Vec<u8>`, `Blob`, `Archived<Vec<u8>>`), a
+//!   `&Vec<u8>` or a `&Blob`, whichever the caller holds (the blob's bytes are not copied).
 //!
 //! Put on a trait (tarpc's form), it declares a service interface: the methods are written as
 //! `async fn`s of the same shape, and the trait gets
@@ -427,11 +430,19 @@ fn client(
     let fns = methods.iter().map(|m| {
         let (name, arg, reply, docs) = (&m.name, &m.arg, &m.reply, &m.docs);
         let name_str = name.to_string();
-        quote! {
-            #(#docs)*
-            #vis fn #name<'a>(&'a self, arg: &'a #arg) -> #p::Call<'a, #arg, #reply> {
-                self.machine.call_service(&self.service, #name_str, arg)
-            }
+        match client_arg(arg) {
+            ClientArg::Bytes => quote! {
+                #(#docs)*
+                #vis fn #name<'a, A: #p::EncodeAs<#arg>>(&'a self, arg: &'a A) -> #p::Call<'a, A, #reply> {
+                    self.machine.call_service(&self.service, #name_str, arg)
+                }
+            },
+            ClientArg::Sent(sent) => quote! {
+                #(#docs)*
+                #vis fn #name<'a>(&'a self, arg: &'a #sent) -> #p::Call<'a, #sent, #reply> {
+                    self.machine.call_service(&self.service, #name_str, arg)
+                }
+            },
         }
     });
     quote! {
@@ -456,6 +467,48 @@ fn client(
             #(#fns)*
         }
     }
+}
+
+/// What a typed client's method takes, by the method's argument type.
+enum ClientArg<'a> {
+    /// Bytes (`Vec<u8>`, `Blob`, `Archived<Vec<u8>>`): a byte vector or a `Blob`, whichever the
+    /// caller holds (generic over `EncodeAs`, so the caller's type must be known).
+    Bytes,
+    /// This type: the argument's own, or `T` for a method taking `Archived<T>`.
+    Sent(&'a Type),
+}
+
+fn client_arg(arg: &Type) -> ClientArg<'_> {
+    let inner = last_generic("Archived", arg);
+    let sent = inner.unwrap_or(arg);
+    let is_bytes = last_generic("Vec", sent).is_some_and(|t| is_ident(t, "u8"))
+        || (inner.is_none() && is_ident(sent, "Blob"));
+    if is_bytes {
+        ClientArg::Bytes
+    } else {
+        ClientArg::Sent(sent)
+    }
+}
+
+/// `T` of a type written `...::<name><T>`.
+fn last_generic<'a>(name: &str, ty: &'a Type) -> Option<&'a Type> {
+    let Type::Path(p) = ty else { return None };
+    let last = p.path.segments.last()?;
+    if last.ident != name {
+        return None;
+    }
+    let PathArguments::AngleBracketed(args) = &last.arguments else {
+        return None;
+    };
+    match args.args.first()? {
+        GenericArgument::Type(t) if args.args.len() == 1 => Some(t),
+        _ => None,
+    }
+}
+
+/// Whether `ty` is a path ending in `name`, without generics.
+fn is_ident(ty: &Type, name: &str) -> bool {
+    matches!(ty, Type::Path(p) if p.path.segments.last().is_some_and(|s| s.ident == name && s.arguments.is_empty()))
 }
 
 fn check_init(sig: &Signature) -> syn::Result<()> {
