@@ -96,13 +96,20 @@ impl Encoded {
 ///   `Archived<Vec<u8>>`, and a `Vec<u8>` for a method taking a `Blob`.
 ///
 /// A type of your own may say that its archive is a `T`'s; its [`Encode::sent_tag`] must then
-/// be the tag the method checks ([`FromPayload::tag`]), or the machine refuses the call.
+/// be the tag the method checks ([`FromPayload::tag`]), or the machine refuses the call (a type
+/// that derives rkyv's traits sends its own tag, so this only serves a hand-written `Encode`).
 #[diagnostic::on_unimplemented(
     message = "a typed client's method taking `{T}` cannot send a `{Self}`",
     label = "not an argument for a method taking `{T}`",
     note = "a typed client sends a method its own argument type, a `T` where it takes `Archived<T>`, and a `Vec<u8>` or a `Blob` where it takes either or `Archived<Vec<u8>>`"
 )]
 pub trait EncodeAs<T>: Encode {}
+
+/// `arg`, checked at compile time to be what a method taking `T` reads (typed clients call it).
+#[doc(hidden)]
+pub fn sent_as<A: EncodeAs<T>, T>(arg: &A) -> &A {
+    arg
+}
 
 impl<T: Encode> EncodeAs<T> for T {}
 

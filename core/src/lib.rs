@@ -158,7 +158,7 @@ pub mod __private {
     pub use crate::b::B;
     pub use crate::buffers::Payload;
     pub use crate::call::Call;
-    pub use crate::codec::{type_tag, Decode, Encode, EncodeAs, Encoded, FromPayload};
+    pub use crate::codec::{sent_as, type_tag, Decode, Encode, EncodeAs, Encoded, FromPayload};
     pub use crate::context::Context;
     pub use crate::error::{Error, Kind, Result};
     pub use crate::machine::Machine;

@@ -12,7 +12,9 @@
 //! - a typed client, `<Type>Client`, is generated: `EchoClient::new(&machine, "Echo").echo(&arg)`.
 //!   Its method takes a reference to the method's argument type; for a method taking
 //!   `Archived<T>`, a `&T`; for one taking bytes (`Vec<u8>`, `Blob`, `Archived<Vec<u8>>`), a
-//!   `&Vec<u8>` or a `&Blob`, whichever the caller holds (the blob's bytes are not copied).
+//!   `&Vec<u8>` or a `&Blob`, whichever the caller holds (the blob's bytes are not copied). That
+//!   last form is generic, so its argument's type must be known where it is called: no deref
+//!   coercion (pass `&*arc`, not `&arc`) and no `&x.into()`.
 //!
 //! Put on a trait (tarpc's form), it declares a service interface: the methods are written as
 //! `async fn`s of the same shape, and the trait gets
@@ -433,16 +435,26 @@ fn client(
         match client_arg(arg) {
             ClientArg::Bytes => quote! {
                 #(#docs)*
-                #vis fn #name<'a, A: #p::EncodeAs<#arg>>(&'a self, arg: &'a A) -> #p::Call<'a, A, #reply> {
+                #vis fn #name<'a, __BigmachineArg: #p::EncodeAs<#arg>>(
+                    &'a self,
+                    arg: &'a __BigmachineArg,
+                ) -> #p::Call<'a, __BigmachineArg, #reply> {
                     self.machine.call_service(&self.service, #name_str, arg)
                 }
             },
-            ClientArg::Sent(sent) => quote! {
-                #(#docs)*
-                #vis fn #name<'a>(&'a self, arg: &'a #sent) -> #p::Call<'a, #sent, #reply> {
-                    self.machine.call_service(&self.service, #name_str, arg)
+            // (Checked to be what the method reads: an `Archived` that is not bigmachine's is
+            // a compile error here, not a call refused at run time.)
+            ClientArg::Sent(sent, unwrapped) => {
+                let check =
+                    unwrapped.then(|| quote! { let arg = #p::sent_as::<#sent, #arg>(arg); });
+                quote! {
+                    #(#docs)*
+                    #vis fn #name<'a>(&'a self, arg: &'a #sent) -> #p::Call<'a, #sent, #reply> {
+                        #check
+                        self.machine.call_service(&self.service, #name_str, arg)
+                    }
                 }
-            },
+            }
         }
     });
     quote! {
@@ -474,8 +486,8 @@ enum ClientArg<'a> {
     /// Bytes (`Vec<u8>`, `Blob`, `Archived<Vec<u8>>`): a byte vector or a `Blob`, whichever the
     /// caller holds (generic over `EncodeAs`, so the caller's type must be known).
     Bytes,
-    /// This type: the argument's own, or `T` for a method taking `Archived<T>`.
-    Sent(&'a Type),
+    /// This type: the argument's own, or `T` for a method taking `Archived<T>` (then `true`).
+    Sent(&'a Type, bool),
 }
 
 fn client_arg(arg: &Type) -> ClientArg<'_> {
@@ -486,7 +498,7 @@ fn client_arg(arg: &Type) -> ClientArg<'_> {
     if is_bytes {
         ClientArg::Bytes
     } else {
-        ClientArg::Sent(sent)
+        ClientArg::Sent(sent, inner.is_some())
     }
 }
 

@@ -666,10 +666,18 @@ mod tests {
         drop(reply_rx);
         assert!(b.shared.drop_try(1));
         assert_eq!(b.free(), PLACES - 1);
-        // The reply, sent before the machine saw the CANCEL, arrives: nobody takes it, the
-        // machine that asked for an ACK gets a CANCEL, and the place is free.
-        for frame in reply(1, FLAG_ACK_WANTED, 10) {
+        // The reply, sent before the machine saw the CANCEL, arrives in several frames: the
+        // place stays taken until its last; nobody takes it, so the machine, which asked for
+        // an ACK, is answered with a CANCEL; then the place is free.
+        let frames = reply(1, FLAG_ACK_WANTED, 2 * CHUNK as u64 + 10);
+        let last = frames.len() - 1;
+        assert!(last >= 2);
+        for (i, frame) in frames.into_iter().enumerate() {
             b.arrive(frame)?;
+            if i < last {
+                assert_eq!(b.free(), PLACES - 1, "after frame {i} of {last}");
+                assert!(b.sent().is_empty());
+            }
         }
         assert_eq!(b.free(), PLACES);
         assert_eq!(b.sent(), [FrameKind::Cancel]);

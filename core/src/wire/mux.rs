@@ -226,7 +226,7 @@ impl Head {
     }
 
     /// Appends the head's bytes to the returned buffer (whose first [`FRAME_HEADER_LEN`]
-    /// bytes are overwritten by the frame's header).
+    /// bytes are overwritten by the frame's header): only append to it.
     pub fn buffer(&mut self) -> &mut Vec<u8> {
         &mut self.0
     }
@@ -236,6 +236,10 @@ impl Outgoing {
     /// A message of `kind` for try `id`: `head`, then `data`.
     pub fn new(kind: FrameKind, flags: u8, id: u64, head: Head, data: [Bytes; 2]) -> Self {
         // (A head always begins with room for the frame's header: see Head.)
+        debug_assert!(
+            head.0.len() >= FRAME_HEADER_LEN,
+            "a head cut into its frame header"
+        );
         Self {
             kind,
             flags,
